@@ -1,0 +1,33 @@
+"""moth_tf: MOTH class-distance hardening (Tao et al., IEEE S&P 2022) in TensorFlow 2 / Keras 3."""
+
+import pathlib
+
+import setuptools
+
+_HERE = pathlib.Path(__file__).parent
+
+setuptools.setup(
+    name="moth_tf",
+    version="0.1.0",
+    description="Model Orthogonalization (MOTH) class-distance hardening for Keras classifiers",
+    long_description=(_HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["moth_tf", "moth_tf.*"]),
+    python_requires=">=3.10",
+    # Lower bounds only: keras>=3.8 is the first release that scales compiled losses by the replica
+    # count under tf.distribute (shared/STYLE.md section 2); tested with TF 2.21 / Keras 3.15.
+    install_requires=[
+        "tensorflow>=2.16",
+        "keras>=3.8",
+        "tensorflow-datasets>=4.9",
+        "absl-py>=1.0",
+        "numpy>=1.23",
+        "scikit-learn>=1.0",
+        "tensorboard>=2.16",
+    ],
+    extras_require={
+        "gpu": ["tensorflow[and-cuda]>=2.16"],
+        "test": ["pytest>=7"],
+    },
+    entry_points={"console_scripts": ["moth_tf=moth_tf.main:run_main"]},
+)
