@@ -1,0 +1,83 @@
+"""Every command-line flag of `python -m moth_tf.main`, defined in one function.
+
+Defined inside `define_flags()` (not at import time) so that importing library modules or tests never
+registers flags; only `main.py` calls it and reads FLAGS.
+"""
+
+from absl import flags
+
+from moth_tf import config as config_lib
+from moth_tf import data as data_lib
+from moth_tf import models
+
+
+def define_flags():
+  """Defines the flags of the main binary. Safe to call once per process."""
+  flags.DEFINE_enum("phase", "train", list(config_lib.PHASES),
+                    "What to run: pipeline (train if missing, distance, harden, distance again), "
+                    "train (natural base model), test (clean accuracy), distance (pairwise class "
+                    "distance), harden (MOTH hardening).")
+  flags.DEFINE_enum("dataset", "digits", list(data_lib.DATASETS), "Data set.")
+  flags.DEFINE_enum("model", None, list(models.MODELS),
+                    "Architecture (default: the data set's default: lenet for digits, resnet20 "
+                    "for cifar10 and gtsrb, nin for svhn, cnn for lisa).")
+  flags.DEFINE_enum("method", "natural", list(config_lib.METHODS),
+                    "Which run to act on / produce: natural (base model) or moth (hardened).")
+  flags.DEFINE_string("workdir", "saved_models", "Where run directories are created.")
+  flags.DEFINE_string("data_dir", None, "tfds data dir / folder of prepared .npz files.")
+  flags.DEFINE_integer("image_size", None, "Resize images to this square size (bilinear).",
+                       lower_bound=4)
+  flags.DEFINE_string("model_path", None,
+                      "A user model to evaluate or harden instead of the run's own: a .keras "
+                      "file or a TF SavedModel directory. It is never modified.")
+  flags.DEFINE_bool("unsafe_load", False,
+                    "Load .keras files that need safe_mode=False (only for files you trust).")
+  flags.DEFINE_enum("strategy", "default", list(config_lib.STRATEGIES),
+                    "tf.distribute strategy for training and hardening.")
+  flags.DEFINE_integer("seed", 0, "Random seed of training/hardening.", lower_bound=0)
+
+  # Base training (0 / empty: the data set's recipe, moth_tf.training.RECIPES).
+  flags.DEFINE_integer("epochs", None, "Training epochs (default: the data set's recipe).",
+                       lower_bound=1)
+  flags.DEFINE_integer("batch_size", None, "Global batch size (default: the recipe's).",
+                       lower_bound=1)
+  flags.DEFINE_float("learning_rate", None, "Learning rate (default: the recipe's).",
+                     lower_bound=0.0)
+  flags.DEFINE_enum("optimizer", None, ["adam", "sgd"], "Optimizer (default: the recipe's).")
+
+  # Class distance.
+  flags.DEFINE_integer("distance_samples", 100,
+                       "Held-out images of the source class per direction.", lower_bound=1)
+  flags.DEFINE_integer("distance_steps", 1000, "Optimisation steps per direction.",
+                       lower_bound=1)
+  flags.DEFINE_integer("seeds", 3, "Number of seeds (the reference's values first); the "
+                       "distance is the element-wise minimum over seeds.", lower_bound=1)
+  flags.DEFINE_float("asr_bound", 0.9, "Attack success rate a trigger must reach.",
+                     lower_bound=0.0, upper_bound=1.0)
+  flags.DEFINE_string("pair", None, "Measure only the direction s-t, e.g. --pair=3-5.")
+  flags.DEFINE_integer("early_stop_patience", 200,
+                       "Stop a direction after this many steps without a 1% smaller trigger; 0 "
+                       "runs all steps like the reference.", lower_bound=0)
+  flags.DEFINE_integer("batch_directions", 0,
+                       "Directions optimised together in one graph (0: all pairs at once; 1: one "
+                       "at a time like the reference).", lower_bound=0)
+  flags.DEFINE_string("compare_to", None,
+                      "A baseline run directory or distance.json to report the enlargement "
+                      "against.")
+
+  flags.register_validator(
+      "pair", lambda v: v is None or _parse_pair(v) is not None,
+      message="--pair must look like s-t with two different class indices, e.g. --pair=3-5")
+
+
+def _parse_pair(text):
+  parts = text.split("-")
+  if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+    return None
+  s, t = int(parts[0]), int(parts[1])
+  return None if s == t else (s, t)
+
+
+def parse_pair(text):
+  """'3-5' -> (3, 5); None stays None."""
+  return None if text is None else _parse_pair(text)

@@ -1,0 +1,90 @@
+"""moth_tf command line: `python -m moth_tf.main --phase=... --dataset=...`.
+
+Intentionally thin: flags -> a frozen RunConfig -> moth_tf.phases. This is the only module that
+reads FLAGS. Run with --helpfull for every flag, or --flagfile=flags/NAME.flags for a recorded
+experiment.
+"""
+
+import os
+import sys
+
+# Keep TensorFlow's C++ start-up chatter (CUDA probing, CPU feature notes) out of the user's terminal.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+from absl import logging
+
+from moth_tf import cli_flags
+from moth_tf import config as config_lib
+
+FLAGS = flags.FLAGS
+
+
+def config_from_flags(flag_values) -> config_lib.RunConfig:
+  """Builds the frozen run configuration from parsed flags (recipe defaults filled in)."""
+  from moth_tf import data as data_lib
+  from moth_tf import training
+
+  dataset = flag_values.dataset
+  recipe = training.RECIPES[dataset]
+  train = config_lib.TrainConfig(
+      epochs=flag_values.epochs or recipe.epochs,
+      batch_size=flag_values.batch_size or recipe.batch_size,
+      optimizer=flag_values.optimizer or recipe.optimizer,
+      learning_rate=flag_values.learning_rate or recipe.learning_rate,
+      momentum=recipe.momentum,
+      schedule=recipe.schedule)
+  seeds = config_lib.REFERENCE_SEEDS + tuple(range(1, flag_values.seeds + 1))
+  distance = config_lib.DistanceConfig(
+      samples=flag_values.distance_samples,
+      steps=flag_values.distance_steps,
+      seeds=seeds[:flag_values.seeds],
+      asr_bound=flag_values.asr_bound,
+      pair=cli_flags.parse_pair(flag_values.pair),
+      early_stop_patience=flag_values.early_stop_patience,
+      batch_directions=flag_values.batch_directions,
+      compare_to=flag_values.compare_to)
+  return config_lib.RunConfig(
+      phase=flag_values.phase,
+      method=flag_values.method,
+      model=flag_values.model or data_lib.dataset_info(dataset).default_model,
+      workdir=flag_values.workdir,
+      model_path=flag_values.model_path,
+      unsafe_load=flag_values.unsafe_load,
+      strategy=flag_values.strategy,
+      seed=flag_values.seed,
+      data=config_lib.DataConfig(dataset=dataset, data_dir=flag_values.data_dir,
+                                 image_size=flag_values.image_size),
+      train=train,
+      distance=distance)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # TF's INFO lines (SavedModel export) are noise here.
+  from moth_tf import phases  # Imported here so --help does not pay for importing TensorFlow.
+  try:
+    config = config_from_flags(FLAGS)
+    phases.run(config, command_line=list(argv[:1]) + _explicit_flags())
+  except phases.USER_ERRORS as e:
+    # Bad input is the user's to fix: one clear line, no stack trace.
+    print(f"moth_tf: error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _explicit_flags():
+  """The flags the user set (command line or flagfile), as --name=value strings."""
+  names = {name for name in FLAGS if FLAGS[name].present}
+  return [f"--{name}={FLAGS[name].value}" for name in sorted(names)]
+
+
+def run_main():
+  cli_flags.define_flags()
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run_main()

@@ -1,0 +1,125 @@
+"""Loading and saving classifiers: native `.keras` files and TF SavedModels.
+
+A SavedModel (from `model.export`, or a legacy `tf.saved_model.save` with a `serving_default`
+signature) is wrapped with `keras.layers.TFSMLayer` into a `keras.Model` that outputs logits; its
+variables stay trainable, so it can be fine-tuned and saved as a new model. Input models are never
+written to: every save goes to a new path, atomically.
+"""
+
+import os
+import shutil
+import tempfile
+import keras
+import tensorflow as tf
+
+from moth_tf import rundir
+
+
+class ModelLoadError(ValueError):
+  """The model path is missing or not a model we can load; the message says what to do."""
+
+
+def _savedmodel_signature(path: str):
+  """Returns (endpoint name, input TensorSpec, output key or None) of a SavedModel directory."""
+  loaded = tf.saved_model.load(path)
+  # `model.export` writes a `serve` endpoint returning a tensor; legacy models have only the
+  # `serving_default` signature, which returns a dict.
+  if hasattr(loaded, "serve") and hasattr(loaded.serve, "input_signature") and (
+      loaded.serve.input_signature):
+    spec = loaded.serve.input_signature[0]
+    return "serve", spec, None
+  if "serving_default" not in loaded.signatures:
+    raise ModelLoadError(
+        f"SavedModel {path} has neither a 'serve' endpoint nor a 'serving_default' signature; "
+        "export it with model.export(path) or tf.saved_model.save(..., signatures=...)")
+  fn = loaded.signatures["serving_default"]
+  specs = list(fn.structured_input_signature[1].values())
+  if len(specs) != 1:
+    raise ModelLoadError(f"SavedModel {path} takes {len(specs)} inputs; moth_tf needs exactly one "
+                         "image input")
+  outputs = fn.structured_outputs
+  key = sorted(outputs)[0] if len(outputs) == 1 else None
+  if key is None:
+    raise ModelLoadError(f"SavedModel {path} returns {len(outputs)} outputs ({sorted(outputs)}); "
+                         "moth_tf needs exactly one logits output")
+  return "serving_default", specs[0], key
+
+
+def _wrap_savedmodel(path: str) -> keras.Model:
+  endpoint, spec, output_key = _savedmodel_signature(path)
+  shape = tuple(spec.shape[1:])
+  if any(d is None for d in shape):
+    raise ModelLoadError(f"SavedModel {path} has an input of unknown shape {spec.shape}; "
+                         "re-export it with a fixed image shape")
+  inputs = keras.Input(shape=shape, name="image")
+  layer = keras.layers.TFSMLayer(path, call_endpoint=endpoint, trainable=True, name="savedmodel")
+  outputs = layer(inputs)
+  if isinstance(outputs, dict):
+    outputs = outputs[output_key]
+  return keras.Model(inputs, outputs, name="savedmodel_classifier")
+
+
+def load_model(path: str, unsafe_load: bool = False) -> keras.Model:
+  """Loads a classifier from a `.keras` file or a SavedModel directory.
+
+  Args:
+    path: a `.keras` file, or a directory holding `saved_model.pb`.
+    unsafe_load: allow `.keras` files that need `safe_mode=False` (for example ones that contain
+      Lambda layers or a TFSMLayer). Only for files you trust.
+
+  Returns:
+    A `keras.Model` mapping [0,1] NHWC images to logits.
+
+  Raises:
+    ModelLoadError: with a one-line explanation and fix.
+  """
+  if not os.path.exists(path):
+    raise ModelLoadError(f"model path {path} does not exist; train one with --phase=train or pass "
+                         "--model_path=FILE.keras|SAVEDMODEL_DIR")
+  if os.path.isdir(path):
+    if not os.path.exists(os.path.join(path, "saved_model.pb")):
+      raise ModelLoadError(f"{path} is a directory without saved_model.pb; pass a .keras file or a "
+                           "TF SavedModel directory")
+    return _wrap_savedmodel(path)
+  if not path.endswith(".keras"):
+    raise ModelLoadError(f"{path} is not a .keras file or SavedModel directory; convert legacy "
+                         ".h5 models with keras.models.load_model(h5).save('model.keras')")
+  try:
+    return keras.saving.load_model(path, compile=False, safe_mode=not unsafe_load)
+  except ValueError as e:
+    if "safe_mode" in str(e) or "unsafe" in str(e).lower():
+      raise ModelLoadError(f"{path} needs safe_mode=False to load ({str(e).splitlines()[0]}); "
+                           "pass --unsafe_load if you trust the file") from e
+    raise
+
+
+def save_model(model: keras.Model, run_dir: str, export: bool = True) -> str:
+  """Saves `model` into `run_dir` as model.keras and (optionally) an exported SavedModel.
+
+  Both writes are atomic: the new files replace the old ones only once complete.
+
+  Returns:
+    The path of the `.keras` file.
+  """
+  os.makedirs(run_dir, exist_ok=True)
+  keras_path = rundir.model_path(run_dir)
+  with rundir.atomic_path(keras_path, suffix=".keras") as tmp:
+    model.save(tmp)
+  if export:
+    export_savedmodel(model, os.path.join(run_dir, rundir.SAVED_MODEL_DIR))
+  return keras_path
+
+
+def export_savedmodel(model: keras.Model, path: str):
+  """Exports a TF SavedModel (`serve` endpoint and signature) to `path`, atomically."""
+  parent = os.path.dirname(os.path.abspath(path))
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", dir=parent)
+  os.rmdir(tmp)  # model.export wants to create the directory itself.
+  try:
+    model.export(tmp, format="tf_saved_model", verbose=False)
+    rundir.replace_dir(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      shutil.rmtree(tmp, ignore_errors=True)
+

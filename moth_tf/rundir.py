@@ -1,0 +1,114 @@
+"""Run directories: where one (dataset, model, method) run keeps its model, logs and results.
+
+    saved_models/digits_lenet_natural/
+      model.keras          the trained classifier (native Keras 3 format)
+      saved_model/         the same model exported as a TF SavedModel (`serve` endpoint)
+      logs/                TensorBoard event files, one subfolder per phase
+      summary.json         machine-readable results, merged across phases
+      distance.json        pairwise class distances (after --phase=distance)
+
+Every file is written atomically (temporary file in the same folder, then `os.replace`), so an
+interrupted run never leaves a half-written result behind.
+"""
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Dict
+
+import numpy as np
+
+MODEL_FILE = "model.keras"
+SAVED_MODEL_DIR = "saved_model"
+SUMMARY_FILE = "summary.json"
+DISTANCE_FILE = "distance.json"
+LOGS_DIR = "logs"
+
+
+def model_path(run_dir: str) -> str:
+  return os.path.join(run_dir, MODEL_FILE)
+
+
+def logs_dir(run_dir: str, phase: str) -> str:
+  return os.path.join(run_dir, LOGS_DIR, phase)
+
+
+def _to_jsonable(value):
+  if isinstance(value, dict):
+    return {str(k): _to_jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_to_jsonable(v) for v in value]
+  if isinstance(value, np.ndarray):
+    return _to_jsonable(value.tolist())
+  if isinstance(value, (np.floating, float)):
+    value = float(value)
+    return value if np.isfinite(value) else None  # JSON has no inf/NaN.
+  if isinstance(value, np.integer):
+    return int(value)
+  if isinstance(value, np.bool_):
+    return bool(value)
+  return value
+
+
+@contextlib.contextmanager
+def atomic_path(path: str, suffix: str = ""):
+  """Yields a temporary path next to `path`; on success it replaces `path` in one rename."""
+  directory = os.path.dirname(os.path.abspath(path)) or "."
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp" + suffix,
+                             dir=directory)
+  os.close(fd)
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def write_json(path: str, data: Dict[str, Any]):
+  """Writes `data` as indented JSON, atomically; NumPy values and non-finite floats are converted."""
+  with atomic_path(path) as tmp:
+    with open(tmp, "w", encoding="utf-8") as f:
+      json.dump(_to_jsonable(data), f, indent=2, sort_keys=False)
+      f.write("\n")
+
+
+def write_bytes(path: str, data: bytes):
+  """Writes bytes atomically."""
+  with atomic_path(path) as tmp:
+    with open(tmp, "wb") as f:
+      f.write(data)
+
+
+def read_json(path: str) -> Dict[str, Any]:
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def update_summary(run_dir: str, **fields) -> Dict[str, Any]:
+  """Merges `fields` into the run's summary.json (nested dicts are merged one level deep)."""
+  path = os.path.join(run_dir, SUMMARY_FILE)
+  summary = read_json(path) if os.path.exists(path) else {}
+  for key, value in fields.items():
+    if isinstance(value, dict) and isinstance(summary.get(key), dict):
+      summary[key].update(value)
+    else:
+      summary[key] = value
+  write_json(path, summary)
+  return summary
+
+
+def replace_dir(src: str, dst: str):
+  """Moves the finished directory `src` to `dst`, replacing any previous `dst` as late as possible."""
+  old = None
+  if os.path.exists(dst):
+    old = dst + ".old"
+    if os.path.exists(old):
+      shutil.rmtree(old)
+    os.replace(dst, old)
+  os.replace(src, dst)
+  if old:
+    shutil.rmtree(old, ignore_errors=True)
