@@ -6,7 +6,7 @@ from moth_tf import models
 
 
 def lenet(input_shape, num_classes, normalization=None):
-  """Conv 3x3 32 'same' ReLU -> Conv 3x3 64 stride 2 'same' ReLU -> Flatten -> Dense 128 ReLU -> Dense n.
+  """LeNet: Conv3x3(32) ReLU -> Conv3x3(64, stride 2) ReLU -> Flatten -> Dense(128) ReLU -> Dense(n).
 
   Outputs logits.
   """

@@ -1,0 +1,1 @@
+"""Evasion attacks used for adversarial training and robustness evaluation (in-graph loops)."""
