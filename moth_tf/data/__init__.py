@@ -1,0 +1,142 @@
+"""Data sets: one registry, one module per source.
+
+    splits = moth_tf.data.load_dataset("digits")
+    train_ds = moth_tf.data.make_pipeline(splits.x_train, splits.y_train, batch_size=128,
+                                          shuffle=True, augment=splits.info.augment)
+
+All images are float32 in [0, 1], NHWC; labels are int64 class indices.
+"""
+
+import importlib
+from typing import Callable, Dict, Optional, Tuple
+
+import numpy as np
+
+from moth_tf.data.base import DatasetInfo
+from moth_tf.data.base import DatasetSplits
+from moth_tf.data.base import DatasetUnavailableError
+from moth_tf.data.base import PGDSettings
+
+# name -> (module, info attribute, loader function). Modules are imported lazily so that importing
+# moth_tf does not import tensorflow_datasets or scikit-learn.
+_REGISTRY: Dict[str, Tuple[str, str, str]] = {
+    "digits": ("moth_tf.data.digits", "INFO", "load"),
+    "cifar10": ("moth_tf.data.tfds_sets", "CIFAR10_INFO", "load_cifar10"),
+    "svhn": ("moth_tf.data.tfds_sets", "SVHN_INFO", "load_svhn"),
+    "gtsrb": ("moth_tf.data.local_sets", "GTSRB_INFO", "load_gtsrb"),
+    "lisa": ("moth_tf.data.local_sets", "LISA_INFO", "load_lisa"),
+}
+
+DATASETS = tuple(_REGISTRY)
+
+
+def _entry(name: str):
+  if name not in _REGISTRY:
+    raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+  module_name, info_attr, loader_attr = _REGISTRY[name]
+  module = importlib.import_module(module_name)
+  return getattr(module, info_attr), getattr(module, loader_attr)
+
+
+def dataset_info(name: str) -> DatasetInfo:
+  """Static facts (class count, shape, default model, PGD budgets) of a registered data set."""
+  return _entry(name)[0]
+
+
+def load_dataset(name: str, data_dir: Optional[str] = None,
+                 image_size: Optional[int] = None) -> DatasetSplits:
+  """Loads a registered data set's train/val/test splits as arrays.
+
+  Args:
+    name: one of DATASETS.
+    data_dir: where tfds data or prepared `.npz` files live (None: each loader's default).
+    image_size: if given, every split is resized (bilinear) to image_size x image_size.
+
+  Returns:
+    DatasetSplits with float32 [0,1] NHWC images and int64 labels.
+
+  Raises:
+    DatasetUnavailableError: the files are missing; the message says how to get them.
+  """
+  _, loader = _entry(name)
+  splits = loader(data_dir) if name != "digits" else loader()
+  if image_size and tuple(splits.x_train.shape[1:3]) != (image_size, image_size):
+    splits = resize_splits(splits, image_size)
+  return splits
+
+
+def resize_splits(splits: DatasetSplits, image_size: int) -> DatasetSplits:
+  """Returns a copy of `splits` with every image resized (bilinear) to image_size x image_size."""
+  import tensorflow as tf
+
+  def resize(x):
+    out = []
+    for start in range(0, len(x), 4096):  # Chunks keep peak memory small for the large sets.
+      chunk = tf.image.resize(x[start:start + 4096], (image_size, image_size), method="bilinear")
+      out.append(np.clip(chunk.numpy(), 0.0, 1.0))
+    if not out:
+      return np.zeros((0, image_size, image_size, x.shape[-1]), np.float32)
+    return np.concatenate(out).astype(np.float32)
+
+  return DatasetSplits(splits.info, resize(splits.x_train), splits.y_train, resize(splits.x_val),
+                       splits.y_val, resize(splits.x_test), splits.y_test)
+
+
+def augmentation_layers(seed: Optional[int] = None):
+  """The authors' CIFAR-10 augmentation as Keras preprocessing layers.
+
+  Horizontal flip and a uniform +-4 px (12.5%) translation with zero fill, bilinear, as their
+  `ImageDataGenerator(horizontal_flip, width/height_shift_range=0.125, cval=0)`.
+  """
+  import keras
+  return keras.Sequential([
+      keras.layers.RandomFlip("horizontal", seed=seed),
+      keras.layers.RandomTranslation(0.125, 0.125, fill_mode="constant", fill_value=0.0,
+                                     interpolation="bilinear", seed=seed),
+  ], name="augmentation")
+
+
+def make_pipeline(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool = False,
+                  augment: bool = False, seed: Optional[int] = 0, repeat: bool = False,
+                  drop_remainder: bool = False):
+  """A `tf.data` pipeline of (image, label) batches.
+
+  Args:
+    x, y: arrays from DatasetSplits.
+    batch_size: the global batch size (under a distribution strategy Keras splits it per replica).
+    shuffle: reshuffle every epoch (seeded).
+    augment: apply `augmentation_layers` to training batches.
+    seed: shuffle/augmentation seed.
+    repeat: repeat forever (for step-counted training).
+    drop_remainder: drop the last partial batch.
+  """
+  import tensorflow as tf
+  ds = tf.data.Dataset.from_tensor_slices((x, y))
+  if shuffle:
+    ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+  if repeat:
+    ds = ds.repeat()
+  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+  if augment:
+    layers = augmentation_layers(seed)
+    ds = ds.map(lambda a, b: (layers(a, training=True), b), num_parallel_calls=tf.data.AUTOTUNE)
+  return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def samples_per_class(x: np.ndarray, y: np.ndarray, num_classes: int, per_class: int,
+                      rng: np.random.Generator) -> Dict[int, np.ndarray]:
+  """Up to `per_class` random images of every class, as {class: images}."""
+  out = {}
+  for c in range(num_classes):
+    idx = np.flatnonzero(y == c)
+    if len(idx) > per_class:
+      idx = np.sort(rng.choice(idx, per_class, replace=False))
+    out[c] = x[idx]
+  return out
+
+
+__all__ = [
+    "DATASETS", "DatasetInfo", "DatasetSplits", "DatasetUnavailableError", "PGDSettings",
+    "augmentation_layers", "dataset_info", "load_dataset", "make_pipeline", "resize_splits",
+    "samples_per_class",
+]

@@ -1,0 +1,114 @@
+"""Common types for data sets: what every loader returns.
+
+Every loader returns images as float32 in [0, 1], NHWC, and integer class labels. Per-dataset
+normalisation (for example CIFAR-10's mean/std) is described by `DatasetInfo.normalization` and applied
+inside the model, so triggers and attacks always work in [0, 1] pixel space.
+"""
+
+import dataclasses
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+
+class DatasetUnavailableError(RuntimeError):
+  """The data set's files are missing and cannot be fetched; the message says how to get them."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PGDSettings:
+  """L-infinity PGD settings of one data set, in [0, 1] pixel units."""
+  epsilon: float
+  steps: int
+  step_size: float
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """Static facts about a data set.
+
+  Attributes:
+    name: registry name, e.g. "digits".
+    num_classes: number of classes.
+    image_shape: (H, W, C) at the data set's native size.
+    class_names: human-readable class names, one per label.
+    normalization: optional ((mean per channel), (std per channel)) on the [0,1] scale, applied
+      inside the model.
+    augment: whether training uses the authors' CIFAR-10 augmentation (flip + 4 px translation).
+    train_pgd: PGD used while training/hardening in adversarial mode (reference 2.1).
+    eval_pgd: PGD used by the robustness evaluation (reference 3.4).
+    default_model: the model used when --model is not given.
+  """
+  name: str
+  num_classes: int
+  image_shape: Tuple[int, int, int]
+  class_names: Tuple[str, ...]
+  normalization: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None
+  augment: bool = False
+  train_pgd: PGDSettings = PGDSettings(0.03, 8, 0.005)
+  eval_pgd: PGDSettings = PGDSettings(0.03, 100, 0.001)
+  default_model: str = "lenet"
+
+
+@dataclasses.dataclass
+class DatasetSplits:
+  """Train/validation/test arrays of one data set.
+
+  Images are float32 [N, H, W, C] in [0, 1]; labels are int64 [N].
+  """
+  info: DatasetInfo
+  x_train: np.ndarray
+  y_train: np.ndarray
+  x_val: np.ndarray
+  y_val: np.ndarray
+  x_test: np.ndarray
+  y_test: np.ndarray
+
+  @property
+  def image_shape(self) -> Tuple[int, int, int]:
+    return tuple(self.x_train.shape[1:])
+
+  @property
+  def num_classes(self) -> int:
+    return self.info.num_classes
+
+  def split(self, name: str) -> Tuple[np.ndarray, np.ndarray]:
+    """Returns (x, y) of the split called "train", "val" or "test"."""
+    if name not in ("train", "val", "test"):
+      raise ValueError(f"unknown split {name!r}; use train, val or test")
+    return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
+
+
+def stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int):
+  """Deterministic stratified split of indices into len(fractions) parts.
+
+  Each class's indices are shuffled with `seed` and cut by the cumulative fractions, so every part
+  holds about the same class proportions. Returns a list of sorted index arrays.
+  """
+  if abs(sum(fractions) - 1.0) > 1e-6:
+    raise ValueError(f"fractions must sum to 1, got {fractions}")
+  rng = np.random.default_rng(seed)
+  parts = [[] for _ in fractions]
+  bounds = np.cumsum(fractions)
+  for c in np.unique(labels):
+    idx = np.flatnonzero(labels == c)
+    rng.shuffle(idx)
+    cuts = np.round(bounds * len(idx)).astype(int)
+    start = 0
+    for k, stop in enumerate(cuts):
+      parts[k].append(idx[start:stop])
+      start = stop
+  return [np.sort(np.concatenate(p)) for p in parts]
+
+
+def as_float_images(x: np.ndarray) -> np.ndarray:
+  """uint8 [0,255] (or float) images -> float32 in [0,1], NHWC with a channel axis."""
+  x = np.asarray(x)
+  if x.ndim == 3:
+    x = x[..., None]
+  if x.dtype == np.uint8:
+    return (x.astype(np.float32) / 255.0)
+  x = x.astype(np.float32)
+  if x.size and x.max() > 1.0 + 1e-6:
+    x = x / 255.0
+  return x

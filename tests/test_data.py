@@ -1,0 +1,343 @@
+"""Tests of the data loaders (moth_tf.data) and of the raw-archive converter (moth_tf.prepare).
+
+CIFAR-10 and SVHN run through the real loaders with tfds's mock data; GTSRB and LISA are built
+from tiny fake copies of the official raw layouts written into tmp_path.
+"""
+
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from moth_tf import data
+from moth_tf import prepare
+from moth_tf.data import local_sets
+from moth_tf.data import tfds_sets
+
+
+def _assert_valid_splits(splits, image_shape, num_classes):
+  for name in ("train", "val", "test"):
+    x, y = splits.split(name)
+    assert x.dtype == np.float32 and y.dtype == np.int64
+    assert x.shape[1:] == image_shape
+    assert len(x) == len(y)
+    assert x.min() >= 0.0 and x.max() <= 1.0
+    if len(y):
+      assert 0 <= y.min() and y.max() < num_classes
+
+
+# ---------------------------------------------------------------------------------------------
+# digits
+
+
+@pytest.fixture(scope="module")
+def digits():
+  return data.load_dataset("digits")
+
+
+def test_digits_shapes_ranges_and_classes(digits):
+  _assert_valid_splits(digits, (8, 8, 1), 10)
+  assert digits.num_classes == 10
+  assert set(np.unique(digits.y_train)) == set(range(10))
+  # The scaled 0..16 intensities reach both ends of [0, 1].
+  assert digits.x_train.min() == 0.0 and digits.x_train.max() == 1.0
+
+
+def test_digits_split_sizes_are_stratified_70_10_20(digits):
+  sizes = [len(digits.y_train), len(digits.y_val), len(digits.y_test)]
+  assert sum(sizes) == 1797
+  np.testing.assert_allclose(np.array(sizes) / 1797, [0.7, 0.1, 0.2], atol=0.01)
+  overall = np.bincount(np.concatenate([digits.y_train, digits.y_val, digits.y_test]), minlength=10)
+  for y, fraction in ((digits.y_train, 0.7), (digits.y_val, 0.1), (digits.y_test, 0.2)):
+    # Per class, each split holds its fraction of that class, up to rounding.
+    np.testing.assert_allclose(np.bincount(y, minlength=10), overall * fraction, atol=1)
+
+
+def test_digits_splits_partition_the_data_set(digits):
+  from sklearn import datasets as sk_datasets
+  bunch = sk_datasets.load_digits()
+  everything = (bunch.images.astype(np.float32) / 16.0).reshape(1797, -1)
+  labelled = np.concatenate([everything, bunch.target[:, None]], axis=1)
+  parts = [np.concatenate([x.reshape(len(x), -1), y[:, None]], axis=1)
+           for x, y in (digits.split("train"), digits.split("val"), digits.split("test"))]
+  # Same multiset of (image, label) rows: no image lost, none in two splits.
+  np.testing.assert_array_equal(np.unique(np.concatenate(parts), axis=0, return_counts=True)[1],
+                                np.unique(labelled, axis=0, return_counts=True)[1])
+  np.testing.assert_array_equal(np.unique(np.concatenate(parts), axis=0),
+                                np.unique(labelled, axis=0))
+
+
+def test_digits_is_deterministic(digits):
+  again = data.load_dataset("digits")
+  for name in ("train", "val", "test"):
+    np.testing.assert_array_equal(digits.split(name)[0], again.split(name)[0])
+    np.testing.assert_array_equal(digits.split(name)[1], again.split(name)[1])
+
+
+def test_load_dataset_resizes(digits):
+  resized = data.load_dataset("digits", image_size=16)
+  _assert_valid_splits(resized, (16, 16, 1), 10)
+  for name in ("train", "val", "test"):
+    assert len(resized.split(name)[0]) == len(digits.split(name)[0])
+    np.testing.assert_array_equal(resized.split(name)[1], digits.split(name)[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR-10 and SVHN through tfds
+
+
+@pytest.mark.parametrize("name, val_size", [("cifar10", tfds_sets.CIFAR10_VAL_SIZE),
+                                            ("svhn", tfds_sets.SVHN_VAL_SIZE)])
+def test_tfds_sets_under_mock_data(name, val_size, tmp_path):
+  import tensorflow_datasets as tfds
+  num_examples = val_size + 100
+  # mock_data yields num_examples random examples for every split, the same ones for each split.
+  with tfds.testing.mock_data(num_examples=num_examples):
+    splits = data.load_dataset(name, data_dir=str(tmp_path))
+  _assert_valid_splits(splits, (32, 32, 3), 10)
+  assert splits.info.name == name
+  assert (len(splits.y_train), len(splits.y_val), len(splits.y_test)) == (100, val_size,
+                                                                         num_examples)
+  # Train and test hold the same mock examples, both sorted by id, so validation must be the
+  # first val_size of them and train the rest.
+  np.testing.assert_array_equal(np.concatenate([splits.x_val, splits.x_train]), splits.x_test)
+  np.testing.assert_array_equal(np.concatenate([splits.y_val, splits.y_train]), splits.y_test)
+
+
+@pytest.mark.parametrize("name, tfds_name", [("cifar10", "cifar10"), ("svhn", "svhn_cropped")])
+def test_tfds_sets_missing_data_says_how_to_get_it(name, tfds_name, tmp_path):
+  with pytest.raises(data.DatasetUnavailableError) as info:
+    data.load_dataset(name, data_dir=str(tmp_path))
+  message = str(info.value)
+  assert "\n" not in message
+  for part in (tfds_name, str(tmp_path), "download", f"tfds.builder('{tfds_name}')",
+               f"tfds build {tfds_name}", "~/tensorflow_datasets", "--data_dir"):
+    assert part in message
+  assert not os.listdir(tmp_path)  # Looking did not create anything.
+
+
+# ---------------------------------------------------------------------------------------------
+# GTSRB
+
+_GTSRB_HEADER = ["Filename", "Width", "Height", "Roi.X1", "Roi.Y1", "Roi.X2", "Roi.Y2", "ClassId"]
+# ClassId -> the colour of its signs' ROI; everything outside the ROI is black.
+_GTSRB_COLOURS = {0: (255, 255, 255), 14: (255, 0, 0), 42: (0, 0, 255)}
+
+
+def _write_csv(path, header, rows):
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f, delimiter=";", lineterminator="\r\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+
+
+def _gtsrb_image(path, index, class_id):
+  """A PPM of a varying size, black with the class colour in the ROI; returns its CSV row."""
+  width, height = 30 + index % 7, 28 + index % 5
+  x1, y1, x2, y2 = 5, 4, width - 6, height - 5  # Inclusive, as in the official CSVs.
+  pixels = np.zeros((height, width, 3), np.uint8)
+  pixels[y1:y2 + 1, x1:x2 + 1] = _GTSRB_COLOURS[class_id]
+  Image.fromarray(pixels).save(path)
+  return [os.path.basename(path), width, height, x1, y1, x2, y2, class_id]
+
+
+def _write_gtsrb(source, train_per_class=10, test_per_class=2):
+  """A tiny copy of the three official archives, extracted into `source`."""
+  train_dir = os.path.join(source, "GTSRB", "Final_Training", "Images")
+  test_dir = os.path.join(source, "GTSRB", "Final_Test", "Images")
+  os.makedirs(test_dir)
+  test_rows = []
+  for class_id in _GTSRB_COLOURS:
+    class_dir = os.path.join(train_dir, f"{class_id:05d}")
+    os.makedirs(class_dir)
+    rows = [_gtsrb_image(os.path.join(class_dir, f"00000_{i:05d}.ppm"), i, class_id)
+            for i in range(train_per_class)]
+    _write_csv(os.path.join(class_dir, f"GT-{class_id:05d}.csv"), _GTSRB_HEADER, rows)
+    for i in range(test_per_class):
+      index = len(test_rows)
+      test_rows.append(_gtsrb_image(os.path.join(test_dir, f"{index:05d}.ppm"), index, class_id))
+  # The test archive ships a label-less CSV next to the images; the labels come separately.
+  _write_csv(os.path.join(test_dir, "GT-final_test.test.csv"), _GTSRB_HEADER[:-1],
+             [row[:-1] for row in test_rows])
+  _write_csv(os.path.join(source, "GT-final_test.csv"), _GTSRB_HEADER, test_rows)
+
+
+@pytest.fixture(scope="module")
+def gtsrb_source(tmp_path_factory):
+  source = str(tmp_path_factory.mktemp("gtsrb_raw"))
+  _write_gtsrb(source)
+  return source
+
+
+def test_gtsrb_prepare_and_load(gtsrb_source, tmp_path):
+  out_dir = str(tmp_path / "prepared")
+  summary = prepare.prepare_gtsrb(gtsrb_source, os.path.join(out_dir, "gtsrb.npz"))
+  # 10 training images per class: 9 train + 1 validation; 2 test images per class.
+  assert summary["split_sizes"] == {"train": 27, "val": 3, "test": 6}
+  assert os.listdir(out_dir) == ["gtsrb.npz"]  # No temporary file left behind.
+
+  splits = data.load_dataset("gtsrb", data_dir=out_dir)
+  _assert_valid_splits(splits, (32, 32, 3), 43)
+  assert splits.info.class_names == local_sets.GTSRB_CLASS_NAMES
+  assert splits.info.class_names[14] == "Stop"
+  for name in ("train", "val", "test"):
+    x, y = splits.split(name)
+    assert set(y.tolist()) == set(_GTSRB_COLOURS)  # Official ClassIds, every class in every split.
+    for class_id, colour in _GTSRB_COLOURS.items():
+      # Cropped to the ROI, only the class colour is left: no black border.
+      np.testing.assert_allclose(x[y == class_id].reshape(-1, 3).min(axis=0),
+                                 np.array(colour) / 255.0, atol=1e-6)
+      np.testing.assert_allclose(x[y == class_id].reshape(-1, 3).max(axis=0),
+                                 np.array(colour) / 255.0, atol=1e-6)
+
+
+def test_gtsrb_prepare_is_deterministic_and_accepts_the_gtsrb_folder(gtsrb_source, tmp_path):
+  first, second = str(tmp_path / "a.npz"), str(tmp_path / "b.npz")
+  prepare.prepare_gtsrb(gtsrb_source, first)
+  # Pointing at GTSRB/ itself works too; GT-final_test.csv is then found in the parent folder.
+  prepare.prepare_gtsrb(os.path.join(gtsrb_source, "GTSRB"), second)
+  with np.load(first) as a, np.load(second) as b:
+    assert sorted(a.files) == sorted(local_sets.NPZ_KEYS)
+    for key in a.files:
+      np.testing.assert_array_equal(a[key], b[key])
+    assert a["x_train"].dtype == np.uint8
+
+
+def test_gtsrb_prepare_without_test_labels_writes_nothing(tmp_path):
+  source = str(tmp_path / "raw")
+  _write_gtsrb(source, train_per_class=2, test_per_class=1)
+  os.remove(os.path.join(source, "GT-final_test.csv"))
+  out_dir = tmp_path / "out"
+  with pytest.raises(prepare.PrepareError, match="GT-final_test.csv"):
+    prepare.prepare_gtsrb(source, str(out_dir / "gtsrb.npz"))
+  assert not out_dir.exists()
+
+
+@pytest.mark.parametrize("name, hint", [("gtsrb", "GTSRB_Final_Training_Images"),
+                                        ("lisa", "LISA Traffic Sign Dataset")])
+def test_local_sets_missing_file_says_how_to_get_it(name, hint, tmp_path, monkeypatch):
+  monkeypatch.setenv(local_sets.DATA_DIR_ENV, str(tmp_path))
+  with pytest.raises(data.DatasetUnavailableError) as info:
+    data.load_dataset(name)  # No data_dir: the environment variable decides.
+  message = str(info.value)
+  assert "\n" not in message
+  for part in (os.path.join(str(tmp_path), f"{name}.npz"), hint,
+               f"python -m moth_tf.prepare --dataset={name} --source="):
+    assert part in message
+
+
+# ---------------------------------------------------------------------------------------------
+# LISA
+
+_LISA_HEADER = ["Filename", "Annotation tag", "Upper left corner X", "Upper left corner Y",
+                "Lower right corner X", "Lower right corner Y", "Occluded,On another road",
+                "Origin file", "Origin frame number", "Origin track", "Origin track frame number"]
+_LISA_COLOURS = {"merge": (255, 255, 0), "school": (0, 255, 0), "stop": (255, 0, 0),
+                 "yield": (255, 255, 255)}
+# Two sign slots per 64x48 frame (inclusive corners), so frames carry one or two signs.
+_LISA_SLOTS = ((4, 4, 19, 17), (30, 20, 49, 35))
+
+
+def _write_lisa(source):
+  """A tiny LISA copy: 10 merge, 11 stop (one box off the frame), 10 yield and 3 school signs."""
+  root = os.path.join(source, "signDatabasePublicFramesOnly")
+  frame_dir = os.path.join(root, "vid0", "frameAnnotations-fake.avi_annotations")
+  os.makedirs(frame_dir)
+  tags = ["merge"] * 10 + ["stop"] * 10 + ["yield"] * 10 + ["school"] * 3
+  rows = []
+  frame = None
+  for i, tag in enumerate(tags):
+    if i % 2 == 0:
+      frame = np.zeros((48, 64, 3), np.uint8)
+      filename = f"vid0/frameAnnotations-fake.avi_annotations/{tag}_{i:04d}.png"
+    x1, y1, x2, y2 = _LISA_SLOTS[i % 2]
+    frame[y1:y2 + 1, x1:x2 + 1] = _LISA_COLOURS[tag]
+    Image.fromarray(frame).save(os.path.join(root, filename))
+    rows.append([filename, tag, x1, y1, x2, y2, "0,0", "fake.avi", i, "fake.avi", i])
+  # A box entirely outside its frame: counted as a stop annotation, but it has no pixels.
+  Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(os.path.join(root, "vid0", "empty.png"))
+  rows.append(["vid0/empty.png", "stop", 100, 100, 110, 110, "0,0", "fake.avi", 99, "fake.avi", 0])
+  _write_csv(os.path.join(root, "allAnnotations.csv"), _LISA_HEADER, rows)
+
+
+@pytest.fixture(scope="module")
+def lisa_source(tmp_path_factory):
+  source = str(tmp_path_factory.mktemp("lisa_raw"))
+  _write_lisa(source)
+  return source
+
+
+def test_lisa_with_fewer_than_18_types_keeps_them_all(lisa_source, tmp_path, caplog):
+  out_dir = str(tmp_path)
+  summary = prepare.prepare_lisa(lisa_source, os.path.join(out_dir, "lisa.npz"))
+  assert "only 4 sign types" in caplog.text
+  assert summary["class_names"] == ["merge", "school", "stop", "yield"]  # Alphabetical.
+  assert summary["skipped_boxes"] == 1 and summary["dropped_types"] == {}
+  # 10 images per type -> 7/1/2; the 3 school signs -> 2/0/1.
+  assert summary["split_sizes"] == {"train": 23, "val": 3, "test": 7}
+
+  splits = data.load_dataset("lisa", data_dir=out_dir)
+  _assert_valid_splits(splits, (32, 32, 3), 4)
+  assert splits.info.num_classes == 4
+  assert splits.info.class_names == ("merge", "school", "stop", "yield")
+  assert splits.info.default_model == local_sets.LISA_INFO.default_model
+  for name in ("train", "val", "test"):
+    x, y = splits.split(name)
+    for label, tag in enumerate(splits.info.class_names):
+      # Each crop holds exactly its own sign, not the neighbouring one or the black frame.
+      np.testing.assert_allclose(x[y == label].reshape(-1, 3),
+                                 np.broadcast_to(np.array(_LISA_COLOURS[tag]) / 255.0,
+                                                 (np.sum(y == label) * 32 * 32, 3)), atol=1e-6)
+
+
+def test_lisa_cut_keeps_the_most_frequent_types_ties_by_name(lisa_source, tmp_path):
+  first, second = str(tmp_path / "a.npz"), str(tmp_path / "b.npz")
+  # stop has 11 annotations; merge and yield tie at 10, and merge wins by name.
+  summary = prepare.prepare_lisa(lisa_source, first, num_classes=2)
+  assert summary["class_names"] == ["merge", "stop"]
+  assert summary["dropped_types"] == {"yield": 10, "school": 3}
+  assert summary["split_sizes"] == {"train": 14, "val": 2, "test": 4}
+  prepare.prepare_lisa(lisa_source, second, num_classes=2)
+  with np.load(first) as a, np.load(second) as b:
+    for key in a.files:
+      np.testing.assert_array_equal(a[key], b[key])
+
+
+# ---------------------------------------------------------------------------------------------
+# The prepare command line
+
+
+def _run_prepare(*args):
+  return subprocess.run([sys.executable, "-m", "moth_tf.prepare", *args], capture_output=True,
+                        text=True, timeout=120, check=False)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--dataset=gtsrb", "--source={tmp}/no_such_dir"], "does not exist"),
+    (["--dataset=lisa", "--source={tmp}/no_such_dir"], "does not exist"),
+    (["--dataset=gtsrb", "--source={tmp}"], "no GTSRB/Final_Training/Images"),
+    (["--dataset=lisa", "--source={tmp}"], "no allAnnotations.csv"),
+    (["--dataset=gtsrb"], "--source=DIR"),
+])
+def test_prepare_cli_bad_source_fails_with_one_line(args, expected, tmp_path):
+  out_dir = tmp_path / "out"
+  args = [a.format(tmp=tmp_path) for a in args] + [f"--data_dir={out_dir}"]
+  result = _run_prepare(*args)
+  assert result.returncode != 0
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1, result.stderr
+  assert expected in lines[0]
+  assert not out_dir.exists()
+
+
+def test_prepare_cli_writes_and_summarises(gtsrb_source, tmp_path):
+  result = _run_prepare("--dataset=gtsrb", f"--source={gtsrb_source}", f"--data_dir={tmp_path}")
+  assert result.returncode == 0, result.stderr
+  assert f"wrote {tmp_path / 'gtsrb.npz'}" in result.stdout
+  assert "train 27 / val 3 / test 6" in result.stdout
+  assert "14 Stop: 12" in result.stdout
+  assert os.path.isfile(tmp_path / "gtsrb.npz")
