@@ -85,9 +85,136 @@ def run_test(config: config_lib.RunConfig, command_line=()):
   return acc
 
 
+def output_dir(config: config_lib.RunConfig) -> str:
+  """Where a phase writes results: the run directory, or for --model_path a directory of its own
+  (nothing is ever written next to a user's model)."""
+  if not config.model_path:
+    return config.run_dir()
+  stem = os.path.splitext(os.path.basename(os.path.normpath(config.model_path)))[0]
+  return os.path.join(config.workdir, f"{config.data.dataset}_external_{stem}")
+
+
+def inversion_settings(dist: config_lib.DistanceConfig):
+  from moth_tf.triggers import engine
+  return engine.InversionSettings(steps=dist.steps, asr_bound=dist.asr_bound,
+                                  init_cost=dist.init_cost,
+                                  early_stop_patience=dist.early_stop_patience,
+                                  early_stop_tol=dist.early_stop_tol)
+
+
+def load_distance_json(path: str) -> dict:
+  """A distance.json, given the file or the run directory holding it."""
+  if os.path.isdir(path):
+    path = os.path.join(path, rundir.DISTANCE_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"no distance results at {path}; run --phase=distance on that run "
+                            "first")
+  return rundir.read_json(path)
+
+
+def _matrix(values):
+  import numpy as np
+  return np.array([[np.nan if v is None else v for v in row] for row in values], np.float64)
+
+
+def measure_and_record(model, splits, config: config_lib.RunConfig, out_dir: str, seeds=None,
+                       tag: str = "distance", verbose: bool = True):
+  """Measures class distance and writes distance.json, the heat map PNG and TensorBoard logs.
+
+  Returns (DistanceResult, the JSON dict written).
+  """
+  import numpy as np
+  import tensorflow as tf
+  from moth_tf import distance
+
+  dist = config.distance
+  split, note = distance.choose_split(splits, dist.samples)
+  x, y = splits.split(split)
+  seeds = tuple(seeds or dist.seeds)
+  pairs = [dist.pair] if dist.pair else None
+  if dist.pair and max(dist.pair) >= splits.num_classes:
+    raise ValueError(f"--pair={dist.pair[0]}-{dist.pair[1]}: {splits.info.name} has classes "
+                     f"0..{splits.num_classes - 1}")
+  n_dirs = len(pairs) if pairs else splits.num_classes * (splits.num_classes - 1)
+  if verbose:
+    print(f"Class distance: {n_dirs} directions x {len(seeds)} seed(s), {dist.steps} steps, up to "
+          f"{dist.samples} images each; {note}; early stop "
+          + (f"after {dist.early_stop_patience} steps without a 1% gain" if
+             dist.early_stop_patience else "off"))
+  result = distance.measure_distance(
+      model, x, y, splits.num_classes, inversion_settings(dist), seeds, samples=dist.samples,
+      pairs=pairs, batch_directions=dist.batch_directions, split_name=split, verbose=verbose)
+  payload = result.to_json()
+  payload.update(dataset=config.data.dataset, model=config.model,
+                 model_path=config.model_path or rundir.model_path(config.run_dir()))
+  if dist.compare_to:
+    base = load_distance_json(dist.compare_to)
+    comparison = distance.enlargement(_matrix(base["matrix"]), result.matrix)
+    comparison["baseline"] = dist.compare_to
+    payload["comparison"] = comparison
+  name = rundir.DISTANCE_FILE if not dist.pair else f"distance_pair_{dist.pair[0]}-{dist.pair[1]}.json"
+  os.makedirs(out_dir, exist_ok=True)
+  rundir.write_json(os.path.join(out_dir, name), payload)
+  if not dist.pair:
+    rundir.write_bytes(os.path.join(out_dir, tag + "_heatmap.png"),
+                       distance.heatmap_png(result.matrix))
+  writer = tf.summary.create_file_writer(rundir.logs_dir(out_dir, tag))
+  with writer.as_default():
+    for i, seed in enumerate(seeds):
+      with np.errstate(all="ignore"):
+        tf.summary.scalar(f"{tag}/mean_seed", float(np.nanmean(result.per_seed[i])), step=i)
+    tf.summary.scalar(f"{tag}/mean", result.mean, step=0)
+    tf.summary.scalar(f"{tag}/failures", len(result.failures), step=0)
+    tf.summary.scalar(f"{tag}/wall_seconds", result.wall_seconds, step=0)
+    if not dist.pair:
+      tf.summary.image(f"{tag}/heatmap", distance.heatmap_image(result.matrix)[None], step=0)
+    if "comparison" in payload:
+      tf.summary.scalar(f"{tag}/enlargement_mean_relative",
+                        payload["comparison"]["mean_relative_change"], step=0)
+  writer.flush()
+  return result, payload
+
+
+def print_distance(result, payload):
+  from moth_tf import distance
+  if len(result.pairs) == 1:
+    s, t = result.pairs[0]
+    value = result.matrix[s, t]
+    print(f"distance {s}->{t}: " + (f"{value:.3f}" if value == value else "failed (ASR bound never "
+                                    "reached)"))
+  else:
+    print(distance.format_matrix(result.matrix))
+    print(f"mean distance: {result.mean:.3f} over {len(result.pairs) - len(result.failures)} "
+          f"directions; failures: {len(result.failures)}")
+  print(f"wall time: {result.wall_seconds:.1f} s")
+  if "comparison" in payload:
+    c = payload["comparison"]
+    print(f"enlargement vs {c['baseline']}: mean of per-pair relative changes "
+          f"{100 * c['mean_relative_change']:+.2f}%, ratio of means {100 * c['ratio_of_means']:+.2f}%"
+          f" ({c['pairs_compared']} pairs)")
+    print(distance.format_matrix(100 * c["per_pair"], fmt="{:+7.1f}"))
+
+
+def run_distance(config: config_lib.RunConfig, command_line=()):
+  """Pairwise class distance of the run's model (or --model_path); writes distance.json etc."""
+  splits = load_splits(config)
+  model, path = load_run_model(config)
+  check_model_fits(model, splits, path)
+  out_dir = output_dir(config)
+  result, payload = measure_and_record(model, splits, config, out_dir)
+  print_distance(result, payload)
+  if not config.distance.pair:
+    rundir.update_summary(out_dir, distance={"mean": result.mean, "failures": len(result.failures),
+                                             "seeds": list(result.seeds),
+                                             "wall_seconds": result.wall_seconds})
+  print(f"results written to {out_dir}")
+  return result
+
+
 _PHASES = {
     "train": run_train,
     "test": run_test,
+    "distance": run_distance,
 }
 
 
