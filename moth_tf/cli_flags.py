@@ -34,6 +34,9 @@ def define_flags():
                     "Load .keras files that need safe_mode=False (only for files you trust).")
   flags.DEFINE_enum("strategy", "default", list(config_lib.STRATEGIES),
                     "tf.distribute strategy for training and hardening.")
+  flags.DEFINE_integer("cpu_devices", None,
+                       "Split the CPU into this many logical devices (to run --strategy=mirrored "
+                       "without GPUs, for tests and demos).", lower_bound=1)
   flags.DEFINE_integer("seed", 0, "Random seed of training/hardening.", lower_bound=0)
 
   # Base training (0 / empty: the data set's recipe, moth_tf.training.RECIPES).
@@ -64,6 +67,29 @@ def define_flags():
   flags.DEFINE_string("compare_to", None,
                       "A baseline run directory or distance.json to report the enlargement "
                       "against.")
+
+  # MOTH hardening (unset: the preset's value; defaults in moth_tf.config.HardenConfig).
+  flags.DEFINE_enum("preset", "default", ["default", "reference"],
+                    "Hardening preset: ours (hardens; see benchmarks/hardening_benchmark.py) or the "
+                    "authors' (2 epochs, 10% of min(#s,#t) stamped) for comparison.")
+  flags.DEFINE_enum("mode", None, ["nat", "adv"],
+                    "nat: stamp triggers on clean batches; adv: PGD-perturb each batch first.")
+  flags.DEFINE_integer("harden_epochs", None, "Hardening epochs.", lower_bound=1)
+  flags.DEFINE_integer("harden_batch_size", None, "Hardening global batch size.", lower_bound=1)
+  flags.DEFINE_float("harden_learning_rate", None, "Hardening SGD learning rate.",
+                     lower_bound=0.0)
+  flags.DEFINE_float("portion", None, "Fraction of each pair class's batch images stamped.",
+                     lower_bound=0.0, upper_bound=1.0)
+  flags.DEFINE_float("warm_ratio", None,
+                     "Fraction of non-target batch images stamped during the warm-up.",
+                     lower_bound=0.0, upper_bound=1.0)
+  flags.DEFINE_float("replay", None,
+                     "Fraction of the other batch images stamped with a stored trigger of their "
+                     "class (trigger replay; 0 = MOTH as published).", lower_bound=0.0,
+                     upper_bound=1.0)
+  flags.DEFINE_integer("trigger_samples", None,
+                       "Training images per class used to generate each pair trigger.",
+                       lower_bound=1)
 
   flags.register_validator(
       "pair", lambda v: v is None or _parse_pair(v) is not None,

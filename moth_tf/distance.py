@@ -182,7 +182,7 @@ def enlargement(base: np.ndarray, new: np.ndarray) -> dict:
 
 
 def format_matrix(matrix: np.ndarray, fmt: str = "{:7.2f}") -> str:
-  """The matrix as text, rows = source, "-" on the diagonal, "fail"/"" where missing."""
+  """The matrix as text, rows = source, "-" on the diagonal, "." where failed or not measured."""
   n = matrix.shape[0]
   width = len(fmt.format(0.0))
   lines = ["src\\tgt " + "".join(f"{t:>{width}}" for t in range(n))]

@@ -5,6 +5,7 @@ reads FLAGS. Run with --helpfull for every flag, or --flagfile=flags/NAME.flags 
 experiment.
 """
 
+import dataclasses
 import os
 import sys
 
@@ -45,6 +46,14 @@ def config_from_flags(flag_values) -> config_lib.RunConfig:
       early_stop_patience=flag_values.early_stop_patience,
       batch_directions=flag_values.batch_directions,
       compare_to=flag_values.compare_to)
+  preset = (config_lib.REFERENCE_HARDENING if flag_values.preset == "reference" else
+            config_lib.HardenConfig())
+  overrides = {field: getattr(flag_values, flag) for field, flag in (
+      ("mode", "mode"), ("epochs", "harden_epochs"), ("batch_size", "harden_batch_size"),
+      ("learning_rate", "harden_learning_rate"), ("portion", "portion"),
+      ("warm_ratio", "warm_ratio"), ("replay", "replay"), ("trigger_samples", "trigger_samples"))
+               if getattr(flag_values, flag) is not None}
+  harden = dataclasses.replace(preset, seed=flag_values.seed, **overrides)
   return config_lib.RunConfig(
       phase=flag_values.phase,
       method=flag_values.method,
@@ -57,7 +66,8 @@ def config_from_flags(flag_values) -> config_lib.RunConfig:
       data=config_lib.DataConfig(dataset=dataset, data_dir=flag_values.data_dir,
                                  image_size=flag_values.image_size),
       train=train,
-      distance=distance)
+      distance=distance,
+      harden=harden)
 
 
 def main(argv):
@@ -65,6 +75,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # TF's INFO lines (SavedModel export) are noise here.
+  if FLAGS.cpu_devices:
+    from moth_tf import distribute
+    distribute.split_cpu(FLAGS.cpu_devices)
   from moth_tf import phases  # Imported here so --help does not pay for importing TensorFlow.
   try:
     config = config_from_flags(FLAGS)

@@ -4,6 +4,7 @@
 run directory of (dataset, model, method) under the workdir (see moth_tf.rundir).
 """
 
+import dataclasses
 import os
 import time
 
@@ -211,10 +212,132 @@ def run_distance(config: config_lib.RunConfig, command_line=()):
   return result
 
 
+def harden_output_dir(config: config_lib.RunConfig) -> str:
+  if not config.model_path:
+    return config.run_dir("moth")
+  return output_dir(config) + "_moth"
+
+
+def run_harden(config: config_lib.RunConfig, command_line=()):
+  """Hardens the natural run's model (or --model_path) with MOTH into a new run directory."""
+  from moth_tf import distribute
+  from moth_tf import evaluation
+  from moth_tf.hardening import moth
+
+  splits = load_splits(config)
+  base_config = config if config.model_path else dataclasses.replace(config, method="natural")
+  base_model, base_path = load_run_model(base_config)
+  check_model_fits(base_model, splits, base_path)
+  out_dir = harden_output_dir(config)
+  if os.path.abspath(out_dir) == os.path.abspath(os.path.dirname(base_path)):
+    raise ValueError(f"the hardened model would overwrite its input {base_path}; choose another "
+                     "--workdir")
+  acc_before = evaluation.accuracy(base_model, splits.x_test, splits.y_test)
+  del base_model
+  h = config.harden
+  print(f"MOTH hardening of {base_path} ({h.mode} mode): {h.epochs} epochs of batch "
+        f"{h.batch_size}, SGD lr {h.learning_rate}, {h.portion:.0%} of each pair class stamped; "
+        f"output {out_dir}")
+  strategy = distribute.get_strategy(config.strategy)
+  pgd = splits.info.train_pgd
+  classifier, results = moth.harden(
+      lambda: model_io.load_model(base_path, unsafe_load=config.unsafe_load), splits, h, out_dir,
+      strategy=strategy, pgd_settings=(pgd.epsilon, pgd.steps, pgd.step_size))
+  acc_after = evaluation.accuracy(classifier, splits.x_test, splits.y_test)
+  model_io.save_model(classifier, out_dir)
+  share = results["generation_seconds"] + results["warmup_seconds"]
+  rundir.update_summary(
+      out_dir, dataset=config.data.dataset, model=config.model, method="moth",
+      base_model=base_path, test_accuracy=acc_after,
+      harden={**results, "test_accuracy_before": acc_before, "test_accuracy_after": acc_after,
+              "strategy": config.strategy, "replicas": strategy.num_replicas_in_sync},
+      flags=list(command_line), config=config.to_dict())
+  print(f"test accuracy {acc_before:.4f} -> {acc_after:.4f} ({100 * (acc_after - acc_before):+.2f} "
+        f"points); hardening took {results['wall_seconds']:.1f} s ({share:.1f} s generating "
+        f"triggers, {results['training_seconds']:.1f} s training); model saved to "
+        f"{rundir.model_path(out_dir)}")
+  return {"test_accuracy_before": acc_before, "test_accuracy_after": acc_after, **results,
+          "run_dir": out_dir}
+
+
+def run_pipeline(config: config_lib.RunConfig, command_line=()):
+  """The whole job: train the base model if missing, measure distance, harden, measure again."""
+  from moth_tf import distance
+
+  times = {}
+  natural = dataclasses.replace(config, method="natural", model_path=None)
+  base_dir = natural.run_dir()
+  start = time.time()
+  if os.path.exists(rundir.model_path(base_dir)):
+    print(f"[1/4] base model found at {rundir.model_path(base_dir)}; not retraining")
+  else:
+    print("[1/4] training the base model")
+    run_train(natural, command_line)
+  times["train"] = time.time() - start
+
+  splits = load_splits(config)
+  start = time.time()
+  print(f"[2/4] class distance of the base model ({len(config.distance.seeds)} seed(s))")
+  base_model, _ = load_run_model(natural)
+  base_result, _ = measure_and_record(base_model, splits, natural, base_dir)
+  rundir.update_summary(base_dir, distance={"mean": base_result.mean,
+                                            "failures": len(base_result.failures)})
+  times["distance_before"] = time.time() - start
+
+  start = time.time()
+  print("[3/4] MOTH hardening")
+  harden_results = run_harden(dataclasses.replace(config, method="moth", model_path=None),
+                              command_line)
+  times["harden"] = time.time() - start
+
+  start = time.time()
+  print(f"[4/4] class distance of the hardened model ({len(config.distance.seeds)} seed(s))")
+  moth_config = dataclasses.replace(
+      config, method="moth", model_path=None,
+      distance=dataclasses.replace(config.distance, compare_to=base_dir))
+  moth_model, _ = load_run_model(moth_config)
+  moth_result, payload = measure_and_record(moth_model, splits, moth_config,
+                                            moth_config.run_dir())
+  times["distance_after"] = time.time() - start
+  comparison = payload["comparison"]
+  rundir.update_summary(moth_config.run_dir(), distance={
+      "mean": moth_result.mean, "failures": len(moth_result.failures),
+      "mean_before": base_result.mean,
+      "enlargement_mean_relative": comparison["mean_relative_change"],
+      "enlargement_ratio_of_means": comparison["ratio_of_means"]},
+      stage_seconds=times)
+  rows = [
+      ("test accuracy", f"{harden_results['test_accuracy_before']:.4f}",
+       f"{harden_results['test_accuracy_after']:.4f}",
+       f"{100 * (harden_results['test_accuracy_after'] - harden_results['test_accuracy_before']):+.2f} pts"),
+      ("mean class distance", f"{base_result.mean:.3f}", f"{moth_result.mean:.3f}",
+       f"{100 * comparison['mean_relative_change']:+.1f}% (mean of per-pair changes)"),
+      ("", "", "", f"{100 * comparison['ratio_of_means']:+.1f}% (ratio of means)"),
+      ("failed directions", str(len(base_result.failures)), str(len(moth_result.failures)), ""),
+  ]
+  print()
+  print(distance.format_matrix(100 * comparison["per_pair"], fmt="{:+7.1f}"))
+  print("\nper-pair distance change (%) above; summary:")
+  print(f"{'':22}{'before':>10}{'after':>10}  change")
+  for name, before, after, change in rows:
+    print(f"{name:22}{before:>10}{after:>10}  {change}")
+  seeds_note = (f"{len(config.distance.seeds)} seed(s)" +
+                ("" if len(config.distance.seeds) >= 3 else "; the benchmark uses 3"))
+  print(f"distance: {seeds_note}, {config.distance.steps} steps, early stop "
+        f"{config.distance.early_stop_patience or 'off'}")
+  print("stage times: " + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()) +
+        f"; total {sum(times.values()):.1f} s")
+  print(f"runs: {base_dir} and {moth_config.run_dir()}; view with tensorboard --logdir "
+        f"{config.workdir}")
+  return {"times": times, "comparison": comparison, "harden": harden_results}
+
+
 _PHASES = {
     "train": run_train,
     "test": run_test,
     "distance": run_distance,
+    "harden": run_harden,
+    "pipeline": run_pipeline,
 }
 
 

@@ -72,7 +72,7 @@ def train_natural(model_name: str, splits: data_lib.DatasetSplits,
       keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup")),
   ]
   history = model.fit(train_ds, validation_data=val_ds, epochs=recipe.epochs, callbacks=callbacks,
-                      verbose=verbose)
+                      verbose=verbose, shuffle=False)  # The pipeline shuffles.
   train_seconds = time.time() - start
   results = {
       "test_accuracy": evaluation.accuracy(model, splits.x_test, splits.y_test),

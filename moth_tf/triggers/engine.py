@@ -165,7 +165,7 @@ class TriggerInverter:
              early_stop_patience):
     """Runs steps [state['step'], min(chunk_end, total_steps)) for the directions not yet done."""
     s = self.settings
-    num_dirs = tf.shape(targets)[0]
+    num_dirs = targets.shape[0] if targets.shape[0] is not None else tf.shape(targets)[0]
     sample_target = tf.gather(targets, sample_dir)
     image_shape = x.shape[1:]
     mask_shape = image_shape[:-1] + [1]
@@ -234,12 +234,13 @@ class TriggerInverter:
       mask_var, m_mask, v_mask = adam(mask_var, g_mask, st["m_mask"], st["v_mask"])
       pattern_var, m_pat, v_pat = adam(pattern_var, g_pattern, st["m_pattern"], st["v_pattern"])
 
-      # After a new best, continue from the best perturbed by +-perturbation (reference 1.4).
+      # After a new best, perturb the trigger by +-perturbation to escape local minima (reference
+      # 1.4, which perturbs the post-update trigger it snapshots; the step's update is kept).
       def perturbed():
         noise_m = hashed_uniform(seeds, 16 + 2 * step, mask_shape) * 2.0 - 1.0
         noise_p = hashed_uniform(seeds, 17 + 2 * step, image_shape) * 2.0 - 1.0
-        mv = params.encode(best_mask + s.perturbation * noise_m)
-        pv = params.encode(best_pattern + s.perturbation * noise_p)
+        mv = params.encode(params.decode(mask_var) + s.perturbation * noise_m)
+        pv = params.encode(params.decode(pattern_var) + s.perturbation * noise_p)
         return tf.where(nb4, mv, mask_var), tf.where(nb4, pv, pattern_var)
 
       mask_var, pattern_var = tf.cond(tf.reduce_any(new_best), perturbed,
@@ -251,8 +252,8 @@ class TriggerInverter:
       raise_cost = up >= s.patience
       lower_cost = tf.logical_and(tf.logical_not(raise_cost), down >= s.patience)
       cost = st["cost"]
-      cost = tf.where(raise_cost, tf.where(cost == 0.0, st["init_cost"],
-                                           cost * s.cost_multiplier_up), cost)
+      # A zero cost restarts at 1e-3, as the reference.
+      cost = tf.where(raise_cost, tf.where(cost == 0.0, 1e-3, cost * s.cost_multiplier_up), cost)
       cost = tf.where(lower_cost, cost / s.cost_multiplier_down, cost)
       up = tf.where(raise_cost, 0, up)
       down = tf.where(lower_cost, 0, down)
@@ -298,7 +299,7 @@ class TriggerInverter:
         "step": tf.constant(0, tf.int32),
         "mask_var": params.encode(init_mask), "pattern_var": params.encode(init_pattern),
         "m_mask": zeros_m, "v_mask": zeros_m, "m_pattern": zeros_p, "v_pattern": zeros_p,
-        "init_cost": tf.constant(init_cost, tf.float32), "cost": tf.constant(init_cost, tf.float32),
+        "cost": tf.constant(init_cost, tf.float32),
         "up": tf.zeros([k], tf.int32), "down": tf.zeros([k], tf.int32),
         "best_reg": inf, "best_mask": zeros_m, "best_pattern": zeros_p,
         "anchor_reg": inf, "last_significant": tf.zeros([k], tf.int32),
@@ -329,7 +330,7 @@ class TriggerInverter:
     k = len(images)
     if not (k == len(targets) == len(seeds)):
       raise ValueError("images, targets and seeds must have one entry per direction")
-    if any(len(im) == 0 for im in images):
+    if not images or any(len(im) == 0 for im in images):
       raise ValueError("every direction needs at least one image")
     steps = int(steps or s.steps)
     image_shape = tuple(images[0].shape[1:])

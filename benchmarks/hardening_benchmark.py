@@ -1,0 +1,169 @@
+"""Issue 4 benchmark: MOTH hardening of lenet on digits, through the command line.
+
+Parts (all by default; pick with --parts=a,b,...):
+  main      fresh base model -> distance (3 seeds) -> default hardening -> distance (3 seeds):
+            enlargement (mean of per-pair relative changes and ratio of means), accuracy drop,
+            hardening wall time and the share spent generating triggers vs training.
+  reference the same hardening with --preset=reference (the authors' settings), distance 3 seeds.
+  sweep     stamped fraction x epoch budget (x learning rate) grid; each point's distance with
+            1 seed (stated in the output) to keep the sweep affordable.
+  mirrored  the default hardening under MirroredStrategy on 2 logical CPU devices.
+  resume    a default hardening killed mid-way (SIGKILL once its first epoch checkpoint exists) and
+            restarted with the same command: it must resume and complete.
+
+    python benchmarks/hardening_benchmark.py [--parts=main,mirrored] [--workdir=DIR]
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # pylint: disable=g-import-not-at-top
+
+PARTS = ("main", "reference", "sweep", "mirrored", "resume")
+
+
+def load(workdir, run):
+  path = os.path.join(workdir, run, "summary.json")
+  return json.load(open(path)) if os.path.exists(path) else {}
+
+
+def distance_of(workdir, run):
+  return json.load(open(os.path.join(workdir, run, "distance.json")))
+
+
+def harden_and_measure(base_workdir, workdir, seeds, *flags):
+  """Copies the base run into `workdir`, hardens with `flags`, measures distance vs the base."""
+  shutil.rmtree(workdir, ignore_errors=True)
+  os.makedirs(workdir)
+  shutil.copytree(os.path.join(base_workdir, "digits_lenet_natural"),
+                  os.path.join(workdir, "digits_lenet_natural"))
+  wall, _ = common.run_cli("--phase=harden", *flags, workdir=workdir)
+  common.run_cli("--phase=distance", "--method=moth", f"--seeds={seeds}",
+                 f"--compare_to={os.path.join(workdir, 'digits_lenet_natural')}", workdir=workdir)
+  summary = load(workdir, "digits_lenet_moth")["harden"]
+  dist = distance_of(workdir, "digits_lenet_moth")
+  return {
+      "flags": list(flags), "harden_command_seconds": wall,
+      "harden_seconds": summary["wall_seconds"],
+      "generation_seconds": summary["warmup_seconds"] + summary["generation_seconds"],
+      "training_seconds": summary["training_seconds"],
+      "acc_before": summary["test_accuracy_before"], "acc_after": summary["test_accuracy_after"],
+      "distance_after": dist["mean"],
+      "enlargement": dist["comparison"]["mean_relative_change"],
+      "ratio_of_means": dist["comparison"]["ratio_of_means"],
+      "failures_after": len(dist["failures"]),
+  }
+
+
+def describe(label, r):
+  drop = 100 * (r["acc_before"] - r["acc_after"])
+  gen_share = r["generation_seconds"] / r["harden_seconds"]
+  return (f"{label:34s} enlargement {100 * r['enlargement']:+7.1f}% (ratio of means "
+          f"{100 * r['ratio_of_means']:+6.1f}%)  accuracy {r['acc_before']:.4f} -> "
+          f"{r['acc_after']:.4f} (drop {drop:+.2f} pts)  hardening {r['harden_seconds']:.0f} s "
+          f"({100 * gen_share:.0f}% trigger generation)")
+
+
+def part_resume(base_workdir, workdir):
+  shutil.rmtree(workdir, ignore_errors=True)
+  os.makedirs(workdir)
+  shutil.copytree(os.path.join(base_workdir, "digits_lenet_natural"),
+                  os.path.join(workdir, "digits_lenet_natural"))
+  cmd = [sys.executable, "-m", "moth_tf.main", "--phase=harden", f"--workdir={workdir}"]
+  backup = os.path.join(workdir, "digits_lenet_moth", "backup_harden")
+  log = open(os.path.join(workdir, "first_attempt.log"), "w")
+  proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+  start = time.time()
+  # Wait for the first epoch checkpoints (the training metadata file), then a little more.
+  meta = os.path.join(backup, "training_metadata.json")
+  while proc.poll() is None and not os.path.exists(meta):
+    time.sleep(0.5)
+  time.sleep(3)
+  if proc.poll() is not None:
+    raise RuntimeError("the first hardening attempt finished before it could be killed")
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  killed_after = time.time() - start
+  saved_epoch = json.load(open(meta))["epoch"]
+  wall, out = common.run_cli("--phase=harden", workdir=workdir)
+  resumed = "resumed at step" in out
+  summary = load(workdir, "digits_lenet_moth")
+  ok = resumed and os.path.exists(os.path.join(workdir, "digits_lenet_moth", "model.keras")) and (
+      not os.path.exists(backup))
+  print(f"resume: killed after {killed_after:.0f} s with {saved_epoch} epoch(s) checkpointed; the "
+        f"same command {'resumed' if resumed else 'did NOT resume'} and "
+        f"{'completed' if ok else 'did NOT complete'} in {wall:.0f} s; accuracy after "
+        f"{summary.get('harden', {}).get('test_accuracy_after', float('nan')):.4f}", flush=True)
+  return {"killed_after_seconds": killed_after, "checkpointed_epochs": saved_epoch,
+          "resumed": resumed, "completed": ok, "second_run_seconds": wall}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--workdir", default=os.path.join(common.DEFAULT_WORKDIR, "harden_bench"))
+  parser.add_argument("--parts", default=",".join(PARTS))
+  parser.add_argument("--sweep", default="portion=0.1,0.5,1.0;harden_epochs=10,30",
+                      help="grid as flag=v1,v2;flag=v1,v2 (each point: one seed of distance)")
+  parser.add_argument("--out", default=os.path.join(common.REPO, "benchmarks", "results",
+                                                    "hardening_benchmark.json"))
+  args = parser.parse_args()
+  parts = args.parts.split(",")
+  print(common.machine_note(), flush=True)
+  results = {}
+  base = os.path.join(args.workdir, "base")
+  if not os.path.exists(os.path.join(base, "digits_lenet_natural", "distance.json")):
+    shutil.rmtree(base, ignore_errors=True)
+    common.ensure_base_model(base)
+    common.run_cli("--phase=distance", "--seeds=3", workdir=base)
+  base_summary = load(base, "digits_lenet_natural")
+  base_dist = distance_of(base, "digits_lenet_natural")
+  print(f"base lenet: test accuracy {base_summary['test_accuracy']:.4f}, mean distance "
+        f"{base_dist['mean']:.3f} (3 seeds, {base_dist['wall_seconds']:.0f} s)", flush=True)
+  results["base"] = {"test_accuracy": base_summary["test_accuracy"], "distance": base_dist["mean"]}
+
+  if "main" in parts:
+    r = harden_and_measure(base, os.path.join(args.workdir, "default"), 3)
+    results["default"] = r
+    print(describe("default preset (3 seeds)", r), flush=True)
+    print(f"  hardening wall time {r['harden_seconds']:.1f} s: trigger generation (warm-up + "
+          f"pairs) {r['generation_seconds']:.1f} s, training steps {r['training_seconds']:.1f} s",
+          flush=True)
+  if "reference" in parts:
+    r = harden_and_measure(base, os.path.join(args.workdir, "reference"), 3, "--preset=reference")
+    results["reference"] = r
+    print(describe("authors' preset (3 seeds)", r), flush=True)
+  if "mirrored" in parts:
+    r = harden_and_measure(base, os.path.join(args.workdir, "mirrored"), 1, "--strategy=mirrored",
+                           "--cpu_devices=2")
+    s = load(os.path.join(args.workdir, "mirrored"), "digits_lenet_moth")["harden"]
+    r["replicas"] = s["replicas"]
+    results["mirrored"] = r
+    print(describe(f"MirroredStrategy, {s['replicas']} replicas (1 seed)", r), flush=True)
+  if "resume" in parts:
+    results["resume"] = part_resume(base, os.path.join(args.workdir, "resume"))
+  if "sweep" in parts:
+    grid = [(kv.split("=")[0], kv.split("=")[1].split(",")) for kv in args.sweep.split(";")]
+    points = [[]]
+    for flag, values in grid:
+      points = [p + [f"--{flag}={v}"] for p in points for v in values]
+    results["sweep"] = []
+    print(f"sweep ({len(points)} points, distance with 1 seed each):", flush=True)
+    for i, flags in enumerate(points):
+      r = harden_and_measure(base, os.path.join(args.workdir, f"sweep_{i}"), 1, *flags)
+      results["sweep"].append(r)
+      print(describe(" ".join(f.lstrip("-") for f in flags), r), flush=True)
+  os.makedirs(os.path.dirname(args.out), exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump(results, f, indent=2)
+  print(f"results written to {args.out}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,197 @@
+"""The hardening model: a `keras.Model` whose `train_step` stamps the current triggers into each batch.
+
+MOTH fine-tunes a classifier on batches in which some images carry small triggers that currently flip
+their class into another one, with their TRUE labels kept, so the model learns to ignore them. The
+triggers live in non-trainable variables that the host-side driver (moth_tf.hardening.moth) assigns
+between steps, so the step is one traced graph for the whole run:
+
+* pair triggers: direction 0 (s -> t) is stamped on a fraction of the batch's class-s images and
+  direction 1 (t -> s) on the same fraction of its class-t images;
+* warm-up: the universal trigger toward class `warm_target` is stamped on `warm_ratio` of the batch's
+  images of every other class.
+
+Randomness inside the step is stateless, seeded by (optimizer step, replica id), so runs are
+repeatable and a resumed run draws the same numbers. Fractions apply to each replica's own batch
+(shared/STYLE.md section 2: slicing in a train_step acts per replica).
+
+The model also carries, as non-trainable weights, the driver's state (trigger store, scheduler
+matrices, step counter) so that `BackupAndRestore` checkpoints everything a resumed run needs.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from moth_tf.attacks import pgd
+from moth_tf.triggers import params
+
+
+def _select_fraction(member, fraction, seed):
+  """Boolean [B]: a random `fraction` (rounded half up) of the positions where `member` is true."""
+  count = tf.reduce_sum(tf.cast(member, tf.float32))
+  k = tf.cast(tf.floor(count * fraction + 0.5), tf.int32)
+  keys = tf.where(member, tf.random.stateless_uniform(tf.shape(member), seed), 2.0)
+  rank = tf.argsort(tf.argsort(keys))  # Rank of each position among the members, by random key.
+  return tf.logical_and(member, rank < k)
+
+
+@keras.saving.register_keras_serializable(package="moth_tf")
+class StampingModel(keras.Model):
+  """Wraps a classifier; `train_step` stamps the current MOTH triggers into the batch.
+
+  Args:
+    classifier: the logits model being hardened (its weights are trained in place: pass a copy).
+    num_classes: n.
+    portion: fraction of each class's images in a (per-replica) batch that carry the pair triggers.
+    warm_ratio: fraction of non-target images stamped with the universal trigger during warm-up.
+    replay: fraction of the remaining images (not stamped with the pair or warm-up trigger) that
+      carry a stored trigger of their class toward a random other class (0 = MOTH as published).
+    adversarial: PGD-perturb every batch first (MOTH on top of adversarial training).
+    pgd_settings: (epsilon, steps, step_size) for adversarial mode.
+  """
+
+  def __init__(self, classifier, num_classes, portion=0.5, warm_ratio=0.5, replay=0.0,
+               adversarial=False, pgd_settings=(0.03, 8, 0.005), **kwargs):
+    super().__init__(**kwargs)
+    self.classifier = classifier
+    self.num_classes = int(num_classes)
+    self.adversarial = bool(adversarial)
+    self.pgd_settings = tuple(pgd_settings)
+    h, w, c = classifier.input_shape[1:]
+    n = self.num_classes
+    self.image_shape = (h, w, c)
+
+    def state(name, shape, dtype="float32"):
+      return self.add_weight(name=name, shape=shape, dtype=dtype, trainable=False,
+                             initializer="zeros")
+
+    # What the step stamps (assigned by the driver between steps).
+    self.pair_classes = state("pair_classes", (2,), "int32")
+    self.pair_enabled = state("pair_enabled", (2,))
+    self.pair_masks = state("pair_masks", (2, h, w, 1))
+    self.pair_patterns = state("pair_patterns", (2, h, w, c))
+    self.warm_target = state("warm_target", (), "int32")
+    self.warm_enabled = state("warm_enabled", ())
+    self.warm_mask = state("warm_mask", (h, w, 1))
+    self.warm_pattern = state("warm_pattern", (h, w, c))
+    self.portion = state("portion", ())
+    self.warm_ratio = state("warm_ratio", ())
+    self.replay = state("replay", ())
+    self.portion.assign(portion)
+    self.warm_ratio.assign(warm_ratio)
+    self.replay.assign(replay)
+    # Driver state, checkpointed with the model (see moth_tf.hardening.moth).
+    self.store_masks = state("store_masks", (n, n, h, w, 1))
+    self.store_patterns = state("store_patterns", (n, n, h, w, c))
+    self.sched_prior = state("sched_prior", (n, n))
+    self.sched_size = state("sched_size", (n, n))
+    self.sched_reward = state("sched_reward", (n, n))
+    self.sched_count = state("sched_count", (n, n))
+    self.sched_choices = state("sched_choices", (), "int32")
+    self.global_step = state("global_step", (), "int32")
+    self.initialized = state("initialized", (), "int32")
+    self.stamped_tracker = keras.metrics.Mean(name="stamped")
+
+  def call(self, inputs, training=False):
+    return self.classifier(inputs, training=training)
+
+  @property
+  def metrics(self):
+    return super().metrics + [self.stamped_tracker]
+
+  def stamp_batch(self, x, y, seed):
+    """Returns (stamped x, number of stamped images) for one (per-replica) batch; labels unchanged."""
+    y = tf.cast(tf.reshape(y, [-1]), tf.int32)
+    stamped = tf.zeros_like(y, dtype=tf.bool)
+    # Pair triggers on a fraction of each of the two classes' images.
+    for d in range(2):
+      member = tf.logical_and(tf.equal(y, self.pair_classes[d]), self.pair_enabled[d] > 0)
+      chosen = _select_fraction(member, self.portion, seed + d + 1)
+      x = tf.where(chosen[:, None, None, None],
+                   params.stamp(x, self.pair_masks[d], self.pair_patterns[d]), x)
+      stamped = tf.logical_or(stamped, chosen)
+    # Warm-up universal trigger on a fraction of all other classes' images.
+    member = tf.logical_and(tf.not_equal(y, self.warm_target), self.warm_enabled > 0)
+    chosen = _select_fraction(member, self.warm_ratio, seed + 3)
+    x = tf.where(chosen[:, None, None, None],
+                 params.stamp(x, self.warm_mask, self.warm_pattern), x)
+    stamped = tf.logical_or(stamped, chosen)
+    # Replay: a stored trigger of the image's class toward a random other class, so directions
+    # hardened in earlier periods are not forgotten while other pairs are trained.
+    n = self.num_classes
+    offset = tf.cast(tf.random.stateless_uniform(tf.shape(y), seed + 5) * (n - 1), tf.int32)
+    target = (y + 1 + tf.minimum(offset, n - 2)) % n
+    index = tf.stack([y, target], axis=1)
+    masks = tf.gather_nd(self.store_masks, index)
+    available = tf.reduce_sum(masks, axis=[1, 2, 3]) > 0
+    member = tf.logical_and(tf.logical_not(stamped), available)
+    chosen = _select_fraction(member, self.replay, seed + 4)
+    x = tf.where(chosen[:, None, None, None],
+                 params.stamp(x, masks, tf.gather_nd(self.store_patterns, index)), x)
+    stamped = tf.logical_or(stamped, chosen)
+    return x, tf.reduce_sum(tf.cast(stamped, tf.float32))
+
+  def train_step(self, data):
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    replica = tf.distribute.get_replica_context()
+    replica_id = replica.replica_id_in_sync_group if replica is not None else 0
+    seed = tf.stack([tf.cast(self.optimizer.iterations, tf.int32),
+                     tf.cast(replica_id, tf.int32) * 7919])
+    if self.adversarial:
+      eps, steps, step_size = self.pgd_settings
+      x = pgd.pgd_attack(self.classifier, x, y, eps, steps, step_size, random_start=True,
+                         seed=seed + 11, training=False)
+    x, num_stamped = self.stamp_batch(x, y, seed)
+    with tf.GradientTape() as tape:
+      y_pred = self(x, training=True)
+      # compute_loss adds the classifier's regularisation losses and, under tf.distribute, scales
+      # by the replica count (Keras >= 3.8), so gradients sum to the global-batch mean.
+      loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+    grads = tape.gradient(loss, self.trainable_variables)
+    self.optimizer.apply(grads, self.trainable_variables)
+    # The built-in loss tracker is not updated by compute_loss; log the unscaled loss.
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    for metric in self.metrics:
+      if metric.name == "loss":
+        metric.update_state(loss * replicas)
+    self.stamped_tracker.update_state(num_stamped)
+    return self.compute_metrics(x, y, y_pred, sample_weight)
+
+  def test_step(self, data):
+    logs = super().test_step(data)
+    logs.pop("stamped", None)  # Evaluation never stamps.
+    return logs
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(num_classes=self.num_classes, adversarial=self.adversarial,
+                  pgd_settings=self.pgd_settings,
+                  classifier=keras.saving.serialize_keras_object(self.classifier))
+    return config
+
+  @classmethod
+  def from_config(cls, config):
+    config = dict(config)
+    config["classifier"] = keras.saving.deserialize_keras_object(config["classifier"])
+    return cls(**config)
+
+  # ----------------------------------------------------------------------------------------------
+  # Host-side helpers used by the driver between steps.
+
+  def set_pair(self, s, t, masks, patterns, enabled):
+    """Makes the step stamp masks[0]/patterns[0] on class s and masks[1]/patterns[1] on class t."""
+    self.pair_classes.assign(np.array([s, t], np.int32))
+    self.pair_masks.assign(np.asarray(masks, np.float32).reshape(self.pair_masks.shape))
+    self.pair_patterns.assign(np.asarray(patterns, np.float32).reshape(self.pair_patterns.shape))
+    self.pair_enabled.assign(np.asarray(enabled, np.float32))
+
+  def set_warmup(self, target, mask=None, pattern=None):
+    """Stamps the universal trigger toward `target` during warm-up; target None turns it off."""
+    if target is None:
+      self.warm_enabled.assign(0.0)
+      return
+    self.warm_target.assign(int(target))
+    self.warm_mask.assign(np.asarray(mask, np.float32).reshape(self.warm_mask.shape))
+    self.warm_pattern.assign(np.asarray(pattern, np.float32).reshape(self.warm_pattern.shape))
+    self.warm_enabled.assign(1.0)
+    self.pair_enabled.assign(np.zeros(2, np.float32))

@@ -1,0 +1,249 @@
+"""Smoke tests of the command line (`python -m moth_tf.main`) on the digits data set.
+
+The binary runs in-process: flags are parsed with FLAGS([...]) inside `flagsaver.flagsaver()`, which
+restores every flag (value and `present`) afterwards, and `moth_tf.main.main(['prog'])` is called
+directly. One test also runs the real binary in a subprocess.
+"""
+
+import contextlib
+import glob
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+
+from absl import flags
+from absl.testing import flagsaver
+import numpy as np
+import pytest
+
+from moth_tf import cli_flags
+from moth_tf import main as main_lib
+
+FLAGS = flags.FLAGS
+_RUN = "digits_lenet_natural"
+
+
+def _define_flags_once():
+  # define_flags() may run only once per process (absl raises DuplicateFlagError otherwise).
+  if "distance_steps" not in FLAGS:
+    cli_flags.define_flags()
+
+
+def run_cli(*args):
+  """Runs `python -m moth_tf.main ARGS` in-process (flags restored afterwards)."""
+  _define_flags_once()
+  with flagsaver.flagsaver():
+    FLAGS(["prog", *args])
+    main_lib.main(["prog"])
+
+
+def run_cli_error(capsys, *args):
+  """Runs the CLI expecting a user error: returns its stderr after checking exit code 1."""
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as exit_info:
+    run_cli(*args)
+  assert exit_info.value.code == 1
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("moth_tf: error: ")
+  assert len(err.splitlines()) == 1, err  # One line, no traceback.
+  return err
+
+
+def _event_files(directory):
+  return glob.glob(os.path.join(directory, "**", "events.out.tfevents.*"), recursive=True)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A workdir with a digits LeNet trained for 2 epochs by --phase=train, and train's stdout."""
+  workdir = str(tmp_path_factory.mktemp("work"))
+  out = io.StringIO()  # capsys is function-scoped, so a module fixture captures stdout itself.
+  with contextlib.redirect_stdout(out):
+    run_cli("--phase=train", "--epochs=2", f"--workdir={workdir}")
+  return workdir, out.getvalue()
+
+
+def test_train_writes_model_logs_and_summary(trained):
+  workdir, stdout = trained
+  run_dir = os.path.join(workdir, _RUN)
+  assert os.path.isfile(os.path.join(run_dir, "model.keras"))
+  assert os.path.isfile(os.path.join(run_dir, "saved_model", "saved_model.pb"))
+  assert _event_files(os.path.join(run_dir, "logs", "train"))
+  with open(os.path.join(run_dir, "summary.json")) as f:
+    summary = json.load(f)
+  assert summary["dataset"] == "digits" and summary["model"] == "lenet"
+  assert summary["method"] == "natural"
+  # Two epochs of LeNet on the digits are far above chance (10%).
+  assert 0.5 < summary["test_accuracy"] <= 1.0
+  assert summary["train"]["epochs"] == 2
+  assert "--epochs=2" in summary["flags"] and "--phase=train" in summary["flags"]
+  assert summary["config"]["train"]["epochs"] == 2
+  match = re.search(r"test accuracy: (\d\.\d{4})", stdout)
+  assert match and float(match.group(1)) == pytest.approx(summary["test_accuracy"], abs=5e-5)
+  # Nothing half-written is left behind (atomic writes use hidden temporary names).
+  assert not [n for n in os.listdir(run_dir) if n.startswith(".")]
+
+
+def test_test_phase_prints_and_records_the_same_accuracy(trained, capsys):
+  workdir, _ = trained
+  summary_path = os.path.join(workdir, _RUN, "summary.json")
+  with open(summary_path) as f:
+    train_accuracy = json.load(f)["test_accuracy"]
+  capsys.readouterr()
+  run_cli("--phase=test", f"--workdir={workdir}")
+  out = capsys.readouterr().out
+  match = re.search(r"test accuracy: (\d\.\d{4}) \((\d+) images", out)
+  assert match, out
+  assert float(match.group(1)) == pytest.approx(train_accuracy, abs=5e-5)
+  with open(summary_path) as f:
+    summary = json.load(f)
+  assert summary["test"]["accuracy"] == pytest.approx(train_accuracy, abs=1e-9)
+  assert summary["test"]["images"] == int(match.group(2)) > 300  # 20% of 1,797 digits.
+  assert summary["train"]["epochs"] == 2  # Merged, not replaced.
+
+
+def test_distance_single_pair(trained, capsys):
+  workdir, _ = trained
+  capsys.readouterr()
+  run_cli("--phase=distance", "--distance_steps=20", "--seeds=1", "--pair=3-5",
+          f"--workdir={workdir}")
+  out = capsys.readouterr().out
+  assert re.search(r"distance 3->5: (\d+\.\d{3}|failed)", out), out
+  path = os.path.join(workdir, _RUN, "distance_pair_3-5.json")
+  with open(path) as f:
+    payload = json.load(f)
+  assert payload["pairs"] == [[3, 5]]
+  assert payload["seeds"] == [1024]  # --seeds=1: the reference's first seed.
+  assert payload["settings"]["steps"] == 20
+  matrix = np.array(payload["matrix"], dtype=float)  # None -> NaN.
+  assert matrix.shape == (10, 10)
+  unmeasured = np.ones((10, 10), bool)
+  unmeasured[3, 5] = False
+  assert np.all(np.isnan(matrix[unmeasured]))
+  # A single pair does not overwrite the full matrix file.
+  assert not os.path.exists(os.path.join(workdir, _RUN, "distance.json"))
+
+
+@pytest.fixture(scope="module")
+def full_distance(trained):
+  workdir, _ = trained
+  run_cli("--phase=distance", "--distance_steps=10", "--seeds=1", "--distance_samples=5",
+          f"--workdir={workdir}")
+  run_dir = os.path.join(workdir, _RUN)
+  with open(os.path.join(run_dir, "distance.json")) as f:
+    return run_dir, json.load(f)
+
+
+def test_distance_full_matrix(full_distance):
+  run_dir, payload = full_distance
+  matrix = np.array(payload["matrix"], dtype=float)
+  assert matrix.shape == (10, 10)
+  assert np.all(np.isnan(np.diag(matrix)))
+  assert len(payload["pairs"]) == 90
+  failures = {tuple(p) for p in payload["failures"]}
+  off_diagonal = [(s, t) for s in range(10) for t in range(10) if s != t]
+  assert failures == {p for p in off_diagonal if np.isnan(matrix[p])}
+  finite = [matrix[p] for p in off_diagonal if np.isfinite(matrix[p])]
+  if finite:
+    assert payload["mean"] == pytest.approx(np.mean(finite))
+  else:
+    assert payload["mean"] is None
+  assert payload["settings"]["steps"] == 10 and payload["settings"]["samples"] == 5
+  assert payload["wall_seconds"] > 0
+  assert payload["samples_per_class"] == {str(c): 5 for c in range(10)}
+  assert os.path.getsize(os.path.join(run_dir, "distance_heatmap.png")) > 0
+  with open(os.path.join(run_dir, "distance_heatmap.png"), "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  assert _event_files(os.path.join(run_dir, "logs", "distance"))
+  with open(os.path.join(run_dir, "summary.json")) as f:
+    summary = json.load(f)
+  assert summary["distance"]["failures"] == len(failures)
+  assert summary["distance"]["seeds"] == [1024]
+
+
+def test_distance_compare_to(full_distance, capsys):
+  run_dir, before = full_distance
+  workdir = os.path.dirname(run_dir)
+  capsys.readouterr()
+  run_cli("--phase=distance", "--distance_steps=10", "--seeds=1", "--distance_samples=5",
+          f"--compare_to={run_dir}", f"--workdir={workdir}")
+  out = capsys.readouterr().out
+  assert re.search(r"enlargement vs .*: mean of per-pair relative changes .*%, ratio of means", out)
+  with open(os.path.join(run_dir, "distance.json")) as f:
+    payload = json.load(f)
+  comparison = payload["comparison"]
+  assert comparison["baseline"] == run_dir
+  # The same model with the same seeds measures the same distances: a 0% enlargement.
+  np.testing.assert_array_equal(np.array(payload["matrix"], dtype=float),
+                                np.array(before["matrix"], dtype=float))
+  compared = int(np.sum(np.isfinite(np.array(before["matrix"], dtype=float))))
+  assert comparison["pairs_compared"] == compared
+  assert compared > 0  # 10 steps are enough for most directions (observed: 85 of 90).
+  assert comparison["mean_relative_change"] == 0.0 and comparison["ratio_of_means"] == 0.0
+  assert "+0.00%" in out
+
+
+# -------------------------------------------------------------------------------------------------
+# User errors: exit code 1 and one line on stderr.
+
+
+def test_test_phase_without_a_model(tmp_path, capsys):
+  err = run_cli_error(capsys, "--phase=test", f"--workdir={tmp_path}")
+  assert "--phase=train" in err and "no trained model" in err
+
+
+def test_missing_cifar10_data(tmp_path, capsys):
+  empty = tmp_path / "tfds"
+  empty.mkdir()
+  err = run_cli_error(capsys, "--phase=train", "--dataset=cifar10", f"--data_dir={empty}",
+                      f"--workdir={tmp_path}", "--epochs=1")
+  assert "download" in err and str(empty) in err
+  assert not os.listdir(empty) and not os.path.exists(tmp_path / "cifar10_resnet20_natural")
+
+
+def test_missing_model_path(tmp_path, capsys):
+  missing = tmp_path / "nope.keras"
+  err = run_cli_error(capsys, "--phase=test", f"--model_path={missing}", f"--workdir={tmp_path}")
+  assert str(missing) in err and "does not exist" in err
+
+
+def test_pair_outside_the_class_range(trained, capsys):
+  workdir, _ = trained
+  err = run_cli_error(capsys, "--phase=distance", "--pair=3-12", "--distance_steps=1",
+                      "--seeds=1", f"--workdir={workdir}")
+  assert "--pair=3-12" in err and "0..9" in err
+  assert not os.path.exists(os.path.join(workdir, _RUN, "distance_pair_3-12.json"))
+
+
+def test_malformed_pair_is_rejected_by_the_flag_validator():
+  _define_flags_once()
+  with flagsaver.flagsaver():
+    for bad in ("3", "3-3", "a-b", "3-5-7"):
+      with pytest.raises(flags.IllegalFlagValueError, match="--pair must look like s-t"):
+        FLAGS(["prog", f"--pair={bad}"])
+
+
+def test_stray_positional_argument_is_a_usage_error():
+  _define_flags_once()
+  from absl import app
+  with flagsaver.flagsaver():
+    FLAGS(["prog"])
+    with pytest.raises(app.UsageError, match="unexpected arguments: extra"):
+      main_lib.main(["prog", "extra"])
+
+
+# -------------------------------------------------------------------------------------------------
+# The real binary.
+
+
+def test_subprocess_train(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "moth_tf.main", "--phase=train", "--epochs=1",
+       f"--workdir={tmp_path}"],
+      capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "test accuracy" in proc.stdout
+  assert os.path.isfile(os.path.join(tmp_path, _RUN, "model.keras"))

@@ -1,0 +1,186 @@
+"""Tests of model saving/loading (moth_tf.models.io), natural training and run-directory files.
+
+A LeNet trained for a few epochs on the digits is saved once (module fixture) and reloaded as a
+`.keras` file and as the exported SavedModel; a legacy `tf.saved_model.save` module with a
+dict-returning `serving_default` signature stands in for Keras 2 / hand-written SavedModels.
+"""
+
+import json
+import math
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from moth_tf import config as config_lib
+from moth_tf import data
+from moth_tf import evaluation
+from moth_tf import rundir
+from moth_tf import training
+from moth_tf.models import io as model_io
+
+
+@pytest.fixture(scope="module")
+def digits():
+  return data.load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def trained(digits, tmp_path_factory):
+  """(model, results, run_dir): LeNet after 3 epochs of the digits recipe (~3 s)."""
+  run_dir = str(tmp_path_factory.mktemp("run") / "digits_lenet_natural")
+  recipe = config_lib.TrainConfig(epochs=3, batch_size=64, optimizer="adam", learning_rate=2e-3,
+                                  schedule="cosine")
+  model, results = training.train_natural("lenet", digits, recipe, run_dir,
+                                          tf.distribute.get_strategy(), seed=0, verbose=0)
+  return model, results, run_dir
+
+
+def test_train_natural_learns_and_saves(trained, digits):
+  model, results, run_dir = trained
+  # Chance is 10%; 3 epochs reach ~95% (30 epochs: ~98%).
+  assert results["test_accuracy"] > 0.8 and results["val_accuracy"] > 0.8
+  assert results["test_accuracy"] == evaluation.accuracy(model, digits.x_test, digits.y_test)
+  assert results["epochs"] == 3 and results["train_seconds"] > 0
+  assert math.isfinite(results["final_train_loss"])
+  assert os.path.isfile(os.path.join(run_dir, rundir.MODEL_FILE))
+  assert os.path.isfile(os.path.join(run_dir, rundir.SAVED_MODEL_DIR, "saved_model.pb"))
+  assert os.listdir(rundir.logs_dir(run_dir, "train"))
+
+
+def test_keras_file_round_trip_is_exact(trained, digits):
+  model, _, run_dir = trained
+  loaded = model_io.load_model(rundir.model_path(run_dir))
+  assert isinstance(loaded, keras.Model)
+  x = digits.x_test[:64]
+  np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_exported_savedmodel_loads_through_tfsmlayer(trained, digits):
+  model, _, run_dir = trained
+  loaded = model_io.load_model(os.path.join(run_dir, rundir.SAVED_MODEL_DIR))
+  assert any(isinstance(layer, keras.layers.TFSMLayer) for layer in loaded.layers)
+  assert loaded.input_shape == (None, 8, 8, 1) and loaded.output_shape == (None, 10)
+  x = digits.x_test[:64]
+  np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+  # Its variables stay trainable, so the wrapped model can be fine-tuned (hardened).
+  assert len(loaded.trainable_weights) == len(model.trainable_weights)
+
+
+def test_save_model_is_atomic_and_replaces_cleanly(trained, tmp_path):
+  model, _, _ = trained
+  run_dir = str(tmp_path / "run")
+  for _ in range(2):  # The second save replaces the first.
+    path = model_io.save_model(model, run_dir)
+    assert path == os.path.join(run_dir, "model.keras")
+    assert sorted(os.listdir(run_dir)) == ["model.keras", "saved_model"]
+    assert os.path.isfile(os.path.join(run_dir, "saved_model", "saved_model.pb"))
+  assert not [n for n in os.listdir(tmp_path) if n != "run"]
+  model_io.save_model(model, str(tmp_path / "no_export"), export=False)
+  assert os.listdir(tmp_path / "no_export") == ["model.keras"]
+
+
+class _LegacyClassifier(tf.Module):
+  """A hand-written SavedModel: logits = flatten(x) @ kernel + bias, returned in a dict."""
+
+  def __init__(self):
+    super().__init__()
+    rng = np.random.default_rng(0)
+    self.kernel = tf.Variable(rng.normal(size=(16, 3)).astype(np.float32))
+    self.bias = tf.Variable(np.array([0.5, -0.5, 0.0], np.float32))
+
+  @tf.function(input_signature=[tf.TensorSpec([None, 4, 4, 1], tf.float32, name="images")])
+  def classify(self, images):
+    return {"logits": tf.reshape(images, [-1, 16]) @ self.kernel + self.bias}
+
+
+def test_legacy_serving_default_savedmodel(tmp_path):
+  module = _LegacyClassifier()
+  path = str(tmp_path / "legacy")
+  tf.saved_model.save(module, path, signatures={"serving_default": module.classify})
+  loaded = model_io.load_model(path)
+  assert loaded.output_shape == (None, 3)
+  x = np.random.default_rng(1).uniform(0, 1, (5, 4, 4, 1)).astype(np.float32)
+  expected = x.reshape(5, 16) @ module.kernel.numpy() + module.bias.numpy()
+  np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, atol=1e-5)
+
+
+def test_savedmodel_with_two_outputs_is_rejected(tmp_path):
+  module = tf.Module()
+  module.fn = tf.function(lambda x: {"a": x[:, 0, 0, :], "b": x[:, 1, 1, :]},
+                          input_signature=[tf.TensorSpec([None, 2, 2, 1], tf.float32)])
+  path = str(tmp_path / "two")
+  tf.saved_model.save(module, path, signatures={"serving_default": module.fn})
+  with pytest.raises(model_io.ModelLoadError, match="2 outputs"):
+    model_io.load_model(path)
+
+
+def test_load_model_errors(tmp_path):
+  with pytest.raises(model_io.ModelLoadError, match="does not exist.*--phase=train"):
+    model_io.load_model(str(tmp_path / "missing.keras"))
+  (tmp_path / "empty_dir").mkdir()
+  with pytest.raises(model_io.ModelLoadError, match="without saved_model.pb"):
+    model_io.load_model(str(tmp_path / "empty_dir"))
+  h5 = tmp_path / "model.h5"
+  h5.write_bytes(b"not really hdf5")
+  with pytest.raises(model_io.ModelLoadError, match=r"\.h5.*save\('model.keras'\)"):
+    model_io.load_model(str(h5))
+  assert issubclass(model_io.ModelLoadError, ValueError)  # main turns it into exit code 1.
+
+
+def test_unsafe_keras_file_needs_unsafe_load(tmp_path):
+  inputs = keras.Input((2,))
+  model = keras.Model(inputs, keras.layers.Lambda(lambda t: t * 2.0)(inputs))
+  path = str(tmp_path / "lambda.keras")
+  model.save(path)
+  with pytest.raises(model_io.ModelLoadError, match="--unsafe_load"):
+    model_io.load_model(path)
+  loaded = model_io.load_model(path, unsafe_load=True)
+  np.testing.assert_allclose(loaded.predict(np.ones((1, 2), np.float32), verbose=0), [[2.0, 2.0]])
+
+
+# -------------------------------------------------------------------------------------------------
+# Run-directory files.
+
+
+def test_write_json_converts_numpy_and_non_finite(tmp_path):
+  path = str(tmp_path / "out.json")
+  rundir.write_json(path, {
+      "matrix": np.array([[np.nan, 1.5], [np.inf, 2.0]]),
+      "ints": np.arange(3, dtype=np.int64),
+      "scalar": np.float32(0.25), "count": np.int64(7), "flag": np.bool_(True),
+      "nested": {3: [np.float64(-np.inf), (1, 2)]}, "plain_nan": float("nan"),
+  })
+  with open(path) as f:
+    text = f.read()
+  assert "NaN" not in text and "Infinity" not in text  # Strict JSON.
+  loaded = json.loads(text)
+  assert loaded == {
+      "matrix": [[None, 1.5], [None, 2.0]], "ints": [0, 1, 2], "scalar": 0.25, "count": 7,
+      "flag": True, "nested": {"3": [None, [1, 2]]}, "plain_nan": None,
+  }
+  assert os.listdir(tmp_path) == ["out.json"]  # No temporary file left.
+
+
+def test_write_json_failure_leaves_the_old_file(tmp_path):
+  path = str(tmp_path / "out.json")
+  rundir.write_json(path, {"a": 1})
+  with pytest.raises(TypeError):
+    rundir.write_json(path, {"a": object()})
+  assert rundir.read_json(path) == {"a": 1}
+  assert os.listdir(tmp_path) == ["out.json"]
+
+
+def test_update_summary_merges_nested_dicts(tmp_path):
+  run_dir = str(tmp_path)
+  rundir.update_summary(run_dir, test_accuracy=0.5, train={"epochs": 2, "seconds": 1.0})
+  summary = rundir.update_summary(run_dir, train={"seconds": 3.0}, test={"images": 10},
+                                  test_accuracy=0.75)
+  expected = {"test_accuracy": 0.75, "train": {"epochs": 2, "seconds": 3.0},
+              "test": {"images": 10}}
+  assert summary == expected
+  assert rundir.read_json(os.path.join(run_dir, rundir.SUMMARY_FILE)) == expected
+  # A non-dict value replaces a dict (and vice versa).
+  assert rundir.update_summary(run_dir, train=None)["train"] is None
