@@ -109,7 +109,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", default=os.path.join(common.DEFAULT_WORKDIR, "harden_bench"))
   parser.add_argument("--parts", default=",".join(PARTS))
-  parser.add_argument("--sweep", default="portion=0.1,0.5,1.0;harden_epochs=10,30",
+  parser.add_argument("--sweep", default="portion=0.1,0.5;harden_steps=300,1000",
                       help="grid as flag=v1,v2;flag=v1,v2 (each point: one seed of distance)")
   parser.add_argument("--out", default=os.path.join(common.REPO, "benchmarks", "results",
                                                     "hardening_benchmark.json"))

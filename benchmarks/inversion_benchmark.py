@@ -10,7 +10,8 @@ Measures, on the trained base model (trained first through the CLI if missing):
 
     python benchmarks/inversion_benchmark.py [--quick]
 
---quick uses one seed and skips the one-at-a-time early-stop run, to check the script itself.
+--quick uses one seed, to check the script itself; --single_early_stop also times the one-at-a-time
+run with early stop.
 """
 
 import argparse
@@ -92,6 +93,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", default=common.DEFAULT_WORKDIR)
   parser.add_argument("--quick", action="store_true")
+  parser.add_argument("--single_early_stop", action="store_true",
+                      help="also time the one-at-a-time run with early stop (about 3 more min)")
   parser.add_argument("--out", default=os.path.join(common.REPO, "benchmarks", "results",
                                                     "inversion_benchmark.json"))
   args = parser.parse_args()
@@ -108,8 +111,9 @@ def main():
   batched_es = measure(model, x, y, seeds, 200, 0, "batched (K=90), early stop 200 [default]")
   batched_full = measure(model, x, y, seeds, 0, 0, "batched (K=90), full 1000 steps")
   single_full = measure(model, x, y, seeds, 0, 1, "one at a time (K=1), full 1000 steps")
-  single_es = None if args.quick else measure(model, x, y, seeds, 200, 1,
-                                              "one at a time (K=1), early stop 200")
+  single_es = None
+  if args.single_early_stop:
+    single_es = measure(model, x, y, seeds, 200, 1, "one at a time (K=1), early stop 200")
 
   d_mean, d_max, n_off = agreement(batched_es, batched_full)
   print(f"\nearly stop vs full length: mean differs by {100 * d_mean:.2f}% (target < 5%), largest "

@@ -13,9 +13,10 @@ from moth_tf import models
 
 def define_flags():
   """Defines the flags of the main binary. Safe to call once per process."""
-  flags.DEFINE_enum("phase", "train", list(config_lib.PHASES),
+  flags.DEFINE_enum("phase", "pipeline", list(config_lib.PHASES),
                     "What to run: pipeline (train if missing, distance, harden, distance again), "
-                    "train (natural base model), test (clean accuracy), distance (pairwise class "
+                    "train (natural base model), test (clean accuracy), robustness (L-inf PGD "
+                    "accuracy), distance (pairwise class "
                     "distance), harden (MOTH hardening).")
   flags.DEFINE_enum("dataset", "digits", list(data_lib.DATASETS), "Data set.")
   flags.DEFINE_enum("model", None, list(models.MODELS),
@@ -74,7 +75,11 @@ def define_flags():
                     "authors' (2 epochs, 10% of min(#s,#t) stamped) for comparison.")
   flags.DEFINE_enum("mode", None, ["nat", "adv"],
                     "nat: stamp triggers on clean batches; adv: PGD-perturb each batch first.")
-  flags.DEFINE_integer("harden_epochs", None, "Hardening epochs.", lower_bound=1)
+  flags.DEFINE_integer("harden_epochs", None,
+                       "Hardening epochs (default: about --harden_steps steps).", lower_bound=1)
+  flags.DEFINE_integer("harden_steps", None,
+                       "Hardening budget in training steps when --harden_epochs is not given "
+                       "(default 1000).", lower_bound=1)
   flags.DEFINE_integer("harden_batch_size", None, "Hardening global batch size.", lower_bound=1)
   flags.DEFINE_float("harden_learning_rate", None, "Hardening SGD learning rate.",
                      lower_bound=0.0)

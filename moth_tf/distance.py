@@ -71,7 +71,7 @@ def choose_split(splits, samples: int) -> Tuple[str, str]:
                   f"{samples}); using the test split instead ({test_min}+ per class)")
 
 
-def _stable_seed(*values) -> int:
+def stable_seed(*values) -> int:
   """A 31-bit integer that depends only on `values` (not on Python's hash randomisation)."""
   return zlib.crc32(np.asarray(values, np.int64).tobytes()) & 0x7FFFFFFF
 
@@ -80,7 +80,7 @@ def direction_images(x, y, source: int, target: int, seed: int, samples: int) ->
   """Up to `samples` random images of class `source`, drawn for (seed, source, target)."""
   idx = np.flatnonzero(y == source)
   if len(idx) > samples:
-    rng = np.random.default_rng(_stable_seed(seed, source, target))
+    rng = np.random.default_rng(stable_seed(seed, source, target))
     idx = np.sort(rng.choice(idx, samples, replace=False))
   return x[idx]
 
@@ -137,7 +137,7 @@ def measure_distance(model, x: np.ndarray, y: np.ndarray, num_classes: int,
           bar.update(base + done, values=[("step", step)], finalize=False)
 
       result = inverter.invert(images, [t for _, t in chunk],
-                               [_stable_seed(seed, s, t) for s, t in chunk], progress=progress)
+                               [stable_seed(seed, s, t) for s, t in chunk], progress=progress)
       for k, (s, t) in enumerate(chunk):
         per_seed[si, s, t] = result.size[k]
         steps_run[si, s, t] = result.steps_run[k]

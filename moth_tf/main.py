@@ -49,7 +49,8 @@ def config_from_flags(flag_values) -> config_lib.RunConfig:
   preset = (config_lib.REFERENCE_HARDENING if flag_values.preset == "reference" else
             config_lib.HardenConfig())
   overrides = {field: getattr(flag_values, flag) for field, flag in (
-      ("mode", "mode"), ("epochs", "harden_epochs"), ("batch_size", "harden_batch_size"),
+      ("mode", "mode"), ("epochs", "harden_epochs"), ("steps", "harden_steps"),
+      ("batch_size", "harden_batch_size"),
       ("learning_rate", "harden_learning_rate"), ("portion", "portion"),
       ("warm_ratio", "warm_ratio"), ("replay", "replay"), ("trigger_samples", "trigger_samples"))
                if getattr(flag_values, flag) is not None}

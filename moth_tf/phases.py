@@ -26,9 +26,11 @@ def load_run_model(config: config_lib.RunConfig, method=None):
   """The model a phase acts on: --model_path if given, else the run directory's model.keras."""
   path = config.model_path or rundir.model_path(config.run_dir(method))
   if not config.model_path and not os.path.exists(path):
+    phase = "train" if (method or config.method) == "natural" else "harden"
     raise FileNotFoundError(
-        f"no trained model at {path}; train it first with `python -m moth_tf.main --phase=train "
-        f"--dataset={config.data.dataset} --model={config.model}` or pass --model_path")
+        f"no {'trained' if phase == 'train' else 'hardened'} model at {path}; make it first with "
+        f"`python -m moth_tf.main --phase={phase} --dataset={config.data.dataset} "
+        f"--model={config.model}` or pass --model_path")
   return model_io.load_model(path, unsafe_load=config.unsafe_load), path
 
 
@@ -84,6 +86,27 @@ def run_test(config: config_lib.RunConfig, command_line=()):
                           test={"accuracy": acc, "images": len(splits.x_test),
                                 "wall_seconds": time.time() - start})
   return acc
+
+
+def run_robustness(config: config_lib.RunConfig, command_line=()):
+  """L-inf PGD robust accuracy (reference 3.4, on logits) on up to 1,000 validation images."""
+  from moth_tf.attacks import pgd
+
+  splits = load_splits(config)
+  model, path = load_run_model(config)
+  check_model_fits(model, splits, path)
+  x, y = splits.x_val[:1000], splits.y_val[:1000]
+  p = splits.info.eval_pgd
+  start = time.time()
+  result = pgd.robust_accuracy(model, x, y, p.epsilon, p.steps, p.step_size, seed=config.seed)
+  print(f"PGD robust accuracy: {result.accuracy:.4f} on {len(x)} validation images (L-inf eps "
+        f"{p.epsilon:.4g}, {p.steps} steps of {p.step_size:.4g}); model {path}")
+  if not config.model_path:
+    rundir.update_summary(config.run_dir(), robustness={
+        "accuracy": result.accuracy, "per_class": result.per_class_accuracy,
+        "epsilon": p.epsilon, "steps": p.steps, "step_size": p.step_size, "images": len(x),
+        "wall_seconds": time.time() - start})
+  return result
 
 
 def output_dir(config: config_lib.RunConfig) -> str:
@@ -235,7 +258,8 @@ def run_harden(config: config_lib.RunConfig, command_line=()):
   acc_before = evaluation.accuracy(base_model, splits.x_test, splits.y_test)
   del base_model
   h = config.harden
-  print(f"MOTH hardening of {base_path} ({h.mode} mode): {h.epochs} epochs of batch "
+  print(f"MOTH hardening of {base_path} ({h.mode} mode): {h.epochs_for(len(splits.x_train))} "
+        f"epochs of batch "
         f"{h.batch_size}, SGD lr {h.learning_rate}, {h.portion:.0%} of each pair class stamped; "
         f"output {out_dir}")
   strategy = distribute.get_strategy(config.strategy)
@@ -335,6 +359,7 @@ def run_pipeline(config: config_lib.RunConfig, command_line=()):
 _PHASES = {
     "train": run_train,
     "test": run_test,
+    "robustness": run_robustness,
     "distance": run_distance,
     "harden": run_harden,
     "pipeline": run_pipeline,

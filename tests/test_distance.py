@@ -153,7 +153,7 @@ class _FakeInverter:
     self.settings = settings
 
   def invert(self, images, targets, seeds, progress=None):
-    table = {distance._stable_seed(seed, s, t): size  # pylint: disable=protected-access
+    table = {distance.stable_seed(seed, s, t): size
              for seed, sizes in _SIZES.items() for (s, t), size in sizes.items()}
     _FakeInverter.calls.append((list(targets), list(seeds), images))
     size = np.array([table[v] for v in seeds])
@@ -186,7 +186,7 @@ def test_min_over_seeds_failures_and_grouping_with_hand_set_sizes(monkeypatch):
   assert [len(c[0]) for c in _FakeInverter.calls] == [3, 1, 3, 1]
   targets, seeds, images = _FakeInverter.calls[0]
   assert targets == [1, 0, 2]
-  stable_seed = distance._stable_seed  # pylint: disable=protected-access
+  stable_seed = distance.stable_seed
   assert seeds == [stable_seed(10, s, t) for s, t in pairs[:3]]
   for (s, t), im in zip(pairs[:3], images):
     np.testing.assert_array_equal(im, distance.direction_images(x, y, s, t, 10, 3))

@@ -117,7 +117,7 @@ class MothHardener:
     if self.verbose:
       print(f"MOTH warm-up: {self.n} universal triggers ({cfg.warmup_steps} steps, ASR "
             f"{cfg.warmup_asr}) in one batched graph...", flush=True)
-    seeds = [distance._stable_seed(cfg.seed, 7, t) for t in range(self.n)]  # pylint: disable=protected-access
+    seeds = [distance.stable_seed(cfg.seed, 7, t) for t in range(self.n)]
     result = inverter.invert(images, list(range(self.n)), seeds)
     speed = result.loss_decrease()
     prior = np.zeros((self.n, self.n))
@@ -203,7 +203,7 @@ class MothHardener:
       if len(idx) > cfg.trigger_samples:
         idx = rng.choice(idx, cfg.trigger_samples, replace=False)
       images.append(self.x[idx])
-    seeds = [distance._stable_seed(cfg.seed, self.step, d) for d in range(2)]  # pylint: disable=protected-access
+    seeds = [distance.stable_seed(cfg.seed, self.step, d) for d in range(2)]
     result = self.pair_inverter.invert(images, [t, s], seeds, init_cost=cost, steps=steps,
                                        init_mask=self.cur_masks, init_pattern=self.cur_patterns)
     self.events["generations"] += 1
@@ -369,7 +369,8 @@ def harden(classifier_factory: Callable[[], keras.Model], splits, config: MothCo
       keras.callbacks.TensorBoard(rundir.logs_dir(run_dir, "harden")),
       keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup_harden")),
   ]
-  history = stamping.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
+  epochs = config.epochs_for(len(splits.x_train))
+  history = stamping.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
                          validation_data=val_ds, callbacks=callbacks, verbose=verbose,
                          shuffle=False)  # The pipeline shuffles.
   writer.flush()
@@ -381,6 +382,7 @@ def harden(classifier_factory: Callable[[], keras.Model], splits, config: MothCo
       "training_seconds": wall - hardener.warmup_seconds - hardener.generation_seconds,
       "steps": hardener.step,
       "steps_per_epoch": steps_per_epoch,
+      "epochs": epochs,
       "events": dict(hardener.events),
       "pair_count": hardener.scheduler.count,
       "final_train_accuracy": float(history.history["accuracy"][-1])

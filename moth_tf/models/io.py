@@ -53,6 +53,12 @@ def _wrap_savedmodel(path: str) -> keras.Model:
                          "re-export it with a fixed image shape")
   inputs = keras.Input(shape=shape, name="image")
   layer = keras.layers.TFSMLayer(path, call_endpoint=endpoint, trainable=True, name="savedmodel")
+  # SavedModel variables keep TF1-style names ("conv1_kernel:0"). Keras builds optimizer slot names
+  # from the variable path without removing the ":", which then fails as a scope name when the
+  # model is fine-tuned; use the sanitised name as the path (Keras 3.15).
+  for variable in layer.variables:
+    if ":" in getattr(variable, "path", ""):
+      variable._path = variable.path.replace(":", "_")  # pylint: disable=protected-access
   outputs = layer(inputs)
   if isinstance(outputs, dict):
     outputs = outputs[output_key]
