@@ -92,6 +92,15 @@ def define_flags():
                      "Fraction of the other batch images stamped with a stored trigger of their "
                      "class (trigger replay; 0 = MOTH as published).", lower_bound=0.0,
                      upper_bound=1.0)
+  flags.DEFINE_integer("warmup_steps", None,
+                       "Inversion steps of the warm-up universal triggers (reference 500).",
+                       lower_bound=1)
+  flags.DEFINE_integer("pair_steps", None,
+                       "Inversion steps of a pair's first generation in a period and after a "
+                       "failure (reference 200).", lower_bound=1)
+  flags.DEFINE_integer("fast_steps", None,
+                       "Inversion steps of the fast generations while both directions succeed "
+                       "(reference 40).", lower_bound=1)
   flags.DEFINE_integer("trigger_samples", None,
                        "Training images per class used to generate each pair trigger.",
                        lower_bound=1)

@@ -52,7 +52,8 @@ def config_from_flags(flag_values) -> config_lib.RunConfig:
       ("mode", "mode"), ("epochs", "harden_epochs"), ("steps", "harden_steps"),
       ("batch_size", "harden_batch_size"),
       ("learning_rate", "harden_learning_rate"), ("portion", "portion"),
-      ("warm_ratio", "warm_ratio"), ("replay", "replay"), ("trigger_samples", "trigger_samples"))
+      ("warm_ratio", "warm_ratio"), ("replay", "replay"), ("trigger_samples", "trigger_samples"),
+      ("warmup_steps", "warmup_steps"), ("pair_steps", "pair_steps"), ("fast_steps", "fast_steps"))
                if getattr(flag_values, flag) is not None}
   harden = dataclasses.replace(preset, seed=flag_values.seed, **overrides)
   return config_lib.RunConfig(

@@ -147,14 +147,16 @@ class StampingModel(keras.Model):
       # compute_loss adds the classifier's regularisation losses and, under tf.distribute, scales
       # by the replica count (Keras >= 3.8), so gradients sum to the global-batch mean.
       loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
-    grads = tape.gradient(loss, self.trainable_variables)
+      scaled_loss = self.optimizer.scale_loss(loss)  # No-op unless mixed precision.
+    grads = tape.gradient(scaled_loss, self.trainable_variables)
     self.optimizer.apply(grads, self.trainable_variables)
     # The built-in loss tracker is not updated by compute_loss; log the unscaled loss.
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     for metric in self.metrics:
       if metric.name == "loss":
         metric.update_state(loss * replicas)
-    self.stamped_tracker.update_state(num_stamped)
+    # Per-replica counts; the metric averages replicas, so scale to the global batch's count.
+    self.stamped_tracker.update_state(num_stamped * replicas)
     return self.compute_metrics(x, y, y_pred, sample_weight)
 
   def test_step(self, data):

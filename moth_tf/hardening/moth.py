@@ -223,7 +223,10 @@ class MothHardener:
       self._push_store()
     sizes = params.trigger_size(self.cur_masks, self.channels)
     self.period_sizes.append(sizes)
-    enabled = [float(result.success[d] or self.cur_masks[d].sum() > 0) for d in range(2)]
+    # Stamp a direction only with a trigger that once succeeded: this step's, or the store's (which
+    # only ever holds successful triggers); never the random start of a direction that failed.
+    enabled = [float(result.success[d] or self.store_masks[a, b].sum() > 0)
+               for d, (a, b) in enumerate(((s, t), (t, s)))]
     self.model.set_pair(s, t, self.cur_masks[..., None], self.cur_patterns, enabled)
     self.period_pos += 1
     if self.period_pos == cfg.period:

@@ -1,0 +1,231 @@
+"""Smoke tests of the hardening and pipeline phases of the command line on the digits data set.
+
+As in tests/test_cli.py, the binary runs in-process: flags are parsed inside `flagsaver.flagsaver()`
+and `moth_tf.main.main(['prog'])` is called directly. Budgets are tiny: with --harden_batch_size=100
+the 1,257 training digits give 13 hardening steps, 10 of warm-up and one 3-step pair period.
+"""
+
+import contextlib
+import dataclasses
+import glob
+import hashlib
+import io
+import json
+import os
+import re
+
+from absl import flags
+from absl.testing import flagsaver
+import pytest
+
+from moth_tf import cli_flags
+from moth_tf import config as config_lib
+from moth_tf import main as main_lib
+
+FLAGS = flags.FLAGS
+_NATURAL = "digits_lenet_natural"
+_MOTH = "digits_lenet_moth"
+_HARDEN_FLAGS = ("--phase=harden", "--harden_epochs=1", "--harden_batch_size=100",
+                 "--trigger_samples=8", "--portion=0.25", "--warm_ratio=0.4",
+                 "--harden_learning_rate=0.001", "--warmup_steps=60", "--pair_steps=30",
+                 "--fast_steps=10")
+
+
+def _define_flags_once():
+  # define_flags() may run only once per process (absl raises DuplicateFlagError otherwise).
+  if "distance_steps" not in FLAGS:
+    cli_flags.define_flags()
+
+
+def run_cli(*args):
+  """Runs `python -m moth_tf.main ARGS` in-process (flags restored afterwards)."""
+  _define_flags_once()
+  with flagsaver.flagsaver():
+    FLAGS(["prog", *args])
+    main_lib.main(["prog"])
+
+
+def parsed_config(*args):
+  """The RunConfig that `main` would build from ARGS (nothing is run)."""
+  _define_flags_once()
+  with flagsaver.flagsaver():
+    FLAGS(["prog", *args])
+    return main_lib.config_from_flags(FLAGS)
+
+
+def _run_capturing(*args):
+  out = io.StringIO()  # Module fixtures cannot use the function-scoped capsys.
+  with contextlib.redirect_stdout(out):
+    run_cli(*args)
+  return out.getvalue()
+
+
+def _sha256(path):
+  with open(path, "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
+def _event_files(directory):
+  return glob.glob(os.path.join(directory, "**", "events.out.tfevents.*"), recursive=True)
+
+
+def _read_json(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A workdir with a digits LeNet trained for 2 epochs, and the hash of its model.keras."""
+  workdir = str(tmp_path_factory.mktemp("work"))
+  _run_capturing("--phase=train", "--epochs=2", f"--workdir={workdir}")
+  path = os.path.join(workdir, _NATURAL, "model.keras")
+  return workdir, path, _sha256(path)
+
+
+@pytest.fixture(scope="module")
+def hardened(trained):
+  workdir, _, _ = trained
+  stdout = _run_capturing(*_HARDEN_FLAGS, f"--workdir={workdir}")
+  return workdir, stdout
+
+
+def test_harden_writes_model_summary_and_logs(trained, hardened):
+  workdir, natural_path, natural_hash = trained
+  _, stdout = hardened
+  run_dir = os.path.join(workdir, _MOTH)
+  assert os.path.isfile(os.path.join(run_dir, "model.keras"))
+  assert os.path.isfile(os.path.join(run_dir, "saved_model", "saved_model.pb"))
+  assert _event_files(os.path.join(run_dir, "logs", "harden"))
+  assert _event_files(os.path.join(run_dir, "logs", "harden_moth"))
+  assert not os.path.exists(os.path.join(run_dir, "backup_harden"))
+  summary = _read_json(os.path.join(run_dir, "summary.json"))
+  assert summary["method"] == "moth" and summary["dataset"] == "digits"
+  assert summary["base_model"] == natural_path
+  harden = summary["harden"]
+  natural = _read_json(os.path.join(workdir, _NATURAL, "summary.json"))
+  assert harden["test_accuracy_before"] == pytest.approx(natural["test_accuracy"], abs=1e-9)
+  assert 0.5 < harden["test_accuracy_after"] <= 1.0
+  assert summary["test_accuracy"] == harden["test_accuracy_after"]
+  assert harden["wall_seconds"] > 0 and harden["generation_seconds"] > 0  # One pair period ran.
+  assert harden["steps"] == harden["steps_per_epoch"] == 13
+  assert harden["events"]["generations"] == 3
+  assert harden["replicas"] == 1 and harden["strategy"] == "default"
+  # The flags reached the hardening configuration.
+  config = harden["config"]
+  assert config["epochs"] == 1 and config["batch_size"] == 100
+  assert config["trigger_samples"] == 8 and config["portion"] == 0.25
+  assert config["warm_ratio"] == 0.4 and config["learning_rate"] == 0.001
+  assert "--portion=0.25" in summary["flags"]
+  match = re.search(r"test accuracy (\d\.\d{4}) -> (\d\.\d{4})", stdout)
+  assert match, stdout[-2000:]
+  assert float(match.group(2)) == pytest.approx(harden["test_accuracy_after"], abs=5e-5)
+  # The natural model is never touched.
+  assert _sha256(natural_path) == natural_hash
+  assert not [n for n in os.listdir(run_dir) if n.startswith(".")]  # No half-written files.
+
+
+def test_harden_an_external_model_path(trained, hardened):
+  workdir, natural_path, natural_hash = trained
+  moth_model = os.path.join(workdir, _MOTH, "model.keras")
+  moth_hash = _sha256(moth_model)
+  run_cli(*_HARDEN_FLAGS, f"--model_path={natural_path}", f"--workdir={workdir}")
+  run_dir = os.path.join(workdir, "digits_external_model_moth")
+  assert os.path.isfile(os.path.join(run_dir, "model.keras"))
+  assert os.path.isfile(os.path.join(run_dir, "saved_model", "saved_model.pb"))
+  summary = _read_json(os.path.join(run_dir, "summary.json"))
+  assert summary["base_model"] == natural_path and summary["method"] == "moth"
+  assert 0.5 < summary["harden"]["test_accuracy_after"] <= 1.0
+  # Neither the input model nor the run's own hardened model is touched.
+  assert _sha256(natural_path) == natural_hash
+  assert _sha256(moth_model) == moth_hash
+  assert sorted(os.listdir(os.path.join(workdir, _NATURAL))) == sorted(
+      ["model.keras", "saved_model", "logs", "summary.json", "checkpoints"])
+  assert sorted(os.listdir(workdir)) == sorted([_NATURAL, _MOTH, "digits_external_model_moth"])
+
+
+def test_harden_without_a_trained_model(tmp_path, capsys):
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as exit_info:
+    run_cli("--phase=harden", "--harden_epochs=1", f"--workdir={tmp_path}")
+  assert exit_info.value.code == 1
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("moth_tf: error: ") and len(err.splitlines()) == 1, err
+  assert "no trained model" in err and "--phase=train" in err
+  assert not os.path.exists(tmp_path / _MOTH)
+
+
+def test_pipeline_runs_every_stage_and_prints_the_summary(tmp_path, capsys):
+  workdir = str(tmp_path)
+  capsys.readouterr()
+  run_cli("--phase=pipeline", "--epochs=2", "--harden_epochs=1", "--seeds=1",
+          "--warmup_steps=60", "--pair_steps=30", "--fast_steps=10", "--distance_steps=20", "--distance_samples=10", f"--workdir={workdir}")
+  out = capsys.readouterr().out
+  for stage in ("[1/4] training the base model", "[2/4]", "[3/4] MOTH hardening", "[4/4]"):
+    assert stage in out
+  table = {}
+  for line in out.splitlines():
+    for name in ("test accuracy", "mean class distance", "failed directions"):
+      if line.startswith(name):
+        table[name] = line
+  assert set(table) == {"test accuracy", "mean class distance", "failed directions"}, out[-3000:]
+  assert re.match(r"test accuracy\s+\d\.\d{4}\s+\d\.\d{4}\s+[+-]\d+\.\d\d pts", table["test accuracy"])
+  stage_line = [l for l in out.splitlines() if l.startswith("stage times:")]
+  assert len(stage_line) == 1
+  for stage in ("train", "distance_before", "harden", "distance_after", "total"):
+    assert stage in stage_line[0]
+  natural_dir = os.path.join(workdir, _NATURAL)
+  moth_dir = os.path.join(workdir, _MOTH)
+  for run_dir in (natural_dir, moth_dir):
+    assert os.path.isfile(os.path.join(run_dir, "model.keras"))
+    assert os.path.isfile(os.path.join(run_dir, "distance.json"))
+  moth_distance = _read_json(os.path.join(moth_dir, "distance.json"))
+  assert moth_distance["comparison"]["baseline"] == natural_dir
+  assert moth_distance["settings"]["steps"] == 20 and moth_distance["seeds"] == [1024]
+  summary = _read_json(os.path.join(moth_dir, "summary.json"))
+  assert set(summary["stage_seconds"]) == {"train", "distance_before", "harden", "distance_after"}
+  assert summary["harden"]["config"]["epochs"] == 1
+  before = _read_json(os.path.join(natural_dir, "distance.json"))
+  assert summary["distance"]["mean_before"] == pytest.approx(before["mean"])
+  match = re.search(r"mean class distance\s+(\d+\.\d{3})\s+(\d+\.\d{3})",
+                    table["mean class distance"])
+  assert match and float(match.group(1)) == pytest.approx(before["mean"], abs=5e-4)
+  assert float(match.group(2)) == pytest.approx(moth_distance["mean"], abs=5e-4)
+
+
+# -------------------------------------------------------------------------------------------------
+# Presets and flag overrides (config only, nothing runs).
+
+
+def test_default_preset_is_the_default_harden_config():
+  config = parsed_config("--phase=harden")
+  assert config.harden == config_lib.HardenConfig()
+
+
+def test_reference_preset():
+  harden = parsed_config("--phase=harden", "--preset=reference", "--seed=3").harden
+  reference = config_lib.REFERENCE_HARDENING
+  assert harden.portion == 0.1 and harden.epochs == 2
+  assert harden == dataclasses.replace(reference, seed=3)
+
+
+def test_explicit_flags_override_the_preset():
+  harden = parsed_config("--phase=harden", "--preset=reference", "--portion=0.3",
+                         "--harden_epochs=5", "--trigger_samples=4", "--harden_batch_size=32",
+                         "--harden_learning_rate=0.01", "--warm_ratio=0.2", "--replay=0.1",
+                         "--mode=adv").harden
+  assert (harden.portion, harden.epochs, harden.trigger_samples) == (0.3, 5, 4)
+  assert (harden.batch_size, harden.learning_rate) == (32, 0.01)
+  assert (harden.warm_ratio, harden.replay, harden.mode) == (0.2, 0.1, "adv")
+  # Fields without a flag keep the preset's values.
+  reference = config_lib.REFERENCE_HARDENING
+  assert harden.pair_ce_reduction == reference.pair_ce_reduction == "sum"
+  assert harden.store_largest is True
+
+
+def test_step_budget_flag():
+  harden = parsed_config("--phase=harden", "--harden_steps=50").harden
+  assert harden.epochs is None and harden.steps == 50
+  assert harden.epochs_for(1257) == 5  # 10 steps per epoch of batch 128.
+  harden = parsed_config("--phase=harden", "--harden_steps=50", "--harden_epochs=2").harden
+  assert harden.epochs_for(1257) == 2  # Explicit epochs win.
