@@ -247,3 +247,23 @@ def test_subprocess_train(tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "test accuracy" in proc.stdout
   assert os.path.isfile(os.path.join(tmp_path, _RUN, "model.keras"))
+
+
+def test_robustness_phase(trained, capsys):
+  workdir, _ = trained
+  capsys.readouterr()
+  run_cli("--phase=robustness", f"--workdir={workdir}")
+  out = capsys.readouterr().out
+  robust = float(re.search(r"PGD robust accuracy: ([0-9.]+)", out).group(1))
+  with open(os.path.join(workdir, _RUN, "summary.json")) as f:
+    summary = json.load(f)
+  assert summary["robustness"]["accuracy"] == pytest.approx(robust, abs=1e-4)
+  assert summary["robustness"]["epsilon"] == pytest.approx(0.1)
+  # PGD at eps 0.1 must hurt a naturally trained model, and cannot beat clean accuracy.
+  assert robust < summary["test_accuracy"]
+
+
+def test_hardened_model_missing_says_harden(trained, capsys):
+  workdir, _ = trained
+  err = run_cli_error(capsys, "--phase=test", "--method=moth", f"--workdir={workdir}")
+  assert "--phase=harden" in err and "no hardened model" in err
