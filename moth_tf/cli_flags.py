@@ -79,7 +79,7 @@ def define_flags():
                        "Hardening epochs (default: about --harden_steps steps).", lower_bound=1)
   flags.DEFINE_integer("harden_steps", None,
                        "Hardening budget in training steps when --harden_epochs is not given "
-                       "(default 1000).", lower_bound=1)
+                       "(default 2000).", lower_bound=1)
   flags.DEFINE_integer("harden_batch_size", None, "Hardening global batch size.", lower_bound=1)
   flags.DEFINE_float("harden_learning_rate", None, "Hardening SGD learning rate.",
                      lower_bound=0.0)

@@ -330,10 +330,11 @@ def run_pipeline(config: config_lib.RunConfig, command_line=()):
       "enlargement_mean_relative": comparison["mean_relative_change"],
       "enlargement_ratio_of_means": comparison["ratio_of_means"]},
       stage_seconds=times)
+  acc_before = harden_results["test_accuracy_before"]
+  acc_after = harden_results["test_accuracy_after"]
   rows = [
-      ("test accuracy", f"{harden_results['test_accuracy_before']:.4f}",
-       f"{harden_results['test_accuracy_after']:.4f}",
-       f"{100 * (harden_results['test_accuracy_after'] - harden_results['test_accuracy_before']):+.2f} pts"),
+      ("test accuracy", f"{acc_before:.4f}", f"{acc_after:.4f}",
+       f"{100 * (acc_after - acc_before):+.2f} pts"),
       ("mean class distance", f"{base_result.mean:.3f}", f"{moth_result.mean:.3f}",
        f"{100 * comparison['mean_relative_change']:+.1f}% (mean of per-pair changes)"),
       ("", "", "", f"{100 * comparison['ratio_of_means']:+.1f}% (ratio of means)"),
