@@ -38,7 +38,8 @@ def measure(model, x, y, seeds, early_stop, batch_directions, label):
   result = distance.measure_distance(model, x, y, 10, settings, seeds, samples=100,
                                      batch_directions=batch_directions, verbose=False)
   print(f"{label:44s} {result.wall_seconds:7.1f} s   mean {result.mean:.3f}   failures "
-        f"{len(result.failures)}   mean steps/direction {result.steps_run.mean():.0f}", flush=True)
+        f"{len(result.failures)}   mean steps/direction "
+        f"{result.steps_run.sum() / (len(seeds) * len(result.pairs)):.0f}", flush=True)
   return result
 
 

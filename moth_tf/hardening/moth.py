@@ -10,7 +10,8 @@ before every training step decides what that step stamps:
    g on `warm_ratio` of the batch's other images (step g = 0..n-1).
 2. Periods of `period` (3) steps on one class pair chosen by the K-arm scheduler. Every step
    generates the pair's two triggers (s->t on class-s images, t->s on class-t images) warm-started
-   from the latest successful ones: 200 steps at cost 1e-3 for the first step of a period, then 40
+   from the latest successful ones (the reference: the largest ever, `store_largest`): 200 steps
+   at cost 1e-3 for the first step of a period, then 40
    steps at cost 0.2 while both directions keep succeeding, back to 200 / 1e-3 after a failure.
    The step stamps them on `portion` of the batch's class-s and class-t images (labels kept). At the
    end of the period the scheduler's reward V is updated from the average trigger sizes.
@@ -22,6 +23,12 @@ Differences from the authors' code, on purpose (see also the scheduler's module 
   GTSRB classes, quirk Q7); a fixed-size set makes every generation well-posed.
 * The stamped share is a fraction of each class's images in the batch (`portion`, default 0.5), not
   int(0.1 * min(#s, #t)) which is 1 image or none (Q7); `--preset=reference` restores 0.1.
+* The pair triggers minimise the mean cross-entropy + cost * L1 (like the distance measure), so they
+  stay near-minimal; the reference sums the cross-entropy (quirk Q3), which makes the same cost ~N
+  times weaker and its stamped triggers about twice the measured class distance on digits.
+* Trigger replay (`replay`, default 0.3): that share of the batch's other images carries the stored
+  trigger of its class toward a random other class, so pairs hardened in earlier periods are not
+  forgotten while the scheduler works on others (0 = as published; `--preset=reference`).
 * A failed generation keeps stamping the last successful trigger of that direction (the reference
   stamps an all-zero mask, a no-op); no training step is ever skipped (Q8).
 * The pair orientation of stored triggers is tracked per direction (Q9); every warm-up target
