@@ -6,7 +6,6 @@ directly. One test also runs the real binary in a subprocess.
 """
 
 import contextlib
-import glob
 import io
 import json
 import os
@@ -19,25 +18,14 @@ from absl.testing import flagsaver
 import numpy as np
 import pytest
 
-from moth_tf import cli_flags
 from moth_tf import main as main_lib
+
+from cli_testing import define_flags_once  # pylint: disable=g-bad-import-order
+from cli_testing import event_files
+from cli_testing import run_cli
 
 FLAGS = flags.FLAGS
 _RUN = "digits_lenet_natural"
-
-
-def _define_flags_once():
-  # define_flags() may run only once per process (absl raises DuplicateFlagError otherwise).
-  if "distance_steps" not in FLAGS:
-    cli_flags.define_flags()
-
-
-def run_cli(*args):
-  """Runs `python -m moth_tf.main ARGS` in-process (flags restored afterwards)."""
-  _define_flags_once()
-  with flagsaver.flagsaver():
-    FLAGS(["prog", *args])
-    main_lib.main(["prog"])
 
 
 def run_cli_error(capsys, *args):
@@ -50,10 +38,6 @@ def run_cli_error(capsys, *args):
   assert err.startswith("moth_tf: error: ")
   assert len(err.splitlines()) == 1, err  # One line, no traceback.
   return err
-
-
-def _event_files(directory):
-  return glob.glob(os.path.join(directory, "**", "events.out.tfevents.*"), recursive=True)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +55,7 @@ def test_train_writes_model_logs_and_summary(trained):
   run_dir = os.path.join(workdir, _RUN)
   assert os.path.isfile(os.path.join(run_dir, "model.keras"))
   assert os.path.isfile(os.path.join(run_dir, "saved_model", "saved_model.pb"))
-  assert _event_files(os.path.join(run_dir, "logs", "train"))
+  assert event_files(os.path.join(run_dir, "logs", "train"))
   with open(os.path.join(run_dir, "summary.json")) as f:
     summary = json.load(f)
   assert summary["dataset"] == "digits" and summary["model"] == "lenet"
@@ -157,7 +141,7 @@ def test_distance_full_matrix(full_distance):
   assert os.path.getsize(os.path.join(run_dir, "distance_heatmap.png")) > 0
   with open(os.path.join(run_dir, "distance_heatmap.png"), "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-  assert _event_files(os.path.join(run_dir, "logs", "distance"))
+  assert event_files(os.path.join(run_dir, "logs", "distance"))
   with open(os.path.join(run_dir, "summary.json")) as f:
     summary = json.load(f)
   assert summary["distance"]["failures"] == len(failures)
@@ -219,7 +203,7 @@ def test_pair_outside_the_class_range(trained, capsys):
 
 
 def test_malformed_pair_is_rejected_by_the_flag_validator():
-  _define_flags_once()
+  define_flags_once()
   with flagsaver.flagsaver():
     for bad in ("3", "3-3", "a-b", "3-5-7"):
       with pytest.raises(flags.IllegalFlagValueError, match="--pair must look like s-t"):
@@ -227,7 +211,7 @@ def test_malformed_pair_is_rejected_by_the_flag_validator():
 
 
 def test_stray_positional_argument_is_a_usage_error():
-  _define_flags_once()
+  define_flags_once()
   from absl import app
   with flagsaver.flagsaver():
     FLAGS(["prog"])

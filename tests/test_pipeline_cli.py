@@ -7,50 +7,26 @@ the 1,257 training digits give 13 hardening steps, 10 of warm-up and one 3-step 
 
 import contextlib
 import dataclasses
-import glob
 import hashlib
 import io
 import json
 import os
 import re
 
-from absl import flags
-from absl.testing import flagsaver
 import pytest
 
-from moth_tf import cli_flags
 from moth_tf import config as config_lib
-from moth_tf import main as main_lib
 
-FLAGS = flags.FLAGS
+from cli_testing import event_files  # pylint: disable=g-bad-import-order
+from cli_testing import parsed_config
+from cli_testing import run_cli
+
 _NATURAL = "digits_lenet_natural"
 _MOTH = "digits_lenet_moth"
 _HARDEN_FLAGS = ("--phase=harden", "--harden_epochs=1", "--harden_batch_size=100",
                  "--trigger_samples=8", "--portion=0.25", "--warm_ratio=0.4",
                  "--harden_learning_rate=0.001", "--warmup_steps=60", "--pair_steps=30",
                  "--fast_steps=10")
-
-
-def _define_flags_once():
-  # define_flags() may run only once per process (absl raises DuplicateFlagError otherwise).
-  if "distance_steps" not in FLAGS:
-    cli_flags.define_flags()
-
-
-def run_cli(*args):
-  """Runs `python -m moth_tf.main ARGS` in-process (flags restored afterwards)."""
-  _define_flags_once()
-  with flagsaver.flagsaver():
-    FLAGS(["prog", *args])
-    main_lib.main(["prog"])
-
-
-def parsed_config(*args):
-  """The RunConfig that `main` would build from ARGS (nothing is run)."""
-  _define_flags_once()
-  with flagsaver.flagsaver():
-    FLAGS(["prog", *args])
-    return main_lib.config_from_flags(FLAGS)
 
 
 def _run_capturing(*args):
@@ -63,10 +39,6 @@ def _run_capturing(*args):
 def _sha256(path):
   with open(path, "rb") as f:
     return hashlib.sha256(f.read()).hexdigest()
-
-
-def _event_files(directory):
-  return glob.glob(os.path.join(directory, "**", "events.out.tfevents.*"), recursive=True)
 
 
 def _read_json(path):
@@ -96,8 +68,8 @@ def test_harden_writes_model_summary_and_logs(trained, hardened):
   run_dir = os.path.join(workdir, _MOTH)
   assert os.path.isfile(os.path.join(run_dir, "model.keras"))
   assert os.path.isfile(os.path.join(run_dir, "saved_model", "saved_model.pb"))
-  assert _event_files(os.path.join(run_dir, "logs", "harden"))
-  assert _event_files(os.path.join(run_dir, "logs", "harden_moth"))
+  assert event_files(os.path.join(run_dir, "logs", "harden"))
+  assert event_files(os.path.join(run_dir, "logs", "harden_moth"))
   assert not os.path.exists(os.path.join(run_dir, "backup_harden"))
   summary = _read_json(os.path.join(run_dir, "summary.json"))
   assert summary["method"] == "moth" and summary["dataset"] == "digits"
