@@ -8,7 +8,7 @@ All images are float32 in [0, 1], NHWC; labels are int64 class indices.
 """
 
 import importlib
-from typing import Callable, Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 

@@ -52,14 +52,11 @@ from moth_tf.triggers import engine
 from moth_tf.triggers import params
 
 
-MothConfig = config_lib.HardenConfig
-REFERENCE = config_lib.REFERENCE_HARDENING
-
-
 class MothHardener:
   """Host-side state of one MOTH run: trigger store, scheduler, period bookkeeping, timing."""
 
-  def __init__(self, model, x_train: np.ndarray, y_train: np.ndarray, config: MothConfig,
+  def __init__(self, model, x_train: np.ndarray, y_train: np.ndarray,
+               config: config_lib.HardenConfig,
                writer: Optional[tf.summary.SummaryWriter] = None, verbose: bool = True):
     self.model = model
     self.config = config
@@ -80,7 +77,8 @@ class MothHardener:
     self.pair_inverter = engine.TriggerInverter(
         model.classifier, engine.InversionSettings(
             steps=config.pair_steps, asr_bound=config.pair_asr, init_cost=config.pair_cost,
-            ce_reduction=config.pair_ce_reduction, chunk_steps=max(config.pair_steps, config.fast_steps)))
+            ce_reduction=config.pair_ce_reduction,
+            chunk_steps=max(config.pair_steps, config.fast_steps)))
     self.step = 0
     self.ready = False
     self._period_reset()
@@ -288,7 +286,10 @@ class MothHardener:
         "num_choices": np.array(int(m.sched_choices.numpy()), np.int64),
         "seed": np.array(self.config.seed, np.int64)})
     self.step = int(m.global_step.numpy())
-    # Universal triggers are the store's columns (every source holds the one toward t).
+    # The universal triggers are only needed if the run resumes inside its first n (warm-up) steps,
+    # which needs fewer than n steps per epoch. They are not checkpointed; the store's column t
+    # holds the universal trigger toward t until a pair period overwrites it, so this is an
+    # approximation in that rare case.
     self.universal_masks = np.stack([self.store_masks[(t + 1) % self.n, t] for t in range(self.n)])
     self.universal_patterns = np.stack(
         [self.store_patterns[(t + 1) % self.n, t] for t in range(self.n)])
@@ -328,7 +329,8 @@ class MothCallback(keras.callbacks.Callback):
     self.hardener.log_epoch(epoch)
 
 
-def harden(classifier_factory: Callable[[], keras.Model], splits, config: MothConfig, run_dir: str,
+def harden(classifier_factory: Callable[[], keras.Model], splits,
+           config: config_lib.HardenConfig, run_dir: str,
            strategy=None, verbose: int = 1, pgd_settings=None):
   """Hardens a classifier with MOTH and returns (hardened classifier, results).
 
@@ -336,7 +338,7 @@ def harden(classifier_factory: Callable[[], keras.Model], splits, config: MothCo
     classifier_factory: returns a fresh copy of the classifier to harden; it is called inside the
       strategy scope so its variables are distributed. The original model is never modified.
     splits: moth_tf.data.DatasetSplits.
-    config: MothConfig.
+    config: config_lib.HardenConfig.
     run_dir: where TensorBoard logs (`logs/harden`) and the resumable backup (`backup_harden/`) go.
     strategy: tf.distribute strategy (default: the current one).
     verbose: Keras progress bar verbosity.

@@ -35,7 +35,6 @@ bounds, targets) are tensors, so nothing is retraced between calls of the same s
 """
 
 import dataclasses
-import math
 from typing import Callable, Optional, Sequence
 
 import numpy as np
