@@ -5,6 +5,8 @@ Parts (all by default; pick with --parts=a,b,...):
             enlargement (mean of per-pair relative changes and ratio of means), accuracy drop,
             hardening wall time and the share spent generating triggers vs training.
   reference the same hardening with --preset=reference (the authors' settings), distance 3 seeds.
+  ablation  the default with the learning-rate ramp and decay, or replay, turned off, and with two
+            trigger families; distance 3 seeds.
   sweep     stamped fraction x epoch budget (x learning rate) grid; each point's distance with
             1 seed (stated in the output) to keep the sweep affordable.
   mirrored  the default hardening under MirroredStrategy on 2 logical CPU devices.
@@ -26,9 +28,14 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=g-import-not-at-top
 
-PARTS = ("main", "reference", "sweep", "mirrored", "resume")
-# The sweep point that equals the default preset (part main measures it with 3 seeds).
-DEFAULT_POINT = ("--portion=0.5", "--harden_steps=2000")
+PARTS = ("main", "reference", "ablation", "sweep", "mirrored", "resume")
+# Our changes to MOTH as published, each undone in turn (the rest stays at the default), plus the
+# optional second trigger family.
+ABLATIONS = (
+    ("constant learning rate, no ramp", ("--lr_warmup_steps=0", "--lr_decay=constant")),
+    ("no replay", ("--replay=0",)),
+    ("two trigger families", ("--trigger_families=2",)),
+)
 
 
 def load(workdir, run):
@@ -141,6 +148,13 @@ def main():
     r = harden_and_measure(base, os.path.join(args.workdir, "reference"), 3, "--preset=reference")
     results["reference"] = r
     print(describe("authors' preset (3 seeds)", r), flush=True)
+  if "ablation" in parts:
+    results["ablation"] = []
+    for i, (label, flags) in enumerate(ABLATIONS):
+      r = harden_and_measure(base, os.path.join(args.workdir, f"ablation_{i}"), 3, *flags)
+      r["label"] = label
+      results["ablation"].append(r)
+      print(describe(f"{label} (3 seeds)", r), flush=True)
   if "mirrored" in parts:
     r = harden_and_measure(base, os.path.join(args.workdir, "mirrored"), 1, "--strategy=mirrored",
                            "--cpu_devices=2")

@@ -104,6 +104,14 @@ def define_flags():
   flags.DEFINE_integer("trigger_samples", None,
                        "Training images per class used to generate each pair trigger.",
                        lower_bound=1)
+  flags.DEFINE_integer("lr_warmup_steps", None,
+                       "Hardening steps over which the learning rate ramps up linearly from 0.",
+                       lower_bound=0)
+  flags.DEFINE_enum("lr_decay", None, ["constant", "cosine"],
+                    "Hardening learning rate after the ramp: constant, or cosine decay to 0.")
+  flags.DEFINE_integer("trigger_families", None,
+                       "Independently initialised triggers kept, generated and stamped per "
+                       "direction (ours; the reference has 1).", lower_bound=1)
 
   flags.register_validator(
       "pair", lambda v: v is None or _parse_pair(v) is not None,

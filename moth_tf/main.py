@@ -53,7 +53,9 @@ def config_from_flags(flag_values) -> config_lib.RunConfig:
       ("batch_size", "harden_batch_size"),
       ("learning_rate", "harden_learning_rate"), ("portion", "portion"),
       ("warm_ratio", "warm_ratio"), ("replay", "replay"), ("trigger_samples", "trigger_samples"),
-      ("warmup_steps", "warmup_steps"), ("pair_steps", "pair_steps"), ("fast_steps", "fast_steps"))
+      ("warmup_steps", "warmup_steps"), ("pair_steps", "pair_steps"), ("fast_steps", "fast_steps"),
+      ("families", "trigger_families"), ("lr_warmup_steps", "lr_warmup_steps"),
+      ("lr_decay", "lr_decay"))
                if getattr(flag_values, flag) is not None}
   harden = dataclasses.replace(preset, seed=flag_values.seed, **overrides)
   return config_lib.RunConfig(

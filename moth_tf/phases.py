@@ -141,6 +141,19 @@ def _matrix(values):
   return np.array([[np.nan if v is None else v for v in row] for row in values], np.float64)
 
 
+def distance_fingerprint(config: config_lib.RunConfig, model_file: str) -> dict:
+  """What a distance measurement depends on: the model's bytes, the data and the settings.
+
+  Stored in distance.json; the pipeline reuses a base-model measurement whose fingerprint matches.
+  """
+  import json
+  settings = dataclasses.asdict(config.distance)
+  settings.pop("compare_to")
+  fingerprint = {"model_sha256": rundir.file_sha256(model_file), "dataset": config.data.dataset,
+                 "image_size": config.data.image_size, "distance": settings}
+  return json.loads(json.dumps(fingerprint))  # Tuples become lists, as when read back.
+
+
 def measure_and_record(model, splits, config: config_lib.RunConfig, out_dir: str, seeds=None,
                        tag: str = "distance", verbose: bool = True):
   """Measures class distance and writes distance.json, the heat map PNG and TensorBoard logs.
@@ -169,8 +182,10 @@ def measure_and_record(model, splits, config: config_lib.RunConfig, out_dir: str
       model, x, y, splits.num_classes, inversion_settings(dist), seeds, samples=dist.samples,
       pairs=pairs, batch_directions=dist.batch_directions, split_name=split, verbose=verbose)
   payload = result.to_json()
-  payload.update(dataset=config.data.dataset, model=config.model,
-                 model_path=config.model_path or rundir.model_path(config.run_dir()))
+  model_file = config.model_path or rundir.model_path(config.run_dir())
+  payload.update(dataset=config.data.dataset, model=config.model, model_path=model_file)
+  if os.path.isfile(model_file):
+    payload["fingerprint"] = distance_fingerprint(config, model_file)
   if dist.compare_to:
     base = load_distance_json(dist.compare_to)
     comparison = distance.enlargement(_matrix(base["matrix"]), result.matrix)
@@ -301,11 +316,18 @@ def run_pipeline(config: config_lib.RunConfig, command_line=()):
 
   splits = load_splits(config)
   start = time.time()
-  print(f"[2/4] class distance of the base model ({len(config.distance.seeds)} seed(s))")
-  base_model, _ = load_run_model(natural)
-  base_result, _ = measure_and_record(base_model, splits, natural, base_dir)
-  rundir.update_summary(base_dir, distance={"mean": base_result.mean,
-                                            "failures": len(base_result.failures)})
+  base_distance_file = os.path.join(base_dir, rundir.DISTANCE_FILE)
+  previous = rundir.read_json(base_distance_file) if os.path.exists(base_distance_file) else {}
+  if previous.get("fingerprint") == distance_fingerprint(natural, rundir.model_path(base_dir)):
+    print(f"[2/4] class distance of the base model: reusing {base_distance_file} (same model, "
+          "data and settings)")
+    base_mean, base_failures = previous["mean"], len(previous["failures"])
+  else:
+    print(f"[2/4] class distance of the base model ({len(config.distance.seeds)} seed(s))")
+    base_model, _ = load_run_model(natural)
+    base_result, _ = measure_and_record(base_model, splits, natural, base_dir)
+    base_mean, base_failures = base_result.mean, len(base_result.failures)
+    rundir.update_summary(base_dir, distance={"mean": base_mean, "failures": base_failures})
   times["distance_before"] = time.time() - start
 
   start = time.time()
@@ -326,7 +348,7 @@ def run_pipeline(config: config_lib.RunConfig, command_line=()):
   comparison = payload["comparison"]
   rundir.update_summary(moth_config.run_dir(), distance={
       "mean": moth_result.mean, "failures": len(moth_result.failures),
-      "mean_before": base_result.mean,
+      "mean_before": base_mean,
       "enlargement_mean_relative": comparison["mean_relative_change"],
       "enlargement_ratio_of_means": comparison["ratio_of_means"]},
       stage_seconds=times)
@@ -335,10 +357,10 @@ def run_pipeline(config: config_lib.RunConfig, command_line=()):
   rows = [
       ("test accuracy", f"{acc_before:.4f}", f"{acc_after:.4f}",
        f"{100 * (acc_after - acc_before):+.2f} pts"),
-      ("mean class distance", f"{base_result.mean:.3f}", f"{moth_result.mean:.3f}",
+      ("mean class distance", f"{base_mean:.3f}", f"{moth_result.mean:.3f}",
        f"{100 * comparison['mean_relative_change']:+.1f}% (mean of per-pair changes)"),
       ("", "", "", f"{100 * comparison['ratio_of_means']:+.1f}% (ratio of means)"),
-      ("failed directions", str(len(base_result.failures)), str(len(moth_result.failures)), ""),
+      ("failed directions", str(base_failures), str(len(moth_result.failures)), ""),
   ]
   print()
   print(distance.format_matrix(100 * comparison["per_pair"], fmt="{:+7.1f}"))

@@ -12,6 +12,7 @@ interrupted run never leaves a half-written result behind.
 """
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -81,6 +82,15 @@ def write_bytes(path: str, data: bytes):
   with atomic_path(path) as tmp:
     with open(tmp, "wb") as f:
       f.write(data)
+
+
+def file_sha256(path: str) -> str:
+  """Hex SHA-256 of a file's bytes."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
 
 
 def read_json(path: str) -> Dict[str, Any]:

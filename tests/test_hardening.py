@@ -163,9 +163,9 @@ def test_warmup_sets_the_prior_and_stores_the_universal_triggers(hardened):
     if t in succeeded:
       assert np.all(size[others, t] == size[(t + 1) % n, t])  # One size per target column.
       assert first["universal_masks"][t].sum() > 0
-      for i in others:
-        np.testing.assert_array_equal(store[i, t], first["universal_masks"][t])
-        np.testing.assert_array_equal(patterns[i, t], first["universal_patterns"][t])
+      for i in others:  # Family 0 (the only one here) starts from the universal trigger.
+        np.testing.assert_array_equal(store[i, t, 0], first["universal_masks"][t])
+        np.testing.assert_array_equal(patterns[i, t, 0], first["universal_patterns"][t])
     else:
       assert np.all(store[:, t] == 0) and np.all(prior[:, t] == 0) and np.all(size[:, t] == 0)
   # The model's store variables hold the same (BackupAndRestore checkpoints them).
@@ -180,7 +180,7 @@ def test_steps_stamp_the_warmup_then_the_pairs(hardened):
     assert record["warm_enabled"] == float(g in succeeded)
     if g in succeeded:
       assert record["warm_target"] == g
-    np.testing.assert_array_equal(record["pair_enabled"], [0.0, 0.0])
+    np.testing.assert_array_equal(record["pair_enabled"], [[0.0], [0.0]])
   for record in steps[10:]:
     assert record["warm_enabled"] == 0.0
     s, t = record["pair_classes"]
@@ -262,8 +262,52 @@ def test_a_direction_without_any_successful_trigger_is_not_stamped(base):
     hardener.after_step()
   assert tuple(stamping.pair_classes.numpy()) == (0, 1)
   assert hardener.events["failed_directions"] == 1  # 0 -> 1 failed; 1 -> 0 succeeded.
-  assert stamping.pair_enabled.numpy()[1] == 1.0
-  assert stamping.pair_enabled.numpy()[0] == 0.0
+  np.testing.assert_array_equal(stamping.pair_enabled.numpy(), [[0.0], [1.0]])
+
+
+@pytest.mark.parametrize("warmup,decay", [(0, "constant"), (50, "constant"), (0, "cosine"),
+                                          (50, "cosine")])
+def test_learning_rate_schedule(warmup, decay):
+  config = config_lib.HardenConfig(learning_rate=0.02, lr_warmup_steps=warmup, lr_decay=decay)
+  schedule = moth.learning_rate_schedule(config, 1000)
+  rate = lambda step: float(schedule(step)) if callable(schedule) else float(schedule)
+  assert rate(warmup) == pytest.approx(0.02, rel=1e-5)  # The peak, right after the ramp.
+  if warmup:
+    assert rate(0) == 0.0 and rate(warmup // 2) == pytest.approx(0.01, rel=1e-5)
+  if decay == "constant":
+    assert rate(999) == pytest.approx(0.02, rel=1e-5)
+  else:
+    assert rate(999) < 1e-5 and rate((1000 + warmup) // 2) == pytest.approx(0.01, rel=1e-3)
+
+
+def test_config_rejects_bad_schedule_and_families():
+  with pytest.raises(ValueError, match="lr_decay"):
+    config_lib.HardenConfig(lr_decay="step")
+  with pytest.raises(ValueError, match="families"):
+    config_lib.HardenConfig(families=0)
+
+
+def test_two_families_are_generated_stored_and_stamped(base):
+  """families=2: each direction keeps two independently initialised triggers; after a pair step
+  both families of both directions are stored (the second one from a random start) and enabled."""
+  splits = base[0]
+  from moth_tf.hardening import model as model_lib
+  _, model, path, _ = base
+  clf = model_io.load_model(path)
+  config = config_lib.HardenConfig(warmup_steps=20, pair_steps=30, fast_steps=5,
+                                   trigger_samples=8, warmup_samples=4, families=2, epsilon=0.0)
+  stamping = model_lib.StampingModel(clf, 10, families=2)
+  hardener = moth.MothHardener(stamping, splits.x_train, splits.y_train, config, verbose=False)
+  for _ in range(11):  # 10 warm-up steps, then the first pair step.
+    hardener.before_step()
+    hardener.after_step()
+  s, t = hardener.pair
+  assert hardener.events["failed_directions"] == 0
+  np.testing.assert_array_equal(stamping.pair_enabled.numpy(), np.ones((2, 2)))
+  for a, b in ((s, t), (t, s)):
+    assert (hardener.store_masks[a, b].sum(axis=(1, 2)) > 0).all()
+    assert not np.allclose(hardener.store_masks[a, b, 0], hardener.store_masks[a, b, 1])
+  np.testing.assert_allclose(stamping.pair_masks.numpy()[0, ..., 0], hardener.store_masks[s, t])
 
 
 # -------------------------------------------------------------------------------------------------

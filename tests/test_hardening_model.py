@@ -201,7 +201,7 @@ def test_warmup_stamps_non_target_images_only():
     for i in np.flatnonzero(hit):  # Only the universal trigger: set_warmup turned the pair off.
       assert changed[i] == [_WARM_PIX]
       assert xs[i][_WARM_PIX][0] == pytest.approx(_WARM_PAT, abs=1e-7)
-    np.testing.assert_array_equal(model.pair_enabled.numpy(), [0.0, 0.0])
+    np.testing.assert_array_equal(model.pair_enabled.numpy(), [[0.0], [0.0]])
 
 
 def test_warmup_off_then_pair():
@@ -223,6 +223,37 @@ def test_warmup_off_then_pair():
   assert count == 7
 
 
+def test_each_stamped_image_carries_one_random_enabled_family():
+  """Two families per direction: every stamped image carries exactly one of its direction's enabled
+  families (both are used over a few batches); a disabled family is never stamped; the counts are
+  those of one family."""
+  clf, _ = _classifier()
+  model = _stamping(clf, portion=0.5, families=2)
+  family_pix = (((0, 0), (0, 3)), ((3, 3), (3, 0)))  # [direction][family]
+  masks = np.zeros((2, 2) + _SHAPE, np.float32)
+  patterns = np.zeros((2, 2) + _SHAPE, np.float32)
+  for d in range(2):
+    for f in range(2):
+      masks[d, f][family_pix[d][f]] = 1.0
+      patterns[d, f] = 0.9 - 0.05 * (2 * d + f)
+  model.set_pair(0, 1, masks, patterns, [[1.0, 1.0], [1.0, 0.0]])  # t -> s has family 0 only.
+  x = _images()
+  used = {0: set(), 1: set()}
+  for seed in range(8):
+    xs, count = _stamp(model, x, _LABELS, seed=(seed, 3))
+    changed = _changed_pixels(x, xs)
+    assert count == 4 + 3  # Rounded half of the 7 class-0 and of the 5 class-1 images.
+    for i, pixels in enumerate(changed):
+      if not pixels:
+        continue
+      d = {0: 0, 1: 1}[int(_LABELS[i])]
+      assert len(pixels) == 1 and pixels[0] in family_pix[d], (i, pixels)
+      f = family_pix[d].index(pixels[0])
+      assert xs[i][pixels[0]][0] == pytest.approx(0.9 - 0.05 * (2 * d + f), abs=1e-7)
+      used[d].add(f)
+  assert used == {0: {0, 1}, 1: {0}}
+
+
 # -------------------------------------------------------------------------------------------------
 # stamp_batch: replay of stored triggers.
 
@@ -238,8 +269,8 @@ def _fill_store(model, sources):
   patterns = np.zeros(model.store_patterns.shape, np.float32)
   for s in sources:
     for t in range(_N):
-      masks[s, t][_REPLAY_PIX] = 1.0
-      patterns[s, t] = _replay_value(s, t)
+      masks[s, t, 0][_REPLAY_PIX] = 1.0
+      patterns[s, t, 0] = _replay_value(s, t)
   model.store_masks.assign(masks)
   model.store_patterns.assign(patterns)
 
@@ -295,6 +326,36 @@ def test_replay_fraction_and_empty_store():
   assert not hit[np.isin(_LABELS, [0, 2])].any()
 
 
+def test_replay_uses_only_stored_families():
+  """With two families per direction, replay stamps a stored family and never an empty one: here
+  class 1 has only family 1 stored, class 3 has both."""
+  clf, _ = _classifier()
+  model = _stamping(clf, portion=0.0, replay=1.0, families=2)
+  masks = np.zeros(model.store_masks.shape, np.float32)
+  patterns = np.zeros(model.store_patterns.shape, np.float32)
+  for t in range(_N):
+    masks[1, t, 1][_REPLAY_PIX] = 1.0
+    patterns[1, t, 1] = 0.11
+    for f in range(2):
+      masks[3, t, f][_REPLAY_PIX] = 1.0
+      patterns[3, t, f] = 0.13 + 0.02 * f
+  model.store_masks.assign(masks)
+  model.store_patterns.assign(patterns)
+  x = _images()
+  values = {1: set(), 3: set()}
+  for seed in range(6):
+    xs, count = _stamp(model, x, _LABELS, seed=(seed, 2))
+    changed = _changed_pixels(x, xs)
+    assert count == 9  # Every class-1 and class-3 image, nothing else.
+    for i, pixels in enumerate(changed):
+      cls = int(_LABELS[i])
+      assert bool(pixels) == (cls in (1, 3))
+      if pixels:
+        assert pixels == [_REPLAY_PIX]
+        values[cls].add(round(float(xs[i][_REPLAY_PIX][0]), 4))
+  assert values == {1: {0.11}, 3: {0.13, 0.15}}
+
+
 # -------------------------------------------------------------------------------------------------
 # train_step.
 
@@ -331,7 +392,7 @@ def test_train_step_trains_on_the_stamped_batch_with_the_true_labels():
   # The step trained the classifier's weights (and left the trigger state alone).
   new_kernel, new_bias = clf.layers[-1].get_weights()
   assert np.abs(new_kernel - kernel).max() > 1e-4 and np.abs(new_bias - bias).max() > 1e-4
-  np.testing.assert_array_equal(model.pair_masks.numpy(), masks)
+  np.testing.assert_array_equal(model.pair_masks.numpy()[:, 0], masks)
   assert int(model.optimizer.iterations.numpy()) == 1
 
 

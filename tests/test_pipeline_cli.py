@@ -16,6 +16,7 @@ import re
 import pytest
 
 from moth_tf import config as config_lib
+from moth_tf import phases
 
 from cli_testing import event_files  # pylint: disable=g-bad-import-order
 from cli_testing import parsed_config
@@ -130,8 +131,10 @@ def test_harden_without_a_trained_model(tmp_path, capsys):
 def test_pipeline_runs_every_stage_and_prints_the_summary(tmp_path, capsys):
   workdir = str(tmp_path)
   capsys.readouterr()
-  run_cli("--phase=pipeline", "--epochs=2", "--harden_epochs=1", "--seeds=1",
-          "--warmup_steps=60", "--pair_steps=30", "--fast_steps=10", "--distance_steps=20", "--distance_samples=10", f"--workdir={workdir}")
+  pipeline_flags = ("--phase=pipeline", "--epochs=2", "--harden_epochs=1", "--seeds=1",
+                    "--warmup_steps=60", "--pair_steps=30", "--fast_steps=10",
+                    "--distance_steps=20", "--distance_samples=10", f"--workdir={workdir}")
+  run_cli(*pipeline_flags)
   out = capsys.readouterr().out
   for stage in ("[1/4] training the base model", "[2/4]", "[3/4] MOTH hardening", "[4/4]"):
     assert stage in out
@@ -163,6 +166,26 @@ def test_pipeline_runs_every_stage_and_prints_the_summary(tmp_path, capsys):
                     table["mean class distance"])
   assert match and float(match.group(1)) == pytest.approx(before["mean"], abs=5e-4)
   assert float(match.group(2)) == pytest.approx(moth_distance["mean"], abs=5e-4)
+  # Run again: the base model is unchanged, so its distance is reused, not re-measured.
+  base_distance = os.path.join(natural_dir, "distance.json")
+  base_hash = _sha256(base_distance)
+  run_cli(*pipeline_flags)
+  out = capsys.readouterr().out
+  assert "[1/4] base model found" in out
+  assert "[2/4] class distance of the base model: reusing" in out
+  assert _sha256(base_distance) == base_hash
+  assert _read_json(os.path.join(moth_dir, "summary.json"))["distance"]["mean_before"] == (
+      pytest.approx(before["mean"]))
+  # Other distance settings (or other model bytes) do not match the stored fingerprint.
+  fingerprint = before["fingerprint"]
+  assert fingerprint["distance"]["steps"] == 20 and len(fingerprint["model_sha256"]) == 64
+  config = parsed_config("--phase=pipeline", "--seeds=1", "--distance_steps=20",
+                         "--distance_samples=10", f"--workdir={workdir}")
+  natural = dataclasses.replace(config, method="natural")
+  model_file = os.path.join(natural_dir, "model.keras")
+  assert phases.distance_fingerprint(natural, model_file) == fingerprint
+  other = dataclasses.replace(natural, distance=dataclasses.replace(natural.distance, steps=21))
+  assert phases.distance_fingerprint(other, model_file) != fingerprint
 
 
 # -------------------------------------------------------------------------------------------------
@@ -193,6 +216,15 @@ def test_explicit_flags_override_the_preset():
   reference = config_lib.REFERENCE_HARDENING
   assert harden.pair_ce_reduction == reference.pair_ce_reduction == "sum"
   assert harden.store_largest is True
+
+
+def test_family_and_learning_rate_flags():
+  harden = parsed_config("--phase=harden", "--trigger_families=3", "--lr_warmup_steps=40",
+                         "--lr_decay=cosine").harden
+  assert (harden.families, harden.lr_warmup_steps, harden.lr_decay) == (3, 40, "cosine")
+  reference = parsed_config("--phase=harden", "--preset=reference").harden
+  assert (reference.families, reference.lr_warmup_steps, reference.lr_decay) == (
+      1, 0, "constant")
 
 
 def test_step_budget_flag():

@@ -6,7 +6,9 @@ triggers live in non-trainable variables that the host-side driver (moth_tf.hard
 between steps, so the step is one traced graph for the whole run:
 
 * pair triggers: direction 0 (s -> t) is stamped on a fraction of the batch's class-s images and
-  direction 1 (t -> s) on the same fraction of its class-t images;
+  direction 1 (t -> s) on the same fraction of its class-t images; with several trigger *families*
+  per direction (independently initialised triggers, see moth_tf.hardening.moth), each stamped
+  image carries one enabled family drawn at random;
 * warm-up: the universal trigger toward class `warm_target` is stamped on `warm_ratio` of the batch's
   images of every other class.
 
@@ -35,6 +37,13 @@ def _select_fraction(member, fraction, seed):
   return tf.logical_and(member, rank < k)
 
 
+def _random_enabled(enabled, batch, seed):
+  """Int [batch]: for each image, a uniformly random index among the true entries of `enabled`."""
+  keys = tf.random.stateless_uniform([batch, tf.shape(enabled)[0]], seed)
+  keys = tf.where(enabled[None, :], keys, 2.0)
+  return tf.argmin(keys, axis=1, output_type=tf.int32)
+
+
 @keras.saving.register_keras_serializable(package="moth_tf")
 class StampingModel(keras.Model):
   """Wraps a classifier; `train_step` stamps the current MOTH triggers into the batch.
@@ -46,15 +55,18 @@ class StampingModel(keras.Model):
     warm_ratio: fraction of non-target images stamped with the universal trigger during warm-up.
     replay: fraction of the remaining images (not stamped with the pair or warm-up trigger) that
       carry a stored trigger of their class toward a random other class (0 = MOTH as published).
+    families: independently initialised triggers kept per direction (1 = MOTH as published).
     adversarial: PGD-perturb every batch first (MOTH on top of adversarial training).
     pgd_settings: (epsilon, steps, step_size) for adversarial mode.
   """
 
   def __init__(self, classifier, num_classes, portion=0.5, warm_ratio=0.5, replay=0.0,
-               adversarial=False, pgd_settings=(0.03, 8, 0.005), **kwargs):
+               families=1, adversarial=False, pgd_settings=(0.03, 8, 0.005), **kwargs):
     super().__init__(**kwargs)
     self.classifier = classifier
     self.num_classes = int(num_classes)
+    self.families = int(families)
+    r = self.families
     self.adversarial = bool(adversarial)
     self.pgd_settings = tuple(pgd_settings)
     h, w, c = classifier.input_shape[1:]
@@ -67,9 +79,9 @@ class StampingModel(keras.Model):
 
     # What the step stamps (assigned by the driver between steps).
     self.pair_classes = state("pair_classes", (2,), "int32")
-    self.pair_enabled = state("pair_enabled", (2,))
-    self.pair_masks = state("pair_masks", (2, h, w, 1))
-    self.pair_patterns = state("pair_patterns", (2, h, w, c))
+    self.pair_enabled = state("pair_enabled", (2, r))
+    self.pair_masks = state("pair_masks", (2, r, h, w, 1))
+    self.pair_patterns = state("pair_patterns", (2, r, h, w, c))
     self.warm_target = state("warm_target", (), "int32")
     self.warm_enabled = state("warm_enabled", ())
     self.warm_mask = state("warm_mask", (h, w, 1))
@@ -81,8 +93,8 @@ class StampingModel(keras.Model):
     self.warm_ratio.assign(warm_ratio)
     self.replay.assign(replay)
     # Driver state, checkpointed with the model (see moth_tf.hardening.moth).
-    self.store_masks = state("store_masks", (n, n, h, w, 1))
-    self.store_patterns = state("store_patterns", (n, n, h, w, c))
+    self.store_masks = state("store_masks", (n, n, r, h, w, 1))
+    self.store_patterns = state("store_patterns", (n, n, r, h, w, c))
     self.sched_prior = state("sched_prior", (n, n))
     self.sched_size = state("sched_size", (n, n))
     self.sched_reward = state("sched_reward", (n, n))
@@ -103,12 +115,16 @@ class StampingModel(keras.Model):
     """Returns (stamped x, number of stamped images) for one (per-replica) batch; labels unchanged."""
     y = tf.cast(tf.reshape(y, [-1]), tf.int32)
     stamped = tf.zeros_like(y, dtype=tf.bool)
-    # Pair triggers on a fraction of each of the two classes' images.
+    # Pair triggers on a fraction of each of the two classes' images, one random enabled family
+    # per image.
     for d in range(2):
-      member = tf.logical_and(tf.equal(y, self.pair_classes[d]), self.pair_enabled[d] > 0)
+      enabled = self.pair_enabled[d] > 0
+      member = tf.logical_and(tf.equal(y, self.pair_classes[d]), tf.reduce_any(enabled))
       chosen = _select_fraction(member, self.portion, seed + d + 1)
+      family = _random_enabled(enabled, tf.shape(y)[0], seed + d + 7)
       x = tf.where(chosen[:, None, None, None],
-                   params.stamp(x, self.pair_masks[d], self.pair_patterns[d]), x)
+                   params.stamp(x, tf.gather(self.pair_masks[d], family),
+                                tf.gather(self.pair_patterns[d], family)), x)
       stamped = tf.logical_or(stamped, chosen)
     # Warm-up universal trigger on a fraction of all other classes' images.
     member = tf.logical_and(tf.not_equal(y, self.warm_target), self.warm_enabled > 0)
@@ -122,12 +138,17 @@ class StampingModel(keras.Model):
     offset = tf.cast(tf.random.stateless_uniform(tf.shape(y), seed + 5) * (n - 1), tf.int32)
     target = (y + 1 + tf.minimum(offset, n - 2)) % n
     index = tf.stack([y, target], axis=1)
-    masks = tf.gather_nd(self.store_masks, index)
-    available = tf.reduce_sum(masks, axis=[1, 2, 3]) > 0
+    all_masks = tf.gather_nd(self.store_masks, index)  # [B, families, H, W, 1]
+    has = tf.reduce_sum(all_masks, axis=[2, 3, 4]) > 0  # [B, families]
+    keys = tf.where(has, tf.random.stateless_uniform(tf.shape(has), seed + 6), 2.0)
+    family = tf.argmin(keys, axis=1, output_type=tf.int32)  # A random stored family per image.
+    masks = tf.gather(all_masks, family, batch_dims=1)
+    patterns = tf.gather(tf.gather_nd(self.store_patterns, index), family, batch_dims=1)
+    available = tf.reduce_any(has, axis=1)
     member = tf.logical_and(tf.logical_not(stamped), available)
     chosen = _select_fraction(member, self.replay, seed + 4)
     x = tf.where(chosen[:, None, None, None],
-                 params.stamp(x, masks, tf.gather_nd(self.store_patterns, index)), x)
+                 params.stamp(x, masks, patterns), x)
     stamped = tf.logical_or(stamped, chosen)
     return x, tf.reduce_sum(tf.cast(stamped, tf.float32))
 
@@ -166,7 +187,8 @@ class StampingModel(keras.Model):
 
   def get_config(self):
     config = super().get_config()
-    config.update(num_classes=self.num_classes, adversarial=self.adversarial,
+    config.update(num_classes=self.num_classes, families=self.families,
+                  adversarial=self.adversarial,
                   pgd_settings=self.pgd_settings,
                   classifier=keras.saving.serialize_keras_object(self.classifier))
     return config
@@ -181,11 +203,15 @@ class StampingModel(keras.Model):
   # Host-side helpers used by the driver between steps.
 
   def set_pair(self, s, t, masks, patterns, enabled):
-    """Makes the step stamp masks[0]/patterns[0] on class s and masks[1]/patterns[1] on class t."""
+    """Makes the step stamp masks[0]/patterns[0] on class s and masks[1]/patterns[1] on class t.
+
+    masks: [2, families, H, W(, 1)] (or [2, H, W(, 1)] with one family); patterns likewise with C
+    channels; enabled: [2, families] (or [2]), 1 where that trigger may be stamped.
+    """
     self.pair_classes.assign(np.array([s, t], np.int32))
     self.pair_masks.assign(np.asarray(masks, np.float32).reshape(self.pair_masks.shape))
     self.pair_patterns.assign(np.asarray(patterns, np.float32).reshape(self.pair_patterns.shape))
-    self.pair_enabled.assign(np.asarray(enabled, np.float32))
+    self.pair_enabled.assign(np.asarray(enabled, np.float32).reshape(self.pair_enabled.shape))
 
   def set_warmup(self, target, mask=None, pattern=None):
     """Stamps the universal trigger toward `target` during warm-up; target None turns it off."""
@@ -196,4 +222,4 @@ class StampingModel(keras.Model):
     self.warm_mask.assign(np.asarray(mask, np.float32).reshape(self.warm_mask.shape))
     self.warm_pattern.assign(np.asarray(pattern, np.float32).reshape(self.warm_pattern.shape))
     self.warm_enabled.assign(1.0)
-    self.pair_enabled.assign(np.zeros(2, np.float32))
+    self.pair_enabled.assign(np.zeros(self.pair_enabled.shape, np.float32))
