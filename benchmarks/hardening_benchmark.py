@@ -29,6 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=g-import-not-at-top
 
 PARTS = ("main", "reference", "ablation", "sweep", "mirrored", "resume")
+# The sweep point that equals the default preset (part main measures it with 3 seeds).
+DEFAULT_POINT = ("--portion=0.5", "--harden_steps=2000")
 # Our changes to MOTH as published, each undone in turn (the rest stays at the default), plus the
 # optional second trigger family.
 ABLATIONS = (
@@ -56,6 +58,11 @@ def harden_and_measure(base_workdir, workdir, seeds, *flags):
   wall, _ = common.run_cli("--phase=harden", *flags, workdir=workdir)
   common.run_cli("--phase=distance", "--method=moth", f"--seeds={seeds}",
                  f"--compare_to={os.path.join(workdir, 'digits_lenet_natural')}", workdir=workdir)
+  return collect(workdir, flags, wall)
+
+
+def collect(workdir, flags=(), wall=None):
+  """The figures of a finished harden + distance run in `workdir`."""
   summary = load(workdir, "digits_lenet_moth")["harden"]
   dist = distance_of(workdir, "digits_lenet_moth")
   return {
@@ -69,6 +76,13 @@ def harden_and_measure(base_workdir, workdir, seeds, *flags):
       "ratio_of_means": dist["comparison"]["ratio_of_means"],
       "failures_after": len(dist["failures"]),
   }
+
+
+def save(results, path):
+  """Writes the results so far (after every part, so a failure later keeps them)."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(results, f, indent=2)
 
 
 def describe(label, r):
@@ -140,6 +154,7 @@ def main():
   if "main" in parts:
     r = harden_and_measure(base, os.path.join(args.workdir, "default"), 3)
     results["default"] = r
+    save(results, args.out)
     print(describe("default preset (3 seeds)", r), flush=True)
     print(f"  hardening wall time {r['harden_seconds']:.1f} s: trigger generation (warm-up + "
           f"pairs) {r['generation_seconds']:.1f} s, training steps {r['training_seconds']:.1f} s",
@@ -147,6 +162,7 @@ def main():
   if "reference" in parts:
     r = harden_and_measure(base, os.path.join(args.workdir, "reference"), 3, "--preset=reference")
     results["reference"] = r
+    save(results, args.out)
     print(describe("authors' preset (3 seeds)", r), flush=True)
   if "ablation" in parts:
     results["ablation"] = []
@@ -154,6 +170,7 @@ def main():
       r = harden_and_measure(base, os.path.join(args.workdir, f"ablation_{i}"), 3, *flags)
       r["label"] = label
       results["ablation"].append(r)
+      save(results, args.out)
       print(describe(f"{label} (3 seeds)", r), flush=True)
   if "mirrored" in parts:
     r = harden_and_measure(base, os.path.join(args.workdir, "mirrored"), 1, "--strategy=mirrored",
@@ -161,9 +178,11 @@ def main():
     s = load(os.path.join(args.workdir, "mirrored"), "digits_lenet_moth")["harden"]
     r["replicas"] = s["replicas"]
     results["mirrored"] = r
+    save(results, args.out)
     print(describe(f"MirroredStrategy, {s['replicas']} replicas (1 seed)", r), flush=True)
   if "resume" in parts:
     results["resume"] = part_resume(base, os.path.join(args.workdir, "resume"))
+    save(results, args.out)
   if "sweep" in parts:
     grid = [(kv.split("=")[0], kv.split("=")[1].split(",")) for kv in args.sweep.split(";")]
     points = [[]]
@@ -172,15 +191,18 @@ def main():
     results["sweep"] = []
     print(f"sweep ({len(points)} points, distance with 1 seed each):", flush=True)
     for i, flags in enumerate(points):
-      if sorted(flags) == sorted(DEFAULT_POINT) and "default" in results:
-        print("  (the default point: the 3-seed result of part main is listed above)", flush=True)
+      default_dir = os.path.join(args.workdir, "default")
+      if sorted(flags) == sorted(DEFAULT_POINT) and os.path.exists(
+          os.path.join(default_dir, "digits_lenet_moth", "distance.json")):
+        r = collect(default_dir, flags)
+        print(describe("(default, 3 seeds, from part main) " + " ".join(
+            f.lstrip("-") for f in flags), r), flush=True)
         continue
       r = harden_and_measure(base, os.path.join(args.workdir, f"sweep_{i}"), 1, *flags)
       results["sweep"].append(r)
+      save(results, args.out)
       print(describe(" ".join(f.lstrip("-") for f in flags), r), flush=True)
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(results, f, indent=2)
+  save(results, args.out)
   print(f"results written to {args.out}")
 
 
