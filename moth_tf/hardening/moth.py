@@ -34,9 +34,8 @@ Differences from the authors' code, on purpose (see also the scheduler's module 
   trigger, the others from random ones), all generated in the same batched engine call, and each
   stamped image carries one of them at random. A model hardened against one trigger per direction
   keeps other minima that a differently seeded inversion finds (the 3-seed spread of the hardened
-  digits model's distances is ~9%, ~1% before hardening). Two families cost ~1.5x the generation
-  time; on digits they helped with a constant learning rate and little once it ramps and decays
-  (README, benchmarks/hardening_benchmark.py part `ablation`).
+  digits model's distances is ~9%, ~1% before hardening). On digits, two families gave +59.8%
+  instead of +57.7% for ~1.4x the hardening time (benchmarks/hardening_benchmark.py, `ablation`).
 * The learning rate ramps up linearly over `lr_warmup_steps` (100) and then decays to 0 (cosine).
   At the full rate of 0.01 from the first step, the warm-up steps, whose universal triggers flip
   ~99% of the images they are stamped on, wreck the model (digits: ~50% test accuracy after 30
