@@ -273,10 +273,14 @@ def run_harden(config: config_lib.RunConfig, command_line=()):
   acc_before = evaluation.accuracy(base_model, splits.x_test, splits.y_test)
   del base_model
   h = config.harden
+  total_steps = h.epochs_for(len(splits.x_train)) * -(-len(splits.x_train) // h.batch_size)
+  ramp = min(h.lr_warmup_steps, total_steps - 1)  # As moth.learning_rate_schedule.
+  schedule = (f" (ramp {ramp} steps)" if ramp > 0 else "") + (
+      ", cosine decay" if h.lr_decay == "cosine" else "")
   print(f"MOTH hardening of {base_path} ({h.mode} mode): {h.epochs_for(len(splits.x_train))} "
-        f"epochs of batch "
-        f"{h.batch_size}, SGD lr {h.learning_rate}, {h.portion:.0%} of each pair class stamped; "
-        f"output {out_dir}")
+        f"epochs of batch {h.batch_size}, SGD lr {h.learning_rate}{schedule}, {h.portion:.0%} of "
+        f"each pair class stamped, replay {h.replay:.0%}, {h.families} trigger famil"
+        f"{'y' if h.families == 1 else 'ies'} per direction; output {out_dir}")
   strategy = distribute.get_strategy(config.strategy)
   pgd = splits.info.train_pgd
   classifier, results = moth.harden(
