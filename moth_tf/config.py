@@ -148,6 +148,14 @@ class HardenConfig:
     steps_per_epoch = -(-num_train // self.batch_size)
     return max(1, round(self.steps / steps_per_epoch))
 
+  def total_steps_for(self, num_train: int) -> int:
+    """Training steps of a run on `num_train` images: epochs x steps per epoch."""
+    return self.epochs_for(num_train) * -(-num_train // self.batch_size)
+
+  def lr_ramp_steps_for(self, num_train: int) -> int:
+    """The learning-rate ramp actually used: `lr_warmup_steps`, capped below the run's length."""
+    return min(self.lr_warmup_steps, max(self.total_steps_for(num_train) - 1, 0))
+
 
 # The authors' defaults (reference 2.5): 2 epochs, 10% of min(#s, #t) stamped per direction.
 REFERENCE_HARDENING = HardenConfig(epochs=2, learning_rate=1e-3, lr_warmup_steps=0,

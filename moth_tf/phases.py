@@ -273,8 +273,7 @@ def run_harden(config: config_lib.RunConfig, command_line=()):
   acc_before = evaluation.accuracy(base_model, splits.x_test, splits.y_test)
   del base_model
   h = config.harden
-  total_steps = h.epochs_for(len(splits.x_train)) * -(-len(splits.x_train) // h.batch_size)
-  ramp = min(h.lr_warmup_steps, total_steps - 1)  # As moth.learning_rate_schedule.
+  ramp = h.lr_ramp_steps_for(len(splits.x_train))
   schedule = (f" (ramp {ramp} steps)" if ramp > 0 else "") + (
       ", cosine decay" if h.lr_decay == "cosine" else "")
   print(f"MOTH hardening of {base_path} ({h.mode} mode): {h.epochs_for(len(splits.x_train))} "

@@ -268,8 +268,11 @@ def test_a_direction_without_any_successful_trigger_is_not_stamped(base):
 @pytest.mark.parametrize("warmup,decay", [(0, "constant"), (50, "constant"), (0, "cosine"),
                                           (50, "cosine")])
 def test_learning_rate_schedule(warmup, decay):
-  config = config_lib.HardenConfig(learning_rate=0.02, lr_warmup_steps=warmup, lr_decay=decay)
-  schedule = moth.learning_rate_schedule(config, 1000)
+  # 1000 steps: 100 epochs of 100 images in batches of 10.
+  config = config_lib.HardenConfig(learning_rate=0.02, lr_warmup_steps=warmup, lr_decay=decay,
+                                   epochs=100, batch_size=10)
+  assert config.total_steps_for(100) == 1000 and config.lr_ramp_steps_for(100) == warmup
+  schedule = moth.learning_rate_schedule(config, 100)
   rate = lambda step: float(schedule(step)) if callable(schedule) else float(schedule)
   assert rate(warmup) == pytest.approx(0.02, rel=1e-5)  # The peak, right after the ramp.
   if warmup:

@@ -341,9 +341,10 @@ class MothHardener:
     self.writer.flush()
 
 
-def learning_rate_schedule(config: config_lib.HardenConfig, total_steps: int):
+def learning_rate_schedule(config: config_lib.HardenConfig, num_train: int):
   """The hardening learning rate: a linear ramp over `lr_warmup_steps`, then constant or cosine."""
-  warmup = min(config.lr_warmup_steps, max(total_steps - 1, 0))
+  total_steps = config.total_steps_for(num_train)
+  warmup = config.lr_ramp_steps_for(num_train)
   if not warmup and config.lr_decay == "constant":
     return config.learning_rate
   return keras.optimizers.schedules.CosineDecay(
@@ -399,7 +400,6 @@ def harden(classifier_factory: Callable[[], keras.Model], splits,
   keras.utils.set_random_seed(config.seed)
   steps_per_epoch = int(np.ceil(len(splits.x_train) / config.batch_size))
   epochs = config.epochs_for(len(splits.x_train))
-  total_steps = epochs * steps_per_epoch
   start = time.time()
   with strategy.scope():
     classifier = classifier_factory()
@@ -408,7 +408,7 @@ def harden(classifier_factory: Callable[[], keras.Model], splits,
         replay=config.replay, families=config.families, adversarial=config.mode == "adv",
         pgd_settings=pgd_settings or (0.03, 8, 0.005))
     stamping.compile(
-        optimizer=keras.optimizers.SGD(learning_rate_schedule(config, total_steps),
+        optimizer=keras.optimizers.SGD(learning_rate_schedule(config, len(splits.x_train)),
                                        momentum=config.momentum, nesterov=True),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"])
