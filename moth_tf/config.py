@@ -141,16 +141,19 @@ class HardenConfig:
     if self.learning_rate <= 0:
       raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
 
+  def steps_per_epoch_for(self, num_train: int) -> int:
+    """Training steps in one epoch of `num_train` images (the last batch may be partial)."""
+    return -(-num_train // self.batch_size)
+
   def epochs_for(self, num_train: int) -> int:
     """Hardening epochs on `num_train` images: explicit, or enough for about `steps` steps."""
     if self.epochs:
       return self.epochs
-    steps_per_epoch = -(-num_train // self.batch_size)
-    return max(1, round(self.steps / steps_per_epoch))
+    return max(1, round(self.steps / self.steps_per_epoch_for(num_train)))
 
   def total_steps_for(self, num_train: int) -> int:
     """Training steps of a run on `num_train` images: epochs x steps per epoch."""
-    return self.epochs_for(num_train) * -(-num_train // self.batch_size)
+    return self.epochs_for(num_train) * self.steps_per_epoch_for(num_train)
 
   def lr_ramp_steps_for(self, num_train: int) -> int:
     """The learning-rate ramp actually used: `lr_warmup_steps`, capped below the run's length."""

@@ -75,6 +75,7 @@ def hardened(base, tmp_path_factory):
         "warm_target": int(m.warm_target.numpy()),
         "pair_enabled": m.pair_enabled.numpy().copy(),
         "pair_classes": tuple(int(c) for c in m.pair_classes.numpy()),
+        "learning_rate": float(m.optimizer.learning_rate.numpy()),  # The next step's rate.
     })
     if self.step == 0:
       first.update(
@@ -170,6 +171,15 @@ def test_warmup_sets_the_prior_and_stores_the_universal_triggers(hardened):
       assert np.all(store[:, t] == 0) and np.all(prior[:, t] == 0) and np.all(size[:, t] == 0)
   # The model's store variables hold the same (BackupAndRestore checkpoints them).
   np.testing.assert_array_equal(first["model_store_masks"], store)
+
+
+def test_harden_trains_with_the_ramped_and_decayed_learning_rate(hardened):
+  """_TINY: 20 steps at peak 1e-3, ramp min(100, 19) = 19 steps, then cosine decay."""
+  rates = [r["learning_rate"] for r in hardened["steps"]]
+  assert len(rates) == 20
+  # Recorded after step i, so rates[i] is the rate of step i + 1: (i + 1) / 19 of the peak.
+  np.testing.assert_allclose(rates[:18], 1e-3 * np.arange(1, 19) / 19, rtol=1e-4)
+  assert rates[18] == pytest.approx(1e-3, rel=1e-4)
 
 
 def test_steps_stamp_the_warmup_then_the_pairs(hardened):

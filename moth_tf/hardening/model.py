@@ -37,10 +37,10 @@ def _select_fraction(member, fraction, seed):
   return tf.logical_and(member, rank < k)
 
 
-def _random_enabled(enabled, batch, seed):
-  """Int [batch]: for each image, a uniformly random index among the true entries of `enabled`."""
-  keys = tf.random.stateless_uniform([batch, tf.shape(enabled)[0]], seed)
-  keys = tf.where(enabled[None, :], keys, 2.0)
+def _random_true_index(usable, seed):
+  """Int [B]: for each row of the boolean [B, R] `usable`, a uniformly random column that is true
+  (an arbitrary one where the row has none)."""
+  keys = tf.where(usable, tf.random.stateless_uniform(tf.shape(usable), seed), 2.0)
   return tf.argmin(keys, axis=1, output_type=tf.int32)
 
 
@@ -121,7 +121,8 @@ class StampingModel(keras.Model):
       enabled = self.pair_enabled[d] > 0
       member = tf.logical_and(tf.equal(y, self.pair_classes[d]), tf.reduce_any(enabled))
       chosen = _select_fraction(member, self.portion, seed + d + 1)
-      family = _random_enabled(enabled, tf.shape(y)[0], seed + d + 7)
+      family = _random_true_index(
+          tf.broadcast_to(enabled[None, :], [tf.shape(y)[0], self.families]), seed + d + 7)
       x = tf.where(chosen[:, None, None, None],
                    params.stamp(x, tf.gather(self.pair_masks[d], family),
                                 tf.gather(self.pair_patterns[d], family)), x)
@@ -140,8 +141,7 @@ class StampingModel(keras.Model):
     index = tf.stack([y, target], axis=1)
     all_masks = tf.gather_nd(self.store_masks, index)  # [B, families, H, W, 1]
     has = tf.reduce_sum(all_masks, axis=[2, 3, 4]) > 0  # [B, families]
-    keys = tf.where(has, tf.random.stateless_uniform(tf.shape(has), seed + 6), 2.0)
-    family = tf.argmin(keys, axis=1, output_type=tf.int32)  # A random stored family per image.
+    family = _random_true_index(has, seed + 6)  # A random stored family per image.
     masks = tf.gather(all_masks, family, batch_dims=1)
     patterns = tf.gather(tf.gather_nd(self.store_patterns, index), family, batch_dims=1)
     available = tf.reduce_any(has, axis=1)

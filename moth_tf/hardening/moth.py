@@ -398,7 +398,7 @@ def harden(classifier_factory: Callable[[], keras.Model], splits,
 
   strategy = strategy or tf.distribute.get_strategy()
   keras.utils.set_random_seed(config.seed)
-  steps_per_epoch = int(np.ceil(len(splits.x_train) / config.batch_size))
+  steps_per_epoch = config.steps_per_epoch_for(len(splits.x_train))
   epochs = config.epochs_for(len(splits.x_train))
   start = time.time()
   with strategy.scope():
