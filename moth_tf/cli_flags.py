@@ -21,11 +21,14 @@ def define_flags():
   flags.DEFINE_enum("dataset", "digits", list(data_lib.DATASETS), "Data set.")
   flags.DEFINE_enum("model", None, list(models.MODELS),
                     "Architecture (default: the data set's default: lenet for digits, resnet20 "
-                    "for cifar10 and gtsrb, nin for svhn, cnn for lisa).")
+                    "for cifar10 and gtsrb, nin for svhn, cnn for lisa, small_cnn for "
+                    "fashion_mnist).")
   flags.DEFINE_enum("method", "natural", list(config_lib.METHODS),
                     "Which run to act on / produce: natural (base model) or moth (hardened).")
   flags.DEFINE_string("workdir", "saved_models", "Where run directories are created.")
-  flags.DEFINE_string("data_dir", None, "tfds data dir / folder of prepared .npz files.")
+  flags.DEFINE_string("data_dir", None,
+                      "tfds data dir / folder of prepared .npz files / folder of the Fashion-MNIST "
+                      "IDX files (searched alone when given).")
   flags.DEFINE_integer("image_size", None, "Resize images to this square size (bilinear).",
                        lower_bound=4)
   flags.DEFINE_string("model_path", None,

@@ -46,8 +46,7 @@ def config_from_flags(flag_values) -> config_lib.RunConfig:
       early_stop_patience=flag_values.early_stop_patience,
       batch_directions=flag_values.batch_directions,
       compare_to=flag_values.compare_to)
-  preset = (config_lib.REFERENCE_HARDENING if flag_values.preset == "reference" else
-            config_lib.HardenConfig())
+  preset = config_lib.hardening_preset(flag_values.preset, dataset)
   overrides = {field: getattr(flag_values, flag) for field, flag in (
       ("mode", "mode"), ("epochs", "harden_epochs"), ("steps", "harden_steps"),
       ("batch_size", "harden_batch_size"),

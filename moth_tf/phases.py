@@ -372,7 +372,7 @@ def run_pipeline(config: config_lib.RunConfig, command_line=()):
   for name, before, after, change in rows:
     print(f"{name:22}{before:>10}{after:>10}  {change}")
   seeds_note = (f"{len(config.distance.seeds)} seed(s)" +
-                ("" if len(config.distance.seeds) >= 3 else "; the benchmark uses 3"))
+                ("" if len(config.distance.seeds) >= 3 else "; the reference protocol uses 3"))
   print(f"distance: {seeds_note}, {config.distance.steps} steps, early stop "
         f"{config.distance.early_stop_patience or 'off'}")
   print("stage times: " + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()) +

@@ -28,6 +28,8 @@ RECIPES: Dict[str, config_lib.TrainConfig] = {
     "gtsrb": config_lib.TrainConfig(epochs=30, batch_size=128, optimizer="adam",
                                     learning_rate=1e-3),
     "lisa": config_lib.TrainConfig(epochs=60, batch_size=128, optimizer="adam", learning_rate=1e-3),
+    "fashion_mnist": config_lib.TrainConfig(epochs=20, batch_size=128, optimizer="adam",
+                                            learning_rate=2e-3, schedule="cosine"),
 }
 
 

@@ -16,6 +16,7 @@ from moth_tf.models import resnet
 
 CIFAR = (32, 32, 3)
 DIGITS = (8, 8, 1)
+FASHION = (28, 28, 1)
 CIFAR_NORM = ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616))
 
 
@@ -43,6 +44,7 @@ def _images(input_shape, batch=2, seed=0):
     ("nin", CIFAR, 10, 966_986, 966_986),
     ("cnn", CIFAR, 18, 726_354, 726_354),
     ("lenet", DIGITS, 10, 151_306, 151_306),
+    ("small_cnn", FASHION, 10, 98_442, 98_442),
 ])
 def test_parameter_counts(name, input_shape, num_classes, total, trainable):
   model = _shared_model(name, input_shape, num_classes)
@@ -64,6 +66,7 @@ def test_vgg19_is_about_39m_parameters():
     ("nin", CIFAR, 10),
     ("cnn", CIFAR, 18),
     ("lenet", DIGITS, 10),
+    ("small_cnn", FASHION, 10),
 ])
 def test_outputs_one_logit_per_class(name, input_shape, num_classes):
   model = _shared_model(name, input_shape, num_classes)

@@ -233,3 +233,41 @@ def test_step_budget_flag():
   assert harden.epochs_for(1257) == 5  # 10 steps per epoch of batch 128.
   harden = parsed_config("--phase=harden", "--harden_steps=50", "--harden_epochs=2").harden
   assert harden.epochs_for(1257) == 2  # Explicit epochs win.
+
+
+def test_every_flagfile_parses_into_a_valid_config():
+  flag_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "flags")
+  files = sorted(f for f in os.listdir(flag_dir) if f.endswith(".flags"))
+  assert "fashion_mnist.flags" in files and "fashion_mnist_reference.flags" in files
+  for name in files:
+    config = parsed_config(f"--flagfile={os.path.join(flag_dir, name)}")
+    assert config.data.dataset in name, name
+
+
+def test_fashion_mnist_flagfiles_cpu_and_reference_distance_settings():
+  flag_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "flags")
+  cpu = parsed_config(f"--flagfile={os.path.join(flag_dir, 'fashion_mnist.flags')}")
+  assert (cpu.phase, cpu.model) == ("pipeline", "small_cnn")
+  assert (cpu.distance.samples, cpu.distance.steps, cpu.distance.early_stop_patience,
+          cpu.distance.seeds) == (30, 300, 50, config_lib.REFERENCE_SEEDS[:1])
+  reference = parsed_config(f"--flagfile={os.path.join(flag_dir, 'fashion_mnist_reference.flags')}")
+  assert (reference.distance.samples, reference.distance.steps,
+          reference.distance.early_stop_patience, reference.distance.seeds) == (
+              100, 1000, 0, config_lib.REFERENCE_SEEDS)
+  # Both harden with the data set's recipe, and the reference protocol keeps its own runs apart.
+  assert cpu.harden == reference.harden == config_lib.hardening_preset("default", "fashion_mnist")
+  assert reference.workdir != cpu.workdir
+
+
+def test_fashion_mnist_default_preset_is_its_recipe_and_flags_still_override_it():
+  recipe = config_lib.HARDENING_RECIPES["fashion_mnist"]
+  harden = parsed_config("--phase=harden", "--dataset=fashion_mnist").harden
+  assert harden == config_lib.HardenConfig(**recipe)
+  assert harden != config_lib.HardenConfig()  # The digits-tuned defaults over-harden it.
+  # Digits keeps the defaults; the reference preset is the same for every data set.
+  assert parsed_config("--phase=harden").harden == config_lib.HardenConfig()
+  assert parsed_config("--phase=harden", "--dataset=fashion_mnist",
+                       "--preset=reference").harden == config_lib.REFERENCE_HARDENING
+  overridden = parsed_config("--phase=harden", "--dataset=fashion_mnist", "--portion=0.7").harden
+  assert overridden == dataclasses.replace(harden, portion=0.7)
+  assert parsed_config("--dataset=fashion_mnist").model == "small_cnn"

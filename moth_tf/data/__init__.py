@@ -25,6 +25,7 @@ _REGISTRY: Dict[str, Tuple[str, str, str]] = {
     "svhn": ("moth_tf.data.tfds_sets", "SVHN_INFO", "load_svhn"),
     "gtsrb": ("moth_tf.data.local_sets", "GTSRB_INFO", "load_gtsrb"),
     "lisa": ("moth_tf.data.local_sets", "LISA_INFO", "load_lisa"),
+    "fashion_mnist": ("moth_tf.data.fashion_mnist", "INFO", "load"),
 }
 
 DATASETS = tuple(_REGISTRY)
@@ -49,7 +50,8 @@ def load_dataset(name: str, data_dir: Optional[str] = None,
 
   Args:
     name: one of DATASETS.
-    data_dir: where tfds data or prepared `.npz` files live (None: each loader's default).
+    data_dir: where tfds data, prepared `.npz` files or the Fashion-MNIST IDX files live (None:
+      each loader's default locations).
     image_size: if given, every split is resized (bilinear) to image_size x image_size.
 
   Returns:

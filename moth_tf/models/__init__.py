@@ -19,6 +19,7 @@ _FAMILIES = {
     "vgg19": ("moth_tf.models.vgg", "vgg19"),
     "nin": ("moth_tf.models.nin", "nin"),
     "cnn": ("moth_tf.models.cnn", "cnn"),
+    "small_cnn": ("moth_tf.models.small_cnn", "small_cnn"),
 }
 
 MODELS = tuple(_FAMILIES)
