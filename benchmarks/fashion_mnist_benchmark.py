@@ -154,10 +154,10 @@ def part_fidelity(base_model_path, label="base model"):
               config_lib.REFERENCE_SEEDS[:seeds]),
   }
   results = {}
-  for label, (n, inv, seed_values) in settings.items():
+  for protocol, (n, inv, seed_values) in settings.items():
     r = distance.measure_distance(model, splits.x_val, splits.y_val, splits.num_classes, inv,
                                   seed_values, samples=n, pairs=FIXED_PAIRS, verbose=False)
-    results[label] = {"distances": [float(r.matrix[s, t]) for s, t in FIXED_PAIRS],
+    results[protocol] = {"distances": [float(r.matrix[s, t]) for s, t in FIXED_PAIRS],
                       "wall_seconds": r.wall_seconds, "samples": n, "steps": inv.steps,
                       "early_stop_patience": inv.early_stop_patience, "seeds": len(seed_values)}
   ref = np.array(results["reference"]["distances"])
