@@ -135,7 +135,12 @@ class HardenConfig:
                  "trigger_samples", "warmup_samples", "families"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-    for name in ("portion", "warm_ratio", "replay", "epsilon"):
+    # Portion 0 would switch pair stamping off while every step still generates the pair's triggers:
+    # all of the hardening's trigger-generation time spent for nothing.
+    if not 0.0 < self.portion <= 1.0:
+      raise ValueError(f"portion must be in (0, 1] (the share of each scheduled pair's images that "
+                       f"carry its triggers); got {self.portion:g}")
+    for name in ("warm_ratio", "replay", "epsilon"):
       if not 0.0 <= getattr(self, name) <= 1.0:
         raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
     if self.learning_rate <= 0:

@@ -251,3 +251,45 @@ def test_hardened_model_missing_says_harden(trained, capsys):
   workdir, _ = trained
   err = run_cli_error(capsys, "--phase=test", "--method=moth", f"--workdir={workdir}")
   assert "--phase=harden" in err and "no hardened model" in err
+
+
+# -------------------------------------------------------------------------------------------------
+# Bad input (issue 10): one line on stderr, exit code 1, nothing written.
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run_binary(*args, cwd):
+  """Runs the real `python -m moth_tf.main ARGS`, importing this checkout's moth_tf."""
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      p for p in (_REPO, os.environ.get("PYTHONPATH")) if p))
+  return subprocess.run([sys.executable, "-m", "moth_tf.main", *args], capture_output=True,
+                        text=True, timeout=300, cwd=str(cwd), env=env)
+
+
+def test_zero_portion_is_refused_by_the_binary_in_one_line(tmp_path):
+  workdir = tmp_path / "work"
+  proc = _run_binary("--phase=harden", "--portion=0", f"--workdir={workdir}", cwd=tmp_path)
+  assert proc.returncode == 1
+  assert proc.stderr.strip() == (
+      "moth_tf: error: flag --portion=0.0: --portion must be in (0, 1] (the share of each "
+      "scheduled pair's images that carry its triggers)")
+  assert not workdir.exists()
+
+
+def test_portion_flag_parser_refuses_zero_and_keeps_the_range(tmp_path, capsys):
+  define_flags_once()
+  with flagsaver.flagsaver():
+    for bad in ("0", "0.0", "-0.5", "1.5"):
+      capsys.readouterr()
+      with pytest.raises(SystemExit) as exit_info:
+        main_lib.parse_flags(["prog", "--phase=harden", f"--portion={bad}",
+                              f"--workdir={tmp_path / 'work'}"])
+      assert exit_info.value.code == 1
+      err = capsys.readouterr().err.strip()
+      assert len(err.splitlines()) == 1, err
+      assert err.startswith(f"moth_tf: error: flag --portion={float(bad)}: --portion must be in "
+                            "(0, 1]"), err
+    assert main_lib.parse_flags(["prog", "--portion=1"]) == ["prog"]
+    assert main_lib.config_from_flags(FLAGS).harden.portion == 1.0
+  assert not (tmp_path / "work").exists()
