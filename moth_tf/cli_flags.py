@@ -25,7 +25,7 @@ def define_flags():
                     "fashion_mnist).")
   flags.DEFINE_enum("method", "natural", list(config_lib.METHODS),
                     "Which run to act on / produce: natural (base model) or moth (hardened).")
-  flags.DEFINE_string("workdir", "saved_models", "Where run directories are created.")
+  flags.DEFINE_string("workdir", config_lib.DEFAULT_WORKDIR, "Where run directories are created.")
   flags.DEFINE_string("data_dir", None,
                       "tfds data dir / folder of prepared .npz files / folder of the Fashion-MNIST "
                       "IDX files (searched alone when given).")

@@ -9,6 +9,8 @@ from typing import Optional, Tuple
 PHASES = ("pipeline", "train", "test", "robustness", "distance", "harden")
 METHODS = ("natural", "moth")
 STRATEGIES = ("default", "mirrored", "multi_worker")
+# Where run directories go unless --workdir says otherwise.
+DEFAULT_WORKDIR = "saved_models"
 # The authors' seed values (reference 3.1): --seeds=3 uses the first three.
 REFERENCE_SEEDS = (1024, 557540351, 157301989)
 
@@ -208,7 +210,7 @@ class RunConfig:
   phase: str = "pipeline"
   method: str = "natural"
   model: str = "lenet"
-  workdir: str = "saved_models"
+  workdir: str = DEFAULT_WORKDIR
   model_path: Optional[str] = None  # A user model (.keras or SavedModel dir) instead of the run's.
   unsafe_load: bool = False
   strategy: str = "default"

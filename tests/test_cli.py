@@ -10,6 +10,7 @@ import io
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -22,6 +23,7 @@ from moth_tf import main as main_lib
 
 from cli_testing import define_flags_once  # pylint: disable=g-bad-import-order
 from cli_testing import event_files
+from cli_testing import parsed_config
 from cli_testing import run_cli
 
 FLAGS = flags.FLAGS
@@ -293,3 +295,31 @@ def test_portion_flag_parser_refuses_zero_and_keeps_the_range(tmp_path, capsys):
     assert main_lib.parse_flags(["prog", "--portion=1"]) == ["prog"]
     assert main_lib.config_from_flags(FLAGS).harden.portion == 1.0
   assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize("method, phase, kind", [("natural", "train", "trained"),
+                                                 ("moth", "harden", "hardened")])
+def test_missing_model_hint_makes_the_model_where_it_was_looked_for(method, phase, kind, tmp_path,
+                                                                   capsys):
+  workdir = str(tmp_path / "my runs")  # A space: the suggested command must quote it.
+  err = run_cli_error(capsys, "--phase=test", f"--method={method}", f"--workdir={workdir}",
+                      "--image_size=16", "--strategy=mirrored", f"--data_dir={tmp_path}")
+  missing = re.search(rf"no {kind} model at (.*?); make it first with `", err).group(1)
+  command = re.search(r"make it first with `([^`]*)`", err).group(1)
+  assert f"--workdir={workdir}" in command
+  argv = shlex.split(command)
+  assert argv[:3] == ["python", "-m", "moth_tf.main"] and f"--phase={phase}" in argv
+  # Following the hint writes the very file that was missing, built for the same images.
+  config = parsed_config(*argv[3:])
+  assert config.phase == phase
+  assert os.path.join(config.run_dir(method), "model.keras") == missing
+  assert (config.data.image_size, config.strategy, config.data.data_dir) == (16, "mirrored",
+                                                                               str(tmp_path))
+  assert not os.path.exists(workdir)
+
+
+def test_missing_model_hint_leaves_out_default_flags(tmp_path, capsys, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # The default workdir is relative: look in an empty folder.
+  err = run_cli_error(capsys, "--phase=test")
+  assert err.endswith("make it first with `python -m moth_tf.main --phase=train --dataset=digits "
+                      "--model=lenet` or pass --model_path")
