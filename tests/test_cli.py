@@ -323,3 +323,26 @@ def test_missing_model_hint_leaves_out_default_flags(tmp_path, capsys, monkeypat
   err = run_cli_error(capsys, "--phase=test")
   assert err.endswith("make it first with `python -m moth_tf.main --phase=train --dataset=digits "
                       "--model=lenet` or pass --model_path")
+
+
+@pytest.mark.parametrize("kind", ["truncated_file", "garbage_savedmodel"])
+def test_damaged_model_path_is_one_line(kind, tmp_path, capsys):
+  import keras
+  if kind == "truncated_file":
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(10)])
+    path = tmp_path / "model.keras"
+    model.save(str(path))
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    problem = ("a readable Keras model file (truncated or corrupt: the zip archive has no end "
+               "record, as when cut short)")
+  else:
+    path = tmp_path / "exported"
+    path.mkdir()
+    (path / "saved_model.pb").write_bytes(b"not a protocol buffer")
+    problem = ("a readable TF SavedModel (truncated or corrupt: saved_model.pb does not parse as a "
+               "SavedModel)")
+  workdir = tmp_path / "work"
+  err = run_cli_error(capsys, "--phase=test", f"--model_path={path}", f"--workdir={workdir}")
+  assert err == f"moth_tf: error: {path} is not {problem}; re-save or re-copy it"
+  assert not workdir.exists()

@@ -5,9 +5,11 @@ A LeNet trained for a few epochs on the digits is saved once (module fixture) an
 dict-returning `serving_default` signature stands in for Keras 2 / hand-written SavedModels.
 """
 
+import io
 import json
 import math
 import os
+import zipfile
 
 import keras
 import numpy as np
@@ -128,6 +130,67 @@ def test_load_model_errors(tmp_path):
   with pytest.raises(model_io.ModelLoadError, match=r"\.h5.*save\('model.keras'\)"):
     model_io.load_model(str(h5))
   assert issubclass(model_io.ModelLoadError, ValueError)  # main turns it into exit code 1.
+
+
+def _tiny_keras_bytes(directory):
+  """The bytes of a real (tiny) `.keras` file."""
+  model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(3)])
+  path = os.path.join(directory, "tiny.keras")
+  model.save(path)
+  with open(path, "rb") as f:
+    data = f.read()
+  os.remove(path)
+  return data
+
+
+def _without_config(data):
+  """A copy of the archive `data` with every member except config.json."""
+  out = io.BytesIO()
+  with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w") as dst:
+    for name in src.namelist():
+      if name != "config.json":
+        dst.writestr(name, src.read(name))
+  return out.getvalue()
+
+
+def _bad_weights_crc(data):
+  """`data` with bytes inside the stored model.weights.h5 member overwritten (its CRC fails)."""
+  start = data.index(b"\x89HDF\r\n\x1a\n") + 64  # The HDF5 signature opens the weights member.
+  return data[:start] + b"\xff" * 16 + data[start + 16:]
+
+
+@pytest.mark.parametrize("name, damage, reason", [
+    ("half.keras", lambda d: d[:len(d) // 2],
+     "the zip archive has no end record, as when cut short"),
+    ("text.keras", lambda d: b"this is not a zip archive", "not a zip archive"),
+    ("empty.keras", lambda d: b"", "the file is empty"),
+    ("noconfig.keras", _without_config, "the archive has no config.json"),
+    ("flipped.keras", _bad_weights_crc, "model.weights.h5 fails its CRC check"),
+])
+def test_damaged_keras_file_is_one_line_naming_the_problem(name, damage, reason, tmp_path):
+  path = tmp_path / name
+  path.write_bytes(damage(_tiny_keras_bytes(str(tmp_path))))
+  with pytest.raises(model_io.ModelLoadError) as info:
+    model_io.load_model(str(path))
+  # Keras alone says "File not found" for the first three, a file that exists.
+  assert str(info.value) == (f"{path} is not a readable Keras model file (truncated or corrupt: "
+                             f"{reason}); re-save or re-copy it")
+
+
+def test_savedmodel_with_a_garbage_saved_model_pb(tmp_path):
+  path = tmp_path / "exported"
+  path.mkdir()
+  (path / "saved_model.pb").write_bytes(b"garbage, not a protocol buffer \x00\x01\x02")
+  with pytest.raises(model_io.ModelLoadError) as info:  # Was an OSError and chained tracebacks.
+    model_io.load_model(str(path))
+  assert str(info.value) == (f"{path} is not a readable TF SavedModel (truncated or corrupt: "
+                             "saved_model.pb does not parse as a SavedModel); re-save or re-copy it")
+
+
+def test_intact_keras_file_still_loads(tmp_path):
+  path = tmp_path / "ok.keras"
+  path.write_bytes(_tiny_keras_bytes(str(tmp_path)))
+  assert model_io.load_model(str(path)).output_shape == (None, 3)
 
 
 def test_unsafe_keras_file_needs_unsafe_load(tmp_path):
