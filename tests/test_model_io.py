@@ -184,7 +184,8 @@ def test_savedmodel_with_a_garbage_saved_model_pb(tmp_path):
   with pytest.raises(model_io.ModelLoadError) as info:  # Was an OSError and chained tracebacks.
     model_io.load_model(str(path))
   assert str(info.value) == (f"{path} is not a readable TF SavedModel (truncated or corrupt: "
-                             "saved_model.pb does not parse as a SavedModel); re-save or re-copy it")
+                             "saved_model.pb does not parse as a SavedModel); re-save or "
+                             "re-copy it")
 
 
 def test_intact_keras_file_still_loads(tmp_path):

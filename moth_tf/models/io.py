@@ -35,8 +35,8 @@ def _short_reason(error: Exception, limit: int = 120) -> str:
 
 
 def _damaged(path: str, what: str, reason: str) -> ModelLoadError:
-  return ModelLoadError(f"{path} is not a readable {what} (truncated or corrupt: {reason}); re-save "
-                        "or re-copy it")
+  return ModelLoadError(f"{path} is not a readable {what} (truncated or corrupt: {reason}); "
+                        "re-save or re-copy it")
 
 
 def _check_keras_archive(path: str):
