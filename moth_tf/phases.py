@@ -12,11 +12,12 @@ import time
 from moth_tf import config as config_lib
 from moth_tf import data as data_lib
 from moth_tf import rundir
+from moth_tf import training
 from moth_tf.models import io as model_io
 
 # Errors that are the user's input to fix: main prints them as one line and exits 1.
 USER_ERRORS = (data_lib.DatasetUnavailableError, model_io.ModelLoadError, ValueError,
-               FileNotFoundError)
+               FileNotFoundError, training.NonFiniteTrainingError)
 
 
 def load_splits(config: config_lib.RunConfig) -> data_lib.DatasetSplits:
@@ -69,7 +70,6 @@ def check_model_fits(model, splits: data_lib.DatasetSplits, path: str):
 def run_train(config: config_lib.RunConfig, command_line=()):
   """Trains the natural base model and writes model, logs and summary.json."""
   from moth_tf import distribute
-  from moth_tf import training
 
   splits = load_splits(config)
   run_dir = config.run_dir("natural")

@@ -52,6 +52,34 @@ def test_train_natural_learns_and_saves(trained, digits):
   assert os.listdir(rundir.logs_dir(run_dir, "train"))
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_diverging_training_raises_and_saves_no_model(optimizer, tmp_path):
+  # A learning rate of 1e10 sends a LeNet's loss (Adam) or, through the last update of an epoch
+  # whose loss was still finite, its weights (SGD) to NaN/inf within the first epoch.
+  rng = np.random.default_rng(0)
+
+  def split(n):
+    return (rng.uniform(0, 1, (n, 8, 8, 1)).astype(np.float32),
+            rng.integers(0, 10, n).astype(np.int64))
+
+  tiny = data.DatasetSplits(data.dataset_info("digits"), *split(64), *split(16), *split(16))
+  run_dir = str(tmp_path / "run")
+  recipe = config_lib.TrainConfig(epochs=3, batch_size=16, optimizer=optimizer,
+                                  learning_rate=1e10, schedule="constant")
+  with pytest.raises(training.NonFiniteTrainingError,
+                     match=r"^training diverged: the (loss became (nan|inf) in epoch \d|weight \S+ "
+                           r"holds NaN or infinite values); no model was saved; lower the "
+                           r"learning rate \(--learning_rate, now 1e\+10\) or check the data for "
+                           r"extreme values$"):
+    training.train_natural("lenet", tiny, recipe, run_dir, tf.distribute.get_strategy(), seed=0,
+                           verbose=0)
+  # Logs may stay; no model file of any kind (not even the per-epoch checkpoint).
+  assert not os.path.exists(os.path.join(run_dir, rundir.MODEL_FILE))
+  assert not os.path.exists(os.path.join(run_dir, rundir.SAVED_MODEL_DIR))
+  assert not os.path.exists(os.path.join(run_dir, "checkpoints"))
+  assert sorted(os.listdir(run_dir)) == ["logs"]
+
+
 def test_keras_file_round_trip_is_exact(trained, digits):
   model, _, run_dir = trained
   loaded = model_io.load_model(rundir.model_path(run_dir))
