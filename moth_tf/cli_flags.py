@@ -25,7 +25,7 @@ def define_flags():
                     "fashion_mnist).")
   flags.DEFINE_enum("method", "natural", list(config_lib.METHODS),
                     "Which run to act on / produce: natural (base model) or moth (hardened).")
-  flags.DEFINE_string("workdir", "saved_models", "Where run directories are created.")
+  flags.DEFINE_string("workdir", config_lib.DEFAULT_WORKDIR, "Where run directories are created.")
   flags.DEFINE_string("data_dir", None,
                       "tfds data dir / folder of prepared .npz files / folder of the Fashion-MNIST "
                       "IDX files (searched alone when given).")
@@ -86,8 +86,9 @@ def define_flags():
   flags.DEFINE_integer("harden_batch_size", None, "Hardening global batch size.", lower_bound=1)
   flags.DEFINE_float("harden_learning_rate", None, "Hardening SGD learning rate.",
                      lower_bound=0.0)
-  flags.DEFINE_float("portion", None, "Fraction of each pair class's batch images stamped.",
-                     lower_bound=0.0, upper_bound=1.0)
+  # No bounds here: the validator below states the whole range (0, 1] in one message.
+  flags.DEFINE_float("portion", None,
+                     "Fraction, in (0, 1], of each pair class's batch images stamped.")
   flags.DEFINE_float("warm_ratio", None,
                      "Fraction of non-target batch images stamped during the warm-up.",
                      lower_bound=0.0, upper_bound=1.0)
@@ -116,6 +117,12 @@ def define_flags():
                        "Independently initialised triggers kept, generated and stamped per "
                        "direction (ours; the reference has 1).", lower_bound=1)
 
+  # Portion 0 would generate every pair's triggers and never stamp them; HardenConfig rejects it
+  # too, for library callers.
+  flags.register_validator(
+      "portion", lambda v: v is None or 0.0 < v <= 1.0,
+      message="--portion must be in (0, 1] (the share of each scheduled pair's images that carry "
+              "its triggers)")
   flags.register_validator(
       "pair", lambda v: v is None or _parse_pair(v) is not None,
       message="--pair must look like s-t with two different class indices, e.g. --pair=3-5")

@@ -9,6 +9,8 @@ from typing import Optional, Tuple
 PHASES = ("pipeline", "train", "test", "robustness", "distance", "harden")
 METHODS = ("natural", "moth")
 STRATEGIES = ("default", "mirrored", "multi_worker")
+# Where run directories go unless --workdir says otherwise.
+DEFAULT_WORKDIR = "saved_models"
 # The authors' seed values (reference 3.1): --seeds=3 uses the first three.
 REFERENCE_SEEDS = (1024, 557540351, 157301989)
 
@@ -135,7 +137,12 @@ class HardenConfig:
                  "trigger_samples", "warmup_samples", "families"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-    for name in ("portion", "warm_ratio", "replay", "epsilon"):
+    # Portion 0 would switch pair stamping off while every step still generates the pair's triggers:
+    # all of the hardening's trigger-generation time spent for nothing.
+    if not 0.0 < self.portion <= 1.0:
+      raise ValueError(f"portion must be in (0, 1] (the share of each scheduled pair's images that "
+                       f"carry its triggers); got {self.portion:g}")
+    for name in ("warm_ratio", "replay", "epsilon"):
       if not 0.0 <= getattr(self, name) <= 1.0:
         raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
     if self.learning_rate <= 0:
@@ -203,7 +210,7 @@ class RunConfig:
   phase: str = "pipeline"
   method: str = "natural"
   model: str = "lenet"
-  workdir: str = "saved_models"
+  workdir: str = DEFAULT_WORKDIR
   model_path: Optional[str] = None  # A user model (.keras or SavedModel dir) instead of the run's.
   unsafe_load: bool = False
   strategy: str = "default"

@@ -97,9 +97,25 @@ def _explicit_flags():
   return [f"--{name}={FLAGS[name].value}" for name in sorted(names)]
 
 
+def parse_flags(argv):
+  """Parses the command line for app.run; a flag with a bad value is one line and exit code 1.
+
+  absl's own parser adds a second line (a pointer to --helpshort) that the message of a value
+  error does not need: it already names the flag and the allowed values. Other flag errors (an
+  unknown flag, say) keep absl's message.
+  """
+  try:
+    return FLAGS(argv)
+  except flags.IllegalFlagValueError as e:
+    print(f"moth_tf: error: {e}", file=sys.stderr)
+    sys.exit(1)
+  except flags.Error:
+    return app.parse_flags_with_usage(argv)
+
+
 def run_main():
   cli_flags.define_flags()
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -6,20 +6,41 @@ run directory of (dataset, model, method) under the workdir (see moth_tf.rundir)
 
 import dataclasses
 import os
+import shlex
 import time
 
 from moth_tf import config as config_lib
 from moth_tf import data as data_lib
 from moth_tf import rundir
+from moth_tf import training
 from moth_tf.models import io as model_io
 
 # Errors that are the user's input to fix: main prints them as one line and exits 1.
 USER_ERRORS = (data_lib.DatasetUnavailableError, model_io.ModelLoadError, ValueError,
-               FileNotFoundError)
+               FileNotFoundError, training.NonFiniteTrainingError)
 
 
 def load_splits(config: config_lib.RunConfig) -> data_lib.DatasetSplits:
   return data_lib.load_dataset(config.data.dataset, config.data.data_dir, config.data.image_size)
+
+
+def make_run_command(config: config_lib.RunConfig, phase: str) -> str:
+  """The command line that runs `phase` into this configuration's run directories.
+
+  It carries every flag that decides where the model lands or what it is built for (data set,
+  model, workdir, data_dir, image_size, strategy), so that following a "make it first with ..."
+  hint writes the very file that was looked for.
+  """
+  args = [f"--phase={phase}", f"--dataset={config.data.dataset}", f"--model={config.model}"]
+  if config.workdir != config_lib.DEFAULT_WORKDIR:
+    args.append(f"--workdir={config.workdir}")
+  if config.data.data_dir:
+    args.append(f"--data_dir={config.data.data_dir}")
+  if config.data.image_size:
+    args.append(f"--image_size={config.data.image_size}")
+  if config.strategy != "default":
+    args.append(f"--strategy={config.strategy}")
+  return " ".join(["python", "-m", "moth_tf.main"] + [shlex.quote(a) for a in args])
 
 
 def load_run_model(config: config_lib.RunConfig, method=None):
@@ -29,8 +50,7 @@ def load_run_model(config: config_lib.RunConfig, method=None):
     phase = "train" if (method or config.method) == "natural" else "harden"
     raise FileNotFoundError(
         f"no {'trained' if phase == 'train' else 'hardened'} model at {path}; make it first with "
-        f"`python -m moth_tf.main --phase={phase} --dataset={config.data.dataset} "
-        f"--model={config.model}` or pass --model_path")
+        f"`{make_run_command(config, phase)}` or pass --model_path")
   return model_io.load_model(path, unsafe_load=config.unsafe_load), path
 
 
@@ -50,7 +70,6 @@ def check_model_fits(model, splits: data_lib.DatasetSplits, path: str):
 def run_train(config: config_lib.RunConfig, command_line=()):
   """Trains the natural base model and writes model, logs and summary.json."""
   from moth_tf import distribute
-  from moth_tf import training
 
   splits = load_splits(config)
   run_dir = config.run_dir("natural")

@@ -3,6 +3,7 @@
     saved_models/digits_lenet_natural/
       model.keras          the trained classifier (native Keras 3 format)
       saved_model/         the same model exported as a TF SavedModel (`serve` endpoint)
+      checkpoints/         last.keras: the model after the last completed training epoch
       logs/                TensorBoard event files, one subfolder per phase
       summary.json         machine-readable results, merged across phases
       distance.json        pairwise class distances (after --phase=distance)

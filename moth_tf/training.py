@@ -33,6 +33,58 @@ RECIPES: Dict[str, config_lib.TrainConfig] = {
 }
 
 
+class NonFiniteTrainingError(RuntimeError):
+  """Training or hardening diverged (a NaN or infinite loss or weight); no model was saved."""
+
+
+def check_finite_training(history, model, what: str, learning_rate_flag: str, learning_rate):
+  """Raises NonFiniteTrainingError unless `history`'s losses and `model`'s weights are all finite.
+
+  Called after `fit` and before anything is saved: a diverged model must never be written as the
+  run's model (TerminateOnNaN only stops the fit; the caller would still save its weights).
+
+  Args:
+    history: what `fit` returned.
+    model: the trained classifier.
+    what: "training" or "hardening", for the message.
+    learning_rate_flag: the flag that sets this learning rate, for the message.
+    learning_rate: its value.
+  """
+  hint = (f"no model was saved; lower the learning rate ({learning_rate_flag}, now "
+          f"{learning_rate:g}) or check the data for extreme values")
+  for key, name in (("loss", "loss"), ("val_loss", "validation loss")):
+    values = history.history.get(key, [])
+    for epoch, value in enumerate(values, start=1):
+      if not np.isfinite(value):
+        raise NonFiniteTrainingError(f"{what} diverged: the {name} became {float(value)} in epoch "
+                                     f"{epoch}; {hint}")
+  bad_weight = nonfinite_weight(model)
+  if bad_weight:
+    raise NonFiniteTrainingError(f"{what} diverged: the weight {bad_weight} holds NaN or infinite "
+                                 f"values; {hint}")
+
+
+def nonfinite_weight(model):
+  """The path of the first of `model`'s weights holding a NaN or infinite value, else None."""
+  for weight in model.weights:
+    if not np.all(np.isfinite(keras.ops.convert_to_numpy(weight))):
+      return weight.path
+  return None
+
+
+class _FiniteCheckpoint(keras.callbacks.ModelCheckpoint):
+  """ModelCheckpoint that skips an epoch that ended diverged: a NaN model is no checkpoint (the
+  last finite epoch's file stays). The loss can still be finite when the last step's update
+  overflowed the weights, so both are checked."""
+
+  def on_epoch_end(self, epoch, logs=None):
+    if logs and "loss" in logs and not np.isfinite(logs["loss"]):
+      return
+    if nonfinite_weight(self.model):
+      return
+    super().on_epoch_end(epoch, logs)
+
+
 def make_optimizer(recipe: config_lib.TrainConfig, steps_per_epoch: int):
   """The recipe's optimizer, with its learning-rate schedule."""
   lr = recipe.learning_rate
@@ -53,6 +105,9 @@ def train_natural(model_name: str, splits: data_lib.DatasetSplits,
 
   Returns:
     (model, results) where results holds test/val accuracy and wall time.
+
+  Raises:
+    NonFiniteTrainingError: the loss or the weights became NaN or infinite; nothing was saved.
   """
   keras.utils.set_random_seed(seed)
   start = time.time()
@@ -69,12 +124,14 @@ def train_natural(model_name: str, splits: data_lib.DatasetSplits,
   val_ds = data_lib.make_pipeline(splits.x_val, splits.y_val, 512)
   os.makedirs(run_dir, exist_ok=True)
   callbacks = [
+      keras.callbacks.TerminateOnNaN(),  # No point in running the epochs after a divergence.
       keras.callbacks.TensorBoard(rundir.logs_dir(run_dir, "train"), update_freq="epoch"),
-      keras.callbacks.ModelCheckpoint(os.path.join(run_dir, "checkpoints", "last.keras")),
+      _FiniteCheckpoint(os.path.join(run_dir, "checkpoints", "last.keras")),
       keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup")),
   ]
   history = model.fit(train_ds, validation_data=val_ds, epochs=recipe.epochs, callbacks=callbacks,
                       verbose=verbose, shuffle=False)  # The pipeline shuffles.
+  check_finite_training(history, model, "training", "--learning_rate", recipe.learning_rate)
   train_seconds = time.time() - start
   results = {
       "test_accuracy": evaluation.accuracy(model, splits.x_test, splits.y_test),

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -22,6 +23,7 @@ from moth_tf import main as main_lib
 
 from cli_testing import define_flags_once  # pylint: disable=g-bad-import-order
 from cli_testing import event_files
+from cli_testing import parsed_config
 from cli_testing import run_cli
 
 FLAGS = flags.FLAGS
@@ -251,3 +253,96 @@ def test_hardened_model_missing_says_harden(trained, capsys):
   workdir, _ = trained
   err = run_cli_error(capsys, "--phase=test", "--method=moth", f"--workdir={workdir}")
   assert "--phase=harden" in err and "no hardened model" in err
+
+
+# -------------------------------------------------------------------------------------------------
+# Bad input (issue 10): one line on stderr, exit code 1, nothing written.
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run_binary(*args, cwd):
+  """Runs the real `python -m moth_tf.main ARGS`, importing this checkout's moth_tf."""
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      p for p in (_REPO, os.environ.get("PYTHONPATH")) if p))
+  return subprocess.run([sys.executable, "-m", "moth_tf.main", *args], capture_output=True,
+                        text=True, timeout=300, cwd=str(cwd), env=env)
+
+
+def test_zero_portion_is_refused_by_the_binary_in_one_line(tmp_path):
+  workdir = tmp_path / "work"
+  proc = _run_binary("--phase=harden", "--portion=0", f"--workdir={workdir}", cwd=tmp_path)
+  assert proc.returncode == 1
+  assert proc.stderr.strip() == (
+      "moth_tf: error: flag --portion=0.0: --portion must be in (0, 1] (the share of each "
+      "scheduled pair's images that carry its triggers)")
+  assert not workdir.exists()
+
+
+def test_portion_flag_parser_refuses_zero_and_keeps_the_range(tmp_path, capsys):
+  define_flags_once()
+  with flagsaver.flagsaver():
+    for bad in ("0", "0.0", "-0.5", "1.5"):
+      capsys.readouterr()
+      with pytest.raises(SystemExit) as exit_info:
+        main_lib.parse_flags(["prog", "--phase=harden", f"--portion={bad}",
+                              f"--workdir={tmp_path / 'work'}"])
+      assert exit_info.value.code == 1
+      err = capsys.readouterr().err.strip()
+      assert len(err.splitlines()) == 1, err
+      assert err.startswith(f"moth_tf: error: flag --portion={float(bad)}: --portion must be in "
+                            "(0, 1]"), err
+    assert main_lib.parse_flags(["prog", "--portion=1"]) == ["prog"]
+    assert main_lib.config_from_flags(FLAGS).harden.portion == 1.0
+  assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize("method, phase, kind", [("natural", "train", "trained"),
+                                                 ("moth", "harden", "hardened")])
+def test_missing_model_hint_makes_the_model_where_it_was_looked_for(method, phase, kind, tmp_path,
+                                                                   capsys):
+  workdir = str(tmp_path / "my runs")  # A space: the suggested command must quote it.
+  err = run_cli_error(capsys, "--phase=test", f"--method={method}", f"--workdir={workdir}",
+                      "--image_size=16", "--strategy=mirrored", f"--data_dir={tmp_path}")
+  missing = re.search(rf"no {kind} model at (.*?); make it first with `", err).group(1)
+  command = re.search(r"make it first with `([^`]*)`", err).group(1)
+  assert f"--workdir={workdir}" in command
+  argv = shlex.split(command)
+  assert argv[:3] == ["python", "-m", "moth_tf.main"] and f"--phase={phase}" in argv
+  # Following the hint writes the very file that was missing, built for the same images.
+  config = parsed_config(*argv[3:])
+  assert config.phase == phase
+  assert os.path.join(config.run_dir(method), "model.keras") == missing
+  assert (config.data.image_size, config.strategy, config.data.data_dir) == (16, "mirrored",
+                                                                               str(tmp_path))
+  assert not os.path.exists(workdir)
+
+
+def test_missing_model_hint_leaves_out_default_flags(tmp_path, capsys, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # The default workdir is relative: look in an empty folder.
+  err = run_cli_error(capsys, "--phase=test")
+  assert err.endswith("make it first with `python -m moth_tf.main --phase=train --dataset=digits "
+                      "--model=lenet` or pass --model_path")
+
+
+@pytest.mark.parametrize("kind", ["truncated_file", "garbage_savedmodel"])
+def test_damaged_model_path_is_one_line(kind, tmp_path, capsys):
+  import keras
+  if kind == "truncated_file":
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(10)])
+    path = tmp_path / "model.keras"
+    model.save(str(path))
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    problem = ("a readable Keras model file (truncated or corrupt: the zip archive has no end "
+               "record, as when cut short)")
+  else:
+    path = tmp_path / "exported"
+    path.mkdir()
+    (path / "saved_model.pb").write_bytes(b"not a protocol buffer")
+    problem = ("a readable TF SavedModel (truncated or corrupt: saved_model.pb does not parse as a "
+               "SavedModel)")
+  workdir = tmp_path / "work"
+  err = run_cli_error(capsys, "--phase=test", f"--model_path={path}", f"--workdir={workdir}")
+  assert err == f"moth_tf: error: {path} is not {problem}; re-save or re-copy it"
+  assert not workdir.exists()

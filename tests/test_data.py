@@ -18,6 +18,8 @@ from moth_tf import prepare
 from moth_tf.data import local_sets
 from moth_tf.data import tfds_sets
 
+from cli_testing import run_cli  # pylint: disable=g-bad-import-order
+
 
 def _assert_valid_splits(splits, image_shape, num_classes):
   for name in ("train", "val", "test"):
@@ -305,6 +307,98 @@ def test_lisa_cut_keeps_the_most_frequent_types_ties_by_name(lisa_source, tmp_pa
   with np.load(first) as a, np.load(second) as b:
     for key in a.files:
       np.testing.assert_array_equal(a[key], b[key])
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks of the loaded data (moth_tf.data.check_splits)
+
+_TINY_INFO = data.DatasetInfo(name="tiny", num_classes=3, image_shape=(4, 4, 1),
+                              class_names=("a", "b", "c"))
+
+
+def _tiny_splits():
+  x = np.zeros((6, 4, 4, 1), np.float32)
+  x[:, 0, 0, 0] = 1.0
+  y = np.array([0, 1, 2, 0, 1, 2], np.int64)
+  return data.DatasetSplits(_TINY_INFO, x.copy(), y.copy(), x.copy(), y.copy(), x.copy(), y.copy())
+
+
+def _with(splits, **arrays):
+  for name, value in arrays.items():
+    setattr(splits, name, value)
+  return splits
+
+
+def _set_pixels(x, value, count):
+  x = x.copy()
+  x.reshape(-1)[:count] = value
+  return x
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda s: _with(s, x_val=_set_pixels(s.x_val, np.inf, 2)),
+     "val images hold 2 non-finite values (NaN or inf)"),
+    (lambda s: _with(s, x_train=_set_pixels(s.x_train, np.nan, 9)),
+     "train images hold 9 non-finite values (NaN or inf)"),
+    (lambda s: _with(s, x_test=_set_pixels(s.x_test, 1.5, 1)),
+     "test image values span [0, 1.5], outside [0, 1]"),
+    (lambda s: _with(s, x_test=_set_pixels(s.x_test, -0.25, 3)),
+     "test image values span [-0.25, 1], outside [0, 1]"),
+    (lambda s: _with(s, x_train=s.x_train[..., 0]),
+     "train images have shape (6, 4, 4), not 4-d [N, H, W, C]"),
+    (lambda s: _with(s, x_val=np.zeros((6, 5, 4, 1), np.float32)),
+     "val images are 5x4x1 (HxWxC) but train images are 4x4x1"),
+    (lambda s: _with(s, y_train=s.y_train[:5]), "train has 6 images but labels of shape (5,)"),
+    (lambda s: _with(s, y_test=s.y_test.astype(np.float32)),
+     "test labels are float32, not integer class indices"),
+    (lambda s: _with(s, y_val=s.y_val + 1), "val labels span 1..3, outside the classes 0..2"),
+    (lambda s: _with(s, y_val=s.y_val - 1), "val labels span -1..1, outside the classes 0..2"),
+])
+def test_check_splits_names_the_split_and_the_problem(damage, problem):
+  data.check_splits(_tiny_splits(), "tiny data set")  # Intact: no error.
+  with pytest.raises(data.DatasetUnavailableError) as info:
+    data.check_splits(damage(_tiny_splits()), "tiny data set")
+  assert str(info.value) == (f"tiny data set: {problem}; re-create or re-prepare the data set's "
+                             "files")
+
+
+def _write_gtsrb_npz(directory, nan_pixels=0):
+  """A prepared-layout gtsrb.npz of float [0, 1] images, with `nan_pixels` NaN values in x_train."""
+  rng = np.random.default_rng(0)
+  arrays = {}
+  for split, per_class in (("train", 2), ("val", 1), ("test", 1)):
+    y = np.repeat(np.arange(43), per_class)
+    arrays[f"x_{split}"] = rng.uniform(0, 1, (len(y), 32, 32, 3)).astype(np.float32)
+    arrays[f"y_{split}"] = y
+  arrays["x_train"].reshape(-1)[:nan_pixels] = np.nan
+  os.makedirs(directory, exist_ok=True)
+  np.savez_compressed(os.path.join(directory, "gtsrb.npz"),
+                      class_names=np.array(local_sets.GTSRB_CLASS_NAMES), **arrays)
+
+
+def test_gtsrb_file_with_nan_pixels_is_refused(tmp_path):
+  clean, broken = str(tmp_path / "clean"), str(tmp_path / "broken")
+  _write_gtsrb_npz(clean)
+  _assert_valid_splits(data.load_dataset("gtsrb", data_dir=clean), (32, 32, 3), 43)
+  _write_gtsrb_npz(broken, nan_pixels=9)
+  with pytest.raises(data.DatasetUnavailableError) as info:
+    data.load_dataset("gtsrb", data_dir=broken, image_size=16)  # Not hidden by the resize.
+  assert str(info.value) == (f"gtsrb data set in {broken}: train images hold 9 non-finite values "
+                             "(NaN or inf); re-create or re-prepare the data set's files")
+
+
+def test_cli_with_nan_pixels_is_one_line_and_trains_nothing(tmp_path, capsys):
+  data_dir, workdir = str(tmp_path / "data"), tmp_path / "work"
+  _write_gtsrb_npz(data_dir, nan_pixels=9)
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as exit_info:
+    run_cli("--phase=train", "--dataset=gtsrb", f"--data_dir={data_dir}", "--epochs=1",
+            f"--workdir={workdir}")
+  assert exit_info.value.code == 1
+  err = capsys.readouterr().err.strip()
+  assert err == (f"moth_tf: error: gtsrb data set in {data_dir}: train images hold 9 non-finite "
+                 "values (NaN or inf); re-create or re-prepare the data set's files")
+  assert not workdir.exists()  # No run directory, so no model.
 
 
 # ---------------------------------------------------------------------------------------------

@@ -300,6 +300,20 @@ def test_config_rejects_bad_schedule_and_families():
     config_lib.HardenConfig(families=0)
 
 
+@pytest.mark.parametrize("portion", [0.0, -0.1, 1.5, float("nan")])
+def test_config_rejects_a_portion_outside_zero_to_one(portion):
+  # Portion 0 used to pass: pair stamping off, yet every step still generated the pair triggers.
+  with pytest.raises(ValueError, match=r"^portion must be in \(0, 1\] \(the share of each "
+                                       r"scheduled pair's images that carry its triggers\); got "):
+    config_lib.HardenConfig(portion=portion)
+
+
+def test_config_portion_message_and_upper_end():
+  with pytest.raises(ValueError, match=r"\); got 0$"):
+    config_lib.HardenConfig(portion=0.0)
+  assert config_lib.HardenConfig(portion=1.0).portion == 1.0
+
+
 def test_two_families_are_generated_stored_and_stamped(base):
   """families=2: each direction keeps two independently initialised triggers; after a pair step
   both families of both directions are stored (the second one from a random start) and enabled."""

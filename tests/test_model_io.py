@@ -5,9 +5,11 @@ A LeNet trained for a few epochs on the digits is saved once (module fixture) an
 dict-returning `serving_default` signature stands in for Keras 2 / hand-written SavedModels.
 """
 
+import io
 import json
 import math
 import os
+import zipfile
 
 import keras
 import numpy as np
@@ -48,6 +50,34 @@ def test_train_natural_learns_and_saves(trained, digits):
   assert os.path.isfile(os.path.join(run_dir, rundir.MODEL_FILE))
   assert os.path.isfile(os.path.join(run_dir, rundir.SAVED_MODEL_DIR, "saved_model.pb"))
   assert os.listdir(rundir.logs_dir(run_dir, "train"))
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_diverging_training_raises_and_saves_no_model(optimizer, tmp_path):
+  # A learning rate of 1e10 sends a LeNet's loss (Adam) or, through the last update of an epoch
+  # whose loss was still finite, its weights (SGD) to NaN/inf within the first epoch.
+  rng = np.random.default_rng(0)
+
+  def split(n):
+    return (rng.uniform(0, 1, (n, 8, 8, 1)).astype(np.float32),
+            rng.integers(0, 10, n).astype(np.int64))
+
+  tiny = data.DatasetSplits(data.dataset_info("digits"), *split(64), *split(16), *split(16))
+  run_dir = str(tmp_path / "run")
+  recipe = config_lib.TrainConfig(epochs=3, batch_size=16, optimizer=optimizer,
+                                  learning_rate=1e10, schedule="constant")
+  with pytest.raises(training.NonFiniteTrainingError,
+                     match=r"^training diverged: the (loss became (nan|inf) in epoch \d|weight \S+ "
+                           r"holds NaN or infinite values); no model was saved; lower the "
+                           r"learning rate \(--learning_rate, now 1e\+10\) or check the data for "
+                           r"extreme values$"):
+    training.train_natural("lenet", tiny, recipe, run_dir, tf.distribute.get_strategy(), seed=0,
+                           verbose=0)
+  # Logs may stay; no model file of any kind (not even the per-epoch checkpoint).
+  assert not os.path.exists(os.path.join(run_dir, rundir.MODEL_FILE))
+  assert not os.path.exists(os.path.join(run_dir, rundir.SAVED_MODEL_DIR))
+  assert not os.path.exists(os.path.join(run_dir, "checkpoints"))
+  assert sorted(os.listdir(run_dir)) == ["logs"]
 
 
 def test_keras_file_round_trip_is_exact(trained, digits):
@@ -128,6 +158,68 @@ def test_load_model_errors(tmp_path):
   with pytest.raises(model_io.ModelLoadError, match=r"\.h5.*save\('model.keras'\)"):
     model_io.load_model(str(h5))
   assert issubclass(model_io.ModelLoadError, ValueError)  # main turns it into exit code 1.
+
+
+def _tiny_keras_bytes(directory):
+  """The bytes of a real (tiny) `.keras` file."""
+  model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(3)])
+  path = os.path.join(directory, "tiny.keras")
+  model.save(path)
+  with open(path, "rb") as f:
+    data = f.read()
+  os.remove(path)
+  return data
+
+
+def _without_config(data):
+  """A copy of the archive `data` with every member except config.json."""
+  out = io.BytesIO()
+  with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w") as dst:
+    for name in src.namelist():
+      if name != "config.json":
+        dst.writestr(name, src.read(name))
+  return out.getvalue()
+
+
+def _bad_weights_crc(data):
+  """`data` with bytes inside the stored model.weights.h5 member overwritten (its CRC fails)."""
+  start = data.index(b"\x89HDF\r\n\x1a\n") + 64  # The HDF5 signature opens the weights member.
+  return data[:start] + b"\xff" * 16 + data[start + 16:]
+
+
+@pytest.mark.parametrize("name, damage, reason", [
+    ("half.keras", lambda d: d[:len(d) // 2],
+     "the zip archive has no end record, as when cut short"),
+    ("text.keras", lambda d: b"this is not a zip archive", "not a zip archive"),
+    ("empty.keras", lambda d: b"", "the file is empty"),
+    ("noconfig.keras", _without_config, "the archive has no config.json"),
+    ("flipped.keras", _bad_weights_crc, "model.weights.h5 fails its CRC check"),
+])
+def test_damaged_keras_file_is_one_line_naming_the_problem(name, damage, reason, tmp_path):
+  path = tmp_path / name
+  path.write_bytes(damage(_tiny_keras_bytes(str(tmp_path))))
+  with pytest.raises(model_io.ModelLoadError) as info:
+    model_io.load_model(str(path))
+  # Keras alone says "File not found" for the first three, a file that exists.
+  assert str(info.value) == (f"{path} is not a readable Keras model file (truncated or corrupt: "
+                             f"{reason}); re-save or re-copy it")
+
+
+def test_savedmodel_with_a_garbage_saved_model_pb(tmp_path):
+  path = tmp_path / "exported"
+  path.mkdir()
+  (path / "saved_model.pb").write_bytes(b"garbage, not a protocol buffer \x00\x01\x02")
+  with pytest.raises(model_io.ModelLoadError) as info:  # Was an OSError and chained tracebacks.
+    model_io.load_model(str(path))
+  assert str(info.value) == (f"{path} is not a readable TF SavedModel (truncated or corrupt: "
+                             "saved_model.pb does not parse as a SavedModel); re-save or "
+                             "re-copy it")
+
+
+def test_intact_keras_file_still_loads(tmp_path):
+  path = tmp_path / "ok.keras"
+  path.write_bytes(_tiny_keras_bytes(str(tmp_path)))
+  assert model_io.load_model(str(path)).output_shape == (None, 3)
 
 
 def test_unsafe_keras_file_needs_unsafe_load(tmp_path):

@@ -128,6 +128,27 @@ def test_harden_without_a_trained_model(tmp_path, capsys):
   assert not os.path.exists(tmp_path / _MOTH)
 
 
+def test_diverging_hardening_is_one_line_and_saves_no_model(trained, tmp_path, capsys):
+  workdir, natural_path, natural_hash = trained
+  other = str(tmp_path / "work")  # Harden the trained model into a fresh workdir.
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as exit_info:
+    run_cli(*_HARDEN_FLAGS, "--harden_learning_rate=1e10", f"--model_path={natural_path}",
+            f"--workdir={other}")
+  assert exit_info.value.code == 1
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1, err
+  assert re.match(r"moth_tf: error: hardening diverged: the (loss became (nan|inf) in epoch 1|"
+                  r"weight \S+ holds NaN or infinite values); no model was saved; lower the "
+                  r"learning rate \(--harden_learning_rate, now 1e\+10\) or check the data for "
+                  r"extreme values$", err), err
+  run_dir = os.path.join(other, "digits_external_model_moth")
+  # Logs may stay; no model and no summary claiming a result.
+  for name in ("model.keras", "saved_model", "summary.json"):
+    assert not os.path.exists(os.path.join(run_dir, name)), name
+  assert _sha256(natural_path) == natural_hash
+
+
 def test_pipeline_runs_every_stage_and_prints_the_summary(tmp_path, capsys):
   workdir = str(tmp_path)
   capsys.readouterr()

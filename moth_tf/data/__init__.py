@@ -15,6 +15,7 @@ import numpy as np
 from moth_tf.data.base import DatasetInfo
 from moth_tf.data.base import DatasetSplits
 from moth_tf.data.base import DatasetUnavailableError
+from moth_tf.data.base import check_splits
 from moth_tf.data.base import PGDSettings
 
 # name -> (module, info attribute, loader function). Modules are imported lazily so that importing
@@ -58,10 +59,14 @@ def load_dataset(name: str, data_dir: Optional[str] = None,
     DatasetSplits with float32 [0,1] NHWC images and int64 labels.
 
   Raises:
-    DatasetUnavailableError: the files are missing; the message says how to get them.
+    DatasetUnavailableError: the files are missing, or hold data no model should train on
+      (non-finite or out-of-range pixels, bad labels or shapes); the message says what to do.
   """
   _, loader = _entry(name)
   splits = loader(data_dir) if name != "digits" else loader()
+  # Checked before resizing: the resize clips to [0, 1], which would hide out-of-range values; a
+  # resize of checked splits keeps them valid (same size everywhere, finite, clipped).
+  check_splits(splits, f"{name} data set" + (f" in {data_dir}" if data_dir else ""))
   if image_size and tuple(splits.x_train.shape[1:3]) != (image_size, image_size):
     splits = resize_splits(splits, image_size)
   return splits
@@ -139,6 +144,6 @@ def samples_per_class(x: np.ndarray, y: np.ndarray, num_classes: int, per_class:
 
 __all__ = [
     "DATASETS", "DatasetInfo", "DatasetSplits", "DatasetUnavailableError", "PGDSettings",
-    "augmentation_layers", "dataset_info", "load_dataset", "make_pipeline", "resize_splits",
-    "samples_per_class",
+    "augmentation_layers", "check_splits", "dataset_info", "load_dataset", "make_pipeline",
+    "resize_splits", "samples_per_class",
 ]

@@ -79,6 +79,51 @@ class DatasetSplits:
     return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
 
 
+def check_splits(splits: DatasetSplits, source: str):
+  """Raises DatasetUnavailableError unless `splits` holds images and labels a model can train on.
+
+  Every loader promises float [0, 1] NHWC images and integer labels; a damaged or hand-made file
+  can break that silently (NaN pixels train a NaN model, and it gets saved). Checked, per split:
+  4-d images with the same (H, W, C) in every split, one label per image, integer labels in
+  0..num_classes-1, and finite image values in [0, 1].
+
+  Args:
+    splits: what a loader returned.
+    source: names the data for the message, e.g. "gtsrb data set in /data".
+  """
+  def fail(split, problem):
+    raise DatasetUnavailableError(f"{source}: {split} {problem}; re-create or re-prepare the data "
+                                  "set's files")
+
+  n = splits.num_classes
+  first = None
+  for name in ("train", "val", "test"):
+    x, y = (np.asarray(a) for a in splits.split(name))
+    if x.ndim != 4:
+      fail(name, f"images have shape {x.shape}, not 4-d [N, H, W, C]")
+    if first is None:
+      first = (name, x.shape[1:])
+    elif x.shape[1:] != first[1]:
+      fail(name, f"images are {'x'.join(map(str, x.shape[1:]))} (HxWxC) but {first[0]} images "
+                 f"are {'x'.join(map(str, first[1]))}")
+    if y.ndim != 1 or len(y) != len(x):
+      fail(name, f"has {len(x)} images but labels of shape {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+      fail(name, f"labels are {y.dtype}, not integer class indices")
+    if y.size and (y.min() < 0 or y.max() >= n):
+      fail(name, f"labels span {y.min()}..{y.max()}, outside the classes 0..{n - 1}")
+    if not x.size:
+      continue
+    # min/max pass over the data without copies (the big sets are ~600 MB); either one is NaN or
+    # infinite exactly when some value is, and only then are the bad values counted.
+    low, high = x.min(), x.max()
+    if not (np.isfinite(low) and np.isfinite(high)):
+      bad = int(np.count_nonzero(~np.isfinite(x)))
+      fail(name, f"images hold {bad} non-finite values (NaN or inf)")
+    if low < 0.0 or high > 1.0:
+      fail(name, f"image values span [{low:.4g}, {high:.4g}], outside [0, 1]")
+
+
 def stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int):
   """Deterministic stratified split of indices into len(fractions) parts.
 

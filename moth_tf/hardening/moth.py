@@ -390,10 +390,15 @@ def harden(classifier_factory: Callable[[], keras.Model], splits,
   Returns:
     (classifier, results) where results holds wall time, the time spent generating triggers vs
     training, trigger-generation counters and the scheduler's pair counts.
+
+  Raises:
+    NonFiniteTrainingError: the loss or the classifier's weights became NaN or infinite (the
+      caller must not save it).
   """
   import os
   from moth_tf import data as data_lib
   from moth_tf import rundir
+  from moth_tf import training
   from moth_tf.hardening import model as model_lib
 
   strategy = strategy or tf.distribute.get_strategy()
@@ -422,6 +427,7 @@ def harden(classifier_factory: Callable[[], keras.Model], splits,
                           verbose=bool(verbose))
   callbacks = [
       MothCallback(hardener),
+      keras.callbacks.TerminateOnNaN(),  # No point in running the epochs after a divergence.
       keras.callbacks.TensorBoard(rundir.logs_dir(run_dir, "harden")),
       keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup_harden")),
   ]
@@ -429,6 +435,8 @@ def harden(classifier_factory: Callable[[], keras.Model], splits,
                          validation_data=val_ds, callbacks=callbacks, verbose=verbose,
                          shuffle=False)  # The pipeline shuffles.
   writer.flush()
+  training.check_finite_training(history, classifier, "hardening", "--harden_learning_rate",
+                                 config.learning_rate)
   wall = time.time() - start
   results = {
       "wall_seconds": wall,

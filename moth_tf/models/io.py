@@ -9,6 +9,9 @@ written to: every save goes to a new path, atomically.
 import os
 import shutil
 import tempfile
+import zipfile
+import zlib
+
 import keras
 import tensorflow as tf
 
@@ -19,9 +22,60 @@ class ModelLoadError(ValueError):
   """The model path is missing or not a model we can load; the message says what to do."""
 
 
+# What reading a damaged zip archive or SavedModel raises (a bad CRC, a member cut short, an
+# unparsable protobuf, a variables file that does not restore).
+_DAMAGE_ERRORS = (zipfile.BadZipFile, EOFError, zlib.error, OSError, KeyError, tf.errors.OpError)
+
+
+def _short_reason(error: Exception, limit: int = 120) -> str:
+  """The first line of an exception's message, cut to `limit` characters: it goes into one line."""
+  lines = str(error).strip().strip('"').splitlines()
+  text = lines[0] if lines else type(error).__name__
+  return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _damaged(path: str, what: str, reason: str) -> ModelLoadError:
+  return ModelLoadError(f"{path} is not a readable {what} (truncated or corrupt: {reason}); "
+                        "re-save or re-copy it")
+
+
+def _check_keras_archive(path: str):
+  """Raises ModelLoadError when `path` is not a complete, intact `.keras` zip archive.
+
+  Keras itself reports every such file as "File not found", even when it exists, and a bad member
+  surfaces as a bare zipfile error; this names the actual problem.
+  """
+  try:
+    with open(path, "rb") as f:
+      head = f.read(4)
+  except OSError as e:
+    raise ModelLoadError(f"cannot read {path} ({e.strerror}); check the file's permissions") from e
+  if not zipfile.is_zipfile(path):
+    if not head:
+      reason = "the file is empty"
+    elif head == b"PK\x03\x04":  # Zip entries, but no end-of-archive directory.
+      reason = "the zip archive has no end record, as when cut short"
+    else:
+      reason = "not a zip archive"
+    raise _damaged(path, "Keras model file", reason)
+  try:
+    with zipfile.ZipFile(path) as archive:
+      bad_member = archive.testzip()  # Reads every member and checks its CRC.
+      names = set(archive.namelist())
+  except _DAMAGE_ERRORS as e:
+    raise _damaged(path, "Keras model file", _short_reason(e)) from e
+  if bad_member is not None:
+    raise _damaged(path, "Keras model file", f"{bad_member} fails its CRC check")
+  if "config.json" not in names:
+    raise _damaged(path, "Keras model file", "the archive has no config.json")
+
+
 def _savedmodel_signature(path: str):
   """Returns (endpoint name, input TensorSpec, output key or None) of a SavedModel directory."""
-  loaded = tf.saved_model.load(path)
+  try:
+    loaded = tf.saved_model.load(path)
+  except _DAMAGE_ERRORS + (ValueError,) as e:
+    raise _damaged(path, "TF SavedModel", _savedmodel_damage(path, e)) from e
   # `model.export` writes a `serve` endpoint returning a tensor; legacy models have only the
   # `serving_default` signature, which returns a dict.
   if hasattr(loaded, "serve") and hasattr(loaded.serve, "input_signature") and (
@@ -43,6 +97,19 @@ def _savedmodel_signature(path: str):
     raise ModelLoadError(f"SavedModel {path} returns {len(outputs)} outputs ({sorted(outputs)}); "
                          "moth_tf needs exactly one logits output")
   return "serving_default", specs[0], key
+
+
+def _savedmodel_damage(path: str, error: Exception) -> str:
+  """A short reason why tf.saved_model.load failed on `path`."""
+  from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
+  from google.protobuf import message  # pylint: disable=g-import-not-at-top
+  # TF's own message for an unparsable saved_model.pb repeats the path; say it in a few words.
+  try:
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+      saved_model_pb2.SavedModel().ParseFromString(f.read())
+  except (OSError, message.DecodeError):
+    return "saved_model.pb does not parse as a SavedModel"
+  return _short_reason(error)
 
 
 def _wrap_savedmodel(path: str) -> keras.Model:
@@ -77,7 +144,8 @@ def load_model(path: str, unsafe_load: bool = False) -> keras.Model:
     A `keras.Model` mapping [0,1] NHWC images to logits.
 
   Raises:
-    ModelLoadError: with a one-line explanation and fix.
+    ModelLoadError: with a one-line explanation and fix, also for a file or SavedModel that exists
+      but is truncated or corrupt.
   """
   if not os.path.exists(path):
     raise ModelLoadError(f"model path {path} does not exist; train one with --phase=train or pass "
@@ -90,8 +158,11 @@ def load_model(path: str, unsafe_load: bool = False) -> keras.Model:
   if not path.endswith(".keras"):
     raise ModelLoadError(f"{path} is not a .keras file or SavedModel directory; convert legacy "
                          ".h5 models with keras.models.load_model(h5).save('model.keras')")
+  _check_keras_archive(path)
   try:
     return keras.saving.load_model(path, compile=False, safe_mode=not unsafe_load)
+  except _DAMAGE_ERRORS as e:  # For example a weights file inside the archive that h5py rejects.
+    raise _damaged(path, "Keras model file", _short_reason(e)) from e
   except ValueError as e:
     if "safe_mode" in str(e) or "unsafe" in str(e).lower():
       raise ModelLoadError(f"{path} needs safe_mode=False to load ({str(e).splitlines()[0]}); "
