@@ -9,6 +9,7 @@ from absl import flags
 from moth_tf import config as config_lib
 from moth_tf import data as data_lib
 from moth_tf import models
+from moth_tf.hardening import methods as hardening_methods
 
 
 def define_flags():
@@ -23,8 +24,11 @@ def define_flags():
                     "Architecture (default: the data set's default: lenet for digits, resnet20 "
                     "for cifar10 and gtsrb, nin for svhn, cnn for lisa, small_cnn for "
                     "fashion_mnist).")
-  flags.DEFINE_enum("method", "natural", list(config_lib.METHODS),
-                    "Which run to act on / produce: natural (base model) or moth (hardened).")
+  flags.DEFINE_enum("method", None, list(config_lib.METHODS),
+                    "Which run to act on (test, robustness, distance; default natural, the base "
+                    "model) or which hardening method to run (harden, pipeline; default moth): "
+                    + "; ".join(f"{name}: {entry.summary}" for name, entry in
+                                hardening_methods.METHODS.items()) + ".")
   flags.DEFINE_string("workdir", config_lib.DEFAULT_WORKDIR, "Where run directories are created.")
   flags.DEFINE_string("data_dir", None,
                       "tfds data dir / folder of prepared .npz files / folder of the Fashion-MNIST "
@@ -116,6 +120,25 @@ def define_flags():
   flags.DEFINE_integer("trigger_families", None,
                        "Independently initialised triggers kept, generated and stamped per "
                        "direction (ours; the reference has 1).", lower_bound=1)
+
+  # Baselines (--method=adv_train, uap, pairwise).
+  flags.DEFINE_float("adv_mix", None,
+                     "adv_train: share, in (0, 1], of each batch replaced by its PGD examples "
+                     "(default 1: every image).")
+  flags.DEFINE_float("uap_epsilon", None,
+                     "uap: L-inf radius of the shared perturbation (default: the data set's "
+                     "training PGD epsilon).")
+  flags.DEFINE_float("uap_step_size", None,
+                     "uap: signed-gradient ascent step of the perturbation per batch (default: "
+                     "the data set's training PGD step size).")
+  flags.DEFINE_float("pairwise_tol", None,
+                     "pairwise: relative growth below which a period counts as 'no growth' "
+                     "(default 0.05).", lower_bound=0.0, upper_bound=1.0)
+  flags.DEFINE_integer("pairwise_patience", None,
+                       "pairwise: periods in a row without growth that end a pair (default 2).",
+                       lower_bound=1)
+  flags.DEFINE_integer("pairwise_max_periods", None,
+                       "pairwise: most periods one pair gets (default 20).", lower_bound=1)
 
   # Portion 0 would generate every pair's triggers and never stamp them; HardenConfig rejects it
   # too, for library callers.

@@ -7,7 +7,11 @@ import os
 from typing import Optional, Tuple
 
 PHASES = ("pipeline", "train", "test", "robustness", "distance", "harden")
-METHODS = ("natural", "moth")
+from moth_tf.hardening import methods as _methods  # pylint: disable=g-import-not-at-top
+
+# "natural" is the base model; the others are hardening methods (moth_tf.hardening.methods).
+METHODS = ("natural",) + tuple(_methods.METHODS)
+HARDENING_METHODS = tuple(_methods.METHODS)
 STRATEGIES = ("default", "mirrored", "multi_worker")
 # Where run directories go unless --workdir says otherwise.
 DEFAULT_WORKDIR = "saved_models"
@@ -120,6 +124,18 @@ class HardenConfig:
   # Warm starts come from the store; the reference keeps the largest successful trigger per
   # direction, we keep the latest (it is closer to the current model's minimal trigger).
   store_largest: bool = False
+  # Baselines (moth_tf.baselines). adv_train: the share of each batch replaced by its PGD examples.
+  adv_mix: float = 1.0
+  # uap: the shared perturbation's L-inf radius and signed-gradient step (None: the data set's
+  # training PGD budget, as adv_train).
+  uap_epsilon: Optional[float] = None
+  uap_step_size: Optional[float] = None
+  # pairwise: a pair is done when neither direction's period-average trigger size exceeded its
+  # largest earlier one by more than `pairwise_tol` (relative) for `pairwise_patience` periods in a
+  # row, or after `pairwise_max_periods` periods.
+  pairwise_tol: float = 0.05
+  pairwise_patience: int = 2
+  pairwise_max_periods: int = 20
   seed: int = 0
 
   def __post_init__(self):
@@ -134,7 +150,8 @@ class HardenConfig:
     if self.epochs is not None and self.epochs < 1:
       raise ValueError(f"epochs must be >= 1, got {self.epochs}")
     for name in ("steps", "batch_size", "period", "warmup_steps", "pair_steps", "fast_steps",
-                 "trigger_samples", "warmup_samples", "families"):
+                 "trigger_samples", "warmup_samples", "families", "pairwise_patience",
+                 "pairwise_max_periods"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
     # Portion 0 would switch pair stamping off while every step still generates the pair's triggers:
@@ -142,7 +159,14 @@ class HardenConfig:
     if not 0.0 < self.portion <= 1.0:
       raise ValueError(f"portion must be in (0, 1] (the share of each scheduled pair's images that "
                        f"carry its triggers); got {self.portion:g}")
-    for name in ("warm_ratio", "replay", "epsilon"):
+    for name in ("uap_epsilon", "uap_step_size"):
+      value = getattr(self, name)
+      if value is not None and not 0.0 < value <= 1.0:
+        raise ValueError(f"{name} must be in (0, 1], got {value:g}")
+    if not 0.0 < self.adv_mix <= 1.0:
+      raise ValueError(f"adv_mix must be in (0, 1] (the share of each batch replaced by its PGD "
+                       f"examples), got {self.adv_mix:g}")
+    for name in ("warm_ratio", "replay", "epsilon", "pairwise_tol"):
       if not 0.0 <= getattr(self, name) <= 1.0:
         raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
     if self.learning_rate <= 0:

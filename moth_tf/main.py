@@ -54,12 +54,17 @@ def config_from_flags(flag_values) -> config_lib.RunConfig:
       ("warm_ratio", "warm_ratio"), ("replay", "replay"), ("trigger_samples", "trigger_samples"),
       ("warmup_steps", "warmup_steps"), ("pair_steps", "pair_steps"), ("fast_steps", "fast_steps"),
       ("families", "trigger_families"), ("lr_warmup_steps", "lr_warmup_steps"),
-      ("lr_decay", "lr_decay"))
+      ("lr_decay", "lr_decay"), ("adv_mix", "adv_mix"), ("uap_epsilon", "uap_epsilon"),
+      ("uap_step_size", "uap_step_size"), ("pairwise_tol", "pairwise_tol"),
+      ("pairwise_patience", "pairwise_patience"),
+      ("pairwise_max_periods", "pairwise_max_periods"))
                if getattr(flag_values, flag) is not None}
   harden = dataclasses.replace(preset, seed=flag_values.seed, **overrides)
   return config_lib.RunConfig(
       phase=flag_values.phase,
-      method=flag_values.method,
+      # Hardening phases default to MOTH; the others act on the base model unless told.
+      method=flag_values.method or (
+          "moth" if flag_values.phase in ("harden", "pipeline") else "natural"),
       model=flag_values.model or data_lib.dataset_info(dataset).default_model,
       workdir=flag_values.workdir,
       model_path=flag_values.model_path,

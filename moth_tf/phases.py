@@ -10,6 +10,7 @@ import shlex
 import time
 
 from moth_tf import config as config_lib
+from moth_tf import console
 from moth_tf import data as data_lib
 from moth_tf import rundir
 from moth_tf import training
@@ -32,6 +33,8 @@ def make_run_command(config: config_lib.RunConfig, phase: str) -> str:
   hint writes the very file that was looked for.
   """
   args = [f"--phase={phase}", f"--dataset={config.data.dataset}", f"--model={config.model}"]
+  if phase == "harden" and config.method not in ("natural", "moth"):
+    args.append(f"--method={config.method}")
   if config.workdir != config_lib.DEFAULT_WORKDIR:
     args.append(f"--workdir={config.workdir}")
   if config.data.data_dir:
@@ -47,7 +50,9 @@ def load_run_model(config: config_lib.RunConfig, method=None):
   """The model a phase acts on: --model_path if given, else the run directory's model.keras."""
   path = config.model_path or rundir.model_path(config.run_dir(method))
   if not config.model_path and not os.path.exists(path):
-    phase = "train" if (method or config.method) == "natural" else "harden"
+    method = method or config.method
+    phase = "train" if method == "natural" else "harden"
+    config = dataclasses.replace(config, method=method)
     raise FileNotFoundError(
         f"no {'trained' if phase == 'train' else 'hardened'} model at {path}; make it first with "
         f"`{make_run_command(config, phase)}` or pass --model_path")
@@ -233,26 +238,6 @@ def measure_and_record(model, splits, config: config_lib.RunConfig, out_dir: str
   return result, payload
 
 
-def print_distance(result, payload):
-  from moth_tf import distance
-  if len(result.pairs) == 1:
-    s, t = result.pairs[0]
-    value = result.matrix[s, t]
-    print(f"distance {s}->{t}: " + (f"{value:.3f}" if value == value else "failed (ASR bound never "
-                                    "reached)"))
-  else:
-    print(distance.format_matrix(result.matrix))
-    print(f"mean distance: {result.mean:.3f} over {len(result.pairs) - len(result.failures)} "
-          f"directions; failures: {len(result.failures)}")
-  print(f"wall time: {result.wall_seconds:.1f} s")
-  if "comparison" in payload:
-    c = payload["comparison"]
-    print(f"enlargement vs {c['baseline']}: mean of per-pair relative changes "
-          f"{100 * c['mean_relative_change']:+.2f}%, ratio of means {100 * c['ratio_of_means']:+.2f}%"
-          f" ({c['pairs_compared']} pairs)")
-    print(distance.format_matrix(100 * c["per_pair"], fmt="{:+7.1f}"))
-
-
 def run_distance(config: config_lib.RunConfig, command_line=()):
   """Pairwise class distance of the run's model (or --model_path); writes distance.json etc."""
   splits = load_splits(config)
@@ -260,7 +245,7 @@ def run_distance(config: config_lib.RunConfig, command_line=()):
   check_model_fits(model, splits, path)
   out_dir = output_dir(config)
   result, payload = measure_and_record(model, splits, config, out_dir)
-  print_distance(result, payload)
+  console.print_distance(result, payload)
   if not config.distance.pair:
     rundir.update_summary(out_dir, distance={"mean": result.mean, "failures": len(result.failures),
                                              "seeds": list(result.seeds),
@@ -271,16 +256,20 @@ def run_distance(config: config_lib.RunConfig, command_line=()):
 
 def harden_output_dir(config: config_lib.RunConfig) -> str:
   if not config.model_path:
-    return config.run_dir("moth")
-  return output_dir(config) + "_moth"
+    return config.run_dir()
+  return output_dir(config) + f"_{config.method}"
 
 
 def run_harden(config: config_lib.RunConfig, command_line=()):
-  """Hardens the natural run's model (or --model_path) with MOTH into a new run directory."""
+  """Hardens the natural run's model (or --model_path) with `--method` into a new run directory."""
   from moth_tf import distribute
   from moth_tf import evaluation
-  from moth_tf.hardening import moth
+  from moth_tf.hardening import methods
 
+  if config.method not in config_lib.HARDENING_METHODS:
+    raise ValueError(f"--method={config.method} is the base model, made by --phase=train; harden "
+                     f"with --method set to one of {', '.join(config_lib.HARDENING_METHODS)}")
+  method = methods.get_method(config.method)
   splits = load_splits(config)
   base_config = config if config.model_path else dataclasses.replace(config, method="natural")
   base_model, base_path = load_run_model(base_config)
@@ -291,40 +280,31 @@ def run_harden(config: config_lib.RunConfig, command_line=()):
                      "--workdir")
   acc_before = evaluation.accuracy(base_model, splits.x_test, splits.y_test)
   del base_model
-  h = config.harden
-  ramp = h.lr_ramp_steps_for(len(splits.x_train))
-  schedule = (f" (ramp {ramp} steps)" if ramp > 0 else "") + (
-      ", cosine decay" if h.lr_decay == "cosine" else "")
-  print(f"MOTH hardening of {base_path} ({h.mode} mode): {h.epochs_for(len(splits.x_train))} "
-        f"epochs of batch {h.batch_size}, SGD lr {h.learning_rate}{schedule}, {h.portion:.0%} of "
-        f"each pair class stamped, replay {h.replay:.0%}, {h.families} trigger famil"
-        f"{'y' if h.families == 1 else 'ies'} per direction; output {out_dir}")
+  p = splits.info.train_pgd
+  pgd_settings = (p.epsilon, p.steps, p.step_size)
+  console.print_harden_start(config.method, base_path, out_dir,
+                             method.describe(config.harden, len(splits.x_train), pgd_settings))
   strategy = distribute.get_strategy(config.strategy)
-  pgd = splits.info.train_pgd
-  classifier, results = moth.harden(
-      lambda: model_io.load_model(base_path, unsafe_load=config.unsafe_load), splits, h, out_dir,
-      strategy=strategy, pgd_settings=(pgd.epsilon, pgd.steps, pgd.step_size))
+  classifier, results = method.harden(
+      lambda: model_io.load_model(base_path, unsafe_load=config.unsafe_load), splits,
+      config.harden, out_dir, strategy=strategy, pgd_settings=pgd_settings)
   acc_after = evaluation.accuracy(classifier, splits.x_test, splits.y_test)
   model_io.save_model(classifier, out_dir)
-  share = results["generation_seconds"] + results["warmup_seconds"]
   rundir.update_summary(
-      out_dir, dataset=config.data.dataset, model=config.model, method="moth",
+      out_dir, dataset=config.data.dataset, model=config.model, method=config.method,
       base_model=base_path, test_accuracy=acc_after,
-      harden={**results, "test_accuracy_before": acc_before, "test_accuracy_after": acc_after,
-              "strategy": config.strategy, "replicas": strategy.num_replicas_in_sync},
+      harden={**results, "method": config.method, "test_accuracy_before": acc_before,
+              "test_accuracy_after": acc_after, "strategy": config.strategy,
+              "replicas": strategy.num_replicas_in_sync},
       flags=list(command_line), config=config.to_dict())
-  print(f"test accuracy {acc_before:.4f} -> {acc_after:.4f} ({100 * (acc_after - acc_before):+.2f} "
-        f"points); hardening took {results['wall_seconds']:.1f} s ({share:.1f} s generating "
-        f"triggers, {results['training_seconds']:.1f} s training); model saved to "
-        f"{rundir.model_path(out_dir)}")
+  console.print_harden_end(acc_before, acc_after, results, rundir.model_path(out_dir))
   return {"test_accuracy_before": acc_before, "test_accuracy_after": acc_after, **results,
           "run_dir": out_dir}
 
 
 def run_pipeline(config: config_lib.RunConfig, command_line=()):
-  """The whole job: train the base model if missing, measure distance, harden, measure again."""
-  from moth_tf import distance
-
+  """The whole job: train the base model if missing, measure distance, harden with `--method`,
+  measure again."""
   times = {}
   natural = dataclasses.replace(config, method="natural", model_path=None)
   base_dir = natural.run_dir()
@@ -353,51 +333,28 @@ def run_pipeline(config: config_lib.RunConfig, command_line=()):
   times["distance_before"] = time.time() - start
 
   start = time.time()
-  print("[3/4] MOTH hardening")
-  harden_results = run_harden(dataclasses.replace(config, method="moth", model_path=None),
-                              command_line)
+  print(f"[3/4] {config.method} hardening")
+  hardened = dataclasses.replace(config, model_path=None)
+  harden_results = run_harden(hardened, command_line)
   times["harden"] = time.time() - start
 
   start = time.time()
   print(f"[4/4] class distance of the hardened model ({len(config.distance.seeds)} seed(s))")
-  moth_config = dataclasses.replace(
-      config, method="moth", model_path=None,
-      distance=dataclasses.replace(config.distance, compare_to=base_dir))
-  moth_model, _ = load_run_model(moth_config)
-  moth_result, payload = measure_and_record(moth_model, splits, moth_config,
-                                            moth_config.run_dir())
+  hardened = dataclasses.replace(
+      hardened, distance=dataclasses.replace(config.distance, compare_to=base_dir))
+  hardened_model, _ = load_run_model(hardened)
+  after, payload = measure_and_record(hardened_model, splits, hardened, hardened.run_dir())
   times["distance_after"] = time.time() - start
   comparison = payload["comparison"]
-  rundir.update_summary(moth_config.run_dir(), distance={
-      "mean": moth_result.mean, "failures": len(moth_result.failures),
+  rundir.update_summary(hardened.run_dir(), distance={
+      "mean": after.mean, "failures": len(after.failures),
       "mean_before": base_mean,
       "enlargement_mean_relative": comparison["mean_relative_change"],
       "enlargement_ratio_of_means": comparison["ratio_of_means"]},
       stage_seconds=times)
-  acc_before = harden_results["test_accuracy_before"]
-  acc_after = harden_results["test_accuracy_after"]
-  rows = [
-      ("test accuracy", f"{acc_before:.4f}", f"{acc_after:.4f}",
-       f"{100 * (acc_after - acc_before):+.2f} pts"),
-      ("mean class distance", f"{base_mean:.3f}", f"{moth_result.mean:.3f}",
-       f"{100 * comparison['mean_relative_change']:+.1f}% (mean of per-pair changes)"),
-      ("", "", "", f"{100 * comparison['ratio_of_means']:+.1f}% (ratio of means)"),
-      ("failed directions", str(base_failures), str(len(moth_result.failures)), ""),
-  ]
-  print()
-  print(distance.format_matrix(100 * comparison["per_pair"], fmt="{:+7.1f}"))
-  print("\nper-pair distance change (%) above; summary:")
-  print(f"{'':22}{'before':>10}{'after':>10}  change")
-  for name, before, after, change in rows:
-    print(f"{name:22}{before:>10}{after:>10}  {change}")
-  seeds_note = (f"{len(config.distance.seeds)} seed(s)" +
-                ("" if len(config.distance.seeds) >= 3 else "; the reference protocol uses 3"))
-  print(f"distance: {seeds_note}, {config.distance.steps} steps, early stop "
-        f"{config.distance.early_stop_patience or 'off'}")
-  print("stage times: " + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()) +
-        f"; total {sum(times.values()):.1f} s")
-  print(f"runs: {base_dir} and {moth_config.run_dir()}; view with tensorboard --logdir "
-        f"{config.workdir}")
+  console.print_pipeline_summary(
+      config, harden_results, comparison, (base_mean, after.mean),
+      (base_failures, len(after.failures)), times, (base_dir, hardened.run_dir()))
   return {"times": times, "comparison": comparison, "harden": harden_results}
 
 

@@ -157,7 +157,7 @@ def test_pipeline_runs_every_stage_and_prints_the_summary(tmp_path, capsys):
                     "--distance_steps=20", "--distance_samples=10", f"--workdir={workdir}")
   run_cli(*pipeline_flags)
   out = capsys.readouterr().out
-  for stage in ("[1/4] training the base model", "[2/4]", "[3/4] MOTH hardening", "[4/4]"):
+  for stage in ("[1/4] training the base model", "[2/4]", "[3/4] moth hardening", "[4/4]"):
     assert stage in out
   table = {}
   for line in out.splitlines():

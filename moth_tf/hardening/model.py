@@ -28,7 +28,7 @@ from moth_tf.attacks import pgd
 from moth_tf.triggers import params
 
 
-def _select_fraction(member, fraction, seed):
+def select_fraction(member, fraction, seed):
   """Boolean [B]: a random `fraction` (rounded half up) of the positions where `member` is true."""
   count = tf.reduce_sum(tf.cast(member, tf.float32))
   k = tf.cast(tf.floor(count * fraction + 0.5), tf.int32)
@@ -45,7 +45,88 @@ def _random_true_index(usable, seed):
 
 
 @keras.saving.register_keras_serializable(package="moth_tf")
-class StampingModel(keras.Model):
+class HardeningModel(keras.Model):
+  """Wraps a classifier; `train_step` trains it on `perturb_batch(x, y)` with the true labels.
+
+  The common step of every hardening method (moth_tf.hardening.methods): MOTH and the trigger
+  baselines stamp triggers, PGD and UAP training add adversarial perturbations, fine-tuning changes
+  nothing. Subclasses override `perturb_batch` only, so the loss scaling under tf.distribute, the
+  logged loss and the per-replica seeding are written once.
+
+  Args:
+    classifier: the logits model being hardened (its weights are trained in place: pass a copy).
+    num_classes: n.
+    tracker_name: name of the logged per-batch count of perturbed images.
+  """
+
+  def __init__(self, classifier, num_classes, tracker_name="perturbed", **kwargs):
+    super().__init__(**kwargs)
+    self.classifier = classifier
+    self.num_classes = int(num_classes)
+    self.image_shape = tuple(classifier.input_shape[1:])
+    self.tracker_name = tracker_name
+    self.perturbed_tracker = keras.metrics.Mean(name=tracker_name)
+
+  def call(self, inputs, training=False):
+    return self.classifier(inputs, training=training)
+
+  @property
+  def metrics(self):
+    return super().metrics + [self.perturbed_tracker]
+
+  def perturb_batch(self, x, y, seed):
+    """Returns (the batch to train on, number of changed images); identity here (fine-tuning).
+
+    Runs per replica on the replica's own batch; `seed` is a [2] int32 stateless seed that differs
+    by optimizer step and replica.
+    """
+    del y, seed
+    return x, tf.constant(0.0)
+
+  def train_step(self, data):
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    replica = tf.distribute.get_replica_context()
+    replica_id = replica.replica_id_in_sync_group if replica is not None else 0
+    seed = tf.stack([tf.cast(self.optimizer.iterations, tf.int32),
+                     tf.cast(replica_id, tf.int32) * 7919])
+    x, num_perturbed = self.perturb_batch(x, y, seed)
+    with tf.GradientTape() as tape:
+      y_pred = self(x, training=True)
+      # compute_loss adds the classifier's regularisation losses and, under tf.distribute, scales
+      # by the replica count (Keras >= 3.8), so gradients sum to the global-batch mean.
+      loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+      scaled_loss = self.optimizer.scale_loss(loss)  # No-op unless mixed precision.
+    grads = tape.gradient(scaled_loss, self.trainable_variables)
+    self.optimizer.apply(grads, self.trainable_variables)
+    # The built-in loss tracker is not updated by compute_loss; log the unscaled loss.
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    for metric in self.metrics:
+      if metric.name == "loss":
+        metric.update_state(loss * replicas)
+    # Per-replica counts; the metric averages replicas, so scale to the global batch's count.
+    self.perturbed_tracker.update_state(num_perturbed * replicas)
+    return self.compute_metrics(x, y, y_pred, sample_weight)
+
+  def test_step(self, data):
+    logs = super().test_step(data)
+    logs.pop(self.tracker_name, None)  # Evaluation never perturbs.
+    return logs
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(num_classes=self.num_classes,
+                  classifier=keras.saving.serialize_keras_object(self.classifier))
+    return config
+
+  @classmethod
+  def from_config(cls, config):
+    config = dict(config)
+    config["classifier"] = keras.saving.deserialize_keras_object(config["classifier"])
+    return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="moth_tf")
+class StampingModel(HardeningModel):
   """Wraps a classifier; `train_step` stamps the current MOTH triggers into the batch.
 
   Args:
@@ -62,16 +143,14 @@ class StampingModel(keras.Model):
 
   def __init__(self, classifier, num_classes, portion=0.5, warm_ratio=0.5, replay=0.0,
                families=1, adversarial=False, pgd_settings=(0.03, 8, 0.005), **kwargs):
-    super().__init__(**kwargs)
-    self.classifier = classifier
-    self.num_classes = int(num_classes)
+    kwargs.pop("tracker_name", None)
+    super().__init__(classifier, num_classes, tracker_name="stamped", **kwargs)
     self.families = int(families)
     r = self.families
     self.adversarial = bool(adversarial)
     self.pgd_settings = tuple(pgd_settings)
-    h, w, c = classifier.input_shape[1:]
+    h, w, c = self.image_shape
     n = self.num_classes
-    self.image_shape = (h, w, c)
 
     def state(name, shape, dtype="float32"):
       return self.add_weight(name=name, shape=shape, dtype=dtype, trainable=False,
@@ -102,14 +181,6 @@ class StampingModel(keras.Model):
     self.sched_choices = state("sched_choices", (), "int32")
     self.global_step = state("global_step", (), "int32")
     self.initialized = state("initialized", (), "int32")
-    self.stamped_tracker = keras.metrics.Mean(name="stamped")
-
-  def call(self, inputs, training=False):
-    return self.classifier(inputs, training=training)
-
-  @property
-  def metrics(self):
-    return super().metrics + [self.stamped_tracker]
 
   def stamp_batch(self, x, y, seed):
     """Returns (stamped x, number of stamped images) for one (per-replica) batch; labels unchanged."""
@@ -120,7 +191,7 @@ class StampingModel(keras.Model):
     for d in range(2):
       enabled = self.pair_enabled[d] > 0
       member = tf.logical_and(tf.equal(y, self.pair_classes[d]), tf.reduce_any(enabled))
-      chosen = _select_fraction(member, self.portion, seed + d + 1)
+      chosen = select_fraction(member, self.portion, seed + d + 1)
       family = _random_true_index(
           tf.broadcast_to(enabled[None, :], [tf.shape(y)[0], self.families]), seed + d + 7)
       x = tf.where(chosen[:, None, None, None],
@@ -129,7 +200,7 @@ class StampingModel(keras.Model):
       stamped = tf.logical_or(stamped, chosen)
     # Warm-up universal trigger on a fraction of all other classes' images.
     member = tf.logical_and(tf.not_equal(y, self.warm_target), self.warm_enabled > 0)
-    chosen = _select_fraction(member, self.warm_ratio, seed + 3)
+    chosen = select_fraction(member, self.warm_ratio, seed + 3)
     x = tf.where(chosen[:, None, None, None],
                  params.stamp(x, self.warm_mask, self.warm_pattern), x)
     stamped = tf.logical_or(stamped, chosen)
@@ -146,58 +217,24 @@ class StampingModel(keras.Model):
     patterns = tf.gather(tf.gather_nd(self.store_patterns, index), family, batch_dims=1)
     available = tf.reduce_any(has, axis=1)
     member = tf.logical_and(tf.logical_not(stamped), available)
-    chosen = _select_fraction(member, self.replay, seed + 4)
+    chosen = select_fraction(member, self.replay, seed + 4)
     x = tf.where(chosen[:, None, None, None],
                  params.stamp(x, masks, patterns), x)
     stamped = tf.logical_or(stamped, chosen)
     return x, tf.reduce_sum(tf.cast(stamped, tf.float32))
 
-  def train_step(self, data):
-    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    replica = tf.distribute.get_replica_context()
-    replica_id = replica.replica_id_in_sync_group if replica is not None else 0
-    seed = tf.stack([tf.cast(self.optimizer.iterations, tf.int32),
-                     tf.cast(replica_id, tf.int32) * 7919])
+  def perturb_batch(self, x, y, seed):
     if self.adversarial:
       eps, steps, step_size = self.pgd_settings
       x = pgd.pgd_attack(self.classifier, x, y, eps, steps, step_size, random_start=True,
                          seed=seed + 11, training=False)
-    x, num_stamped = self.stamp_batch(x, y, seed)
-    with tf.GradientTape() as tape:
-      y_pred = self(x, training=True)
-      # compute_loss adds the classifier's regularisation losses and, under tf.distribute, scales
-      # by the replica count (Keras >= 3.8), so gradients sum to the global-batch mean.
-      loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
-      scaled_loss = self.optimizer.scale_loss(loss)  # No-op unless mixed precision.
-    grads = tape.gradient(scaled_loss, self.trainable_variables)
-    self.optimizer.apply(grads, self.trainable_variables)
-    # The built-in loss tracker is not updated by compute_loss; log the unscaled loss.
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    for metric in self.metrics:
-      if metric.name == "loss":
-        metric.update_state(loss * replicas)
-    # Per-replica counts; the metric averages replicas, so scale to the global batch's count.
-    self.stamped_tracker.update_state(num_stamped * replicas)
-    return self.compute_metrics(x, y, y_pred, sample_weight)
-
-  def test_step(self, data):
-    logs = super().test_step(data)
-    logs.pop("stamped", None)  # Evaluation never stamps.
-    return logs
+    return self.stamp_batch(x, y, seed)
 
   def get_config(self):
     config = super().get_config()
-    config.update(num_classes=self.num_classes, families=self.families,
-                  adversarial=self.adversarial,
-                  pgd_settings=self.pgd_settings,
-                  classifier=keras.saving.serialize_keras_object(self.classifier))
+    config.update(families=self.families, adversarial=self.adversarial,
+                  pgd_settings=self.pgd_settings)
     return config
-
-  @classmethod
-  def from_config(cls, config):
-    config = dict(config)
-    config["classifier"] = keras.saving.deserialize_keras_object(config["classifier"])
-    return cls(**config)
 
   # ----------------------------------------------------------------------------------------------
   # Host-side helpers used by the driver between steps.

@@ -58,6 +58,7 @@ import tensorflow as tf
 
 from moth_tf import config as config_lib
 from moth_tf import distance
+from moth_tf.hardening import fitting
 from moth_tf.hardening import scheduler as scheduler_lib
 from moth_tf.triggers import engine
 from moth_tf.triggers import params
@@ -68,7 +69,20 @@ class MothHardener:
 
   def __init__(self, model, x_train: np.ndarray, y_train: np.ndarray,
                config: config_lib.HardenConfig,
-               writer: Optional[tf.summary.SummaryWriter] = None, verbose: bool = True):
+               writer: Optional[tf.summary.SummaryWriter] = None, verbose: bool = True,
+               scheduler=None, warmup: bool = True):
+    """Args:
+      model: the StampingModel being trained.
+      x_train, y_train: the training images and labels (trigger images are drawn from them).
+      config: the hardening configuration.
+      writer: TensorBoard writer for the driver's scalars and images.
+      verbose: print progress lines.
+      scheduler: what picks the pair of each period (default: MOTH's K-arm PairScheduler); any
+        object with PairScheduler's choose / update / state_dict / load_state_dict / count /
+        reward. A scheduler with a true `finished` attribute ends the fit (Pairwise's sweep).
+      warmup: generate and stamp the universal triggers first (MOTH); off, the first step already
+        generates a pair's triggers from a random start.
+    """
     self.model = model
     self.config = config
     self.x = x_train
@@ -84,8 +98,11 @@ class MothHardener:
     self.store_patterns = np.zeros((self.n, self.n, r, h, w, c), np.float32)
     self.universal_masks = None
     self.universal_patterns = None
-    self.scheduler = scheduler_lib.PairScheduler(self.n, config.epsilon, config.alpha_steps,
-                                                 seed=config.seed)
+    self.scheduler = scheduler or scheduler_lib.PairScheduler(
+        self.n, config.epsilon, config.alpha_steps, seed=config.seed)
+    self.warmup = bool(warmup)
+    # Training steps that stamp the warm-up's universal triggers, one target class each.
+    self.warmup_length = self.n if warmup else 0
     self.pair_inverter = engine.TriggerInverter(
         model.classifier, engine.InversionSettings(
             steps=config.pair_steps, asr_bound=config.pair_asr, init_cost=config.pair_cost,
@@ -112,23 +129,24 @@ class MothHardener:
   # ----------------------------------------------------------------------------------------------
   # Warm-up.
 
+  def universal_images(self, rng, target):
+    """(images, their classes): `warmup_samples` random training images of every class but target."""
+    parts, labels = [], []
+    for i in range(self.n):
+      if i == target or not len(self.by_class[i]):
+        continue
+      idx = rng.choice(self.by_class[i], min(self.config.warmup_samples, len(self.by_class[i])),
+                       replace=False)
+      parts.append(self.x[idx])
+      labels.append(np.full(len(idx), i))
+    return np.concatenate(parts), np.concatenate(labels)
+
   def warm_up(self):
     """Universal triggers toward every class (batched), the prior U and the store's warm starts."""
     start = time.time()
     cfg = self.config
     rng = self._rng(1)
-    images, origin = [], []
-    for t in range(self.n):
-      parts, labels = [], []
-      for i in range(self.n):
-        if i == t or not len(self.by_class[i]):
-          continue
-        idx = rng.choice(self.by_class[i], min(cfg.warmup_samples, len(self.by_class[i])),
-                         replace=False)
-        parts.append(self.x[idx])
-        labels.append(np.full(len(idx), i))
-      images.append(np.concatenate(parts))
-      origin.append(np.concatenate(labels))
+    images, origin = map(list, zip(*(self.universal_images(rng, t) for t in range(self.n))))
     inverter = engine.TriggerInverter(self.model.classifier, engine.InversionSettings(
         steps=cfg.warmup_steps, asr_bound=cfg.warmup_asr, init_cost=cfg.pair_cost))
     if self.verbose:
@@ -173,10 +191,10 @@ class MothHardener:
     if not self.ready:
       if int(self.model.initialized.numpy()):
         self.load_state()
-      else:
+      elif self.warmup:
         self.warm_up()
       self.ready = True
-    if self.step < self.n:
+    if self.step < self.warmup_length:
       t = self.step
       if self.universal_masks is not None and self.universal_masks[t].sum() > 0:
         self.model.set_warmup(t, self.universal_masks[t], self.universal_patterns[t])
@@ -196,7 +214,7 @@ class MothHardener:
     start = time.time()
     rng = self._rng(2)
     if self.period_pos == 0:
-      s, t = self.scheduler.choose(self.step - self.n)
+      s, t = self.scheduler.choose(self.step - self.warmup_length)
       self.pair = (s, t)
       self.cur_masks = np.stack([self.store_masks[s, t], self.store_masks[t, s]])
       self.cur_patterns = np.stack([self.store_patterns[s, t], self.store_patterns[t, s]])
@@ -279,6 +297,8 @@ class MothHardener:
 
   def after_step(self):
     self.step += 1
+    if getattr(self.scheduler, "finished", False):
+      self.model.stop_training = True  # Keras ends the fit after this step.
 
   # ----------------------------------------------------------------------------------------------
   # Checkpointed state (lives in the model's non-trainable weights).
@@ -325,6 +345,10 @@ class MothHardener:
     if self.verbose:
       print(f"MOTH: resumed at step {self.step} from the backup checkpoint", flush=True)
 
+  def extra_results(self) -> dict:
+    """The driver's own entries of the results dict."""
+    return {"pair_count": self.scheduler.count}
+
   def log_epoch(self, epoch):
     if self.writer is None:
       return
@@ -342,16 +366,8 @@ class MothHardener:
 
 
 def learning_rate_schedule(config: config_lib.HardenConfig, num_train: int):
-  """The hardening learning rate: a linear ramp over `lr_warmup_steps`, then constant or cosine."""
-  total_steps = config.total_steps_for(num_train)
-  warmup = config.lr_ramp_steps_for(num_train)
-  if not warmup and config.lr_decay == "constant":
-    return config.learning_rate
-  return keras.optimizers.schedules.CosineDecay(
-      initial_learning_rate=0.0 if warmup else config.learning_rate,
-      decay_steps=max(total_steps - warmup, 1),
-      alpha=1.0 if config.lr_decay == "constant" else 0.0,
-      warmup_target=config.learning_rate if warmup else None, warmup_steps=warmup)
+  """MOTH's learning rate (see moth_tf.hardening.fitting.learning_rate_schedule)."""
+  return fitting.learning_rate_schedule(config, num_train)
 
 
 class MothCallback(keras.callbacks.Callback):
@@ -374,18 +390,28 @@ class MothCallback(keras.callbacks.Callback):
 
 def harden(classifier_factory: Callable[[], keras.Model], splits,
            config: config_lib.HardenConfig, run_dir: str,
-           strategy=None, verbose: int = 1, pgd_settings=None):
-  """Hardens a classifier with MOTH and returns (hardened classifier, results).
+           strategy=None, verbose: int = 1, pgd_settings=None,
+           hardener_class=None, hardener_kwargs=None, epochs: Optional[int] = None,
+           lr_decay: Optional[str] = None, log_name: str = "harden_moth"):
+  """Hardens a classifier with MOTH (or a trigger baseline's driver) and returns it with results.
 
   Args:
     classifier_factory: returns a fresh copy of the classifier to harden; it is called inside the
       strategy scope so its variables are distributed. The original model is never modified.
     splits: moth_tf.data.DatasetSplits.
     config: config_lib.HardenConfig.
-    run_dir: where TensorBoard logs (`logs/harden`) and the resumable backup (`backup_harden/`) go.
+    run_dir: where TensorBoard logs (`logs/harden`, `logs/<log_name>`) and the resumable backup
+      (`backup_harden/`) go.
     strategy: tf.distribute strategy (default: the current one).
     verbose: Keras progress bar verbosity.
     pgd_settings: (epsilon, steps, step_size) for mode "adv".
+    hardener_class: the host-side driver (default MothHardener; the Universal and Pairwise
+      baselines pass their own).
+    hardener_kwargs: extra constructor arguments of the driver (a scheduler, say).
+    epochs: epochs of the fit, if not the configured budget (an upper bound for a driver that
+      ends the fit itself).
+    lr_decay: the learning-rate decay, if not the configured one.
+    log_name: the driver's TensorBoard log folder under `logs/`.
 
   Returns:
     (classifier, results) where results holds wall time, the time spent generating triggers vs
@@ -395,61 +421,45 @@ def harden(classifier_factory: Callable[[], keras.Model], splits,
     NonFiniteTrainingError: the loss or the classifier's weights became NaN or infinite (the
       caller must not save it).
   """
-  import os
-  from moth_tf import data as data_lib
   from moth_tf import rundir
-  from moth_tf import training
   from moth_tf.hardening import model as model_lib
 
   strategy = strategy or tf.distribute.get_strategy()
   keras.utils.set_random_seed(config.seed)
-  steps_per_epoch = config.steps_per_epoch_for(len(splits.x_train))
-  epochs = config.epochs_for(len(splits.x_train))
+  num_train = len(splits.x_train)
+  epochs = epochs or config.epochs_for(num_train)
+  total_steps = epochs * config.steps_per_epoch_for(num_train)
   start = time.time()
-  with strategy.scope():
-    classifier = classifier_factory()
-    stamping = model_lib.StampingModel(
-        classifier, splits.num_classes, portion=config.portion, warm_ratio=config.warm_ratio,
-        replay=config.replay, families=config.families, adversarial=config.mode == "adv",
-        pgd_settings=pgd_settings or (0.03, 8, 0.005))
-    stamping.compile(
-        optimizer=keras.optimizers.SGD(learning_rate_schedule(config, len(splits.x_train)),
-                                       momentum=config.momentum, nesterov=True),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"])
-    stamping(splits.x_train[:1])  # Build before BackupAndRestore restores into it.
-  train_ds = data_lib.make_pipeline(splits.x_train, splits.y_train, config.batch_size,
-                                    shuffle=True, augment=splits.info.augment, seed=config.seed,
-                                    repeat=True)
-  val_ds = data_lib.make_pipeline(splits.x_val, splits.y_val, 512)
-  writer = tf.summary.create_file_writer(rundir.logs_dir(run_dir, "harden_moth"))
-  hardener = MothHardener(stamping, splits.x_train, splits.y_train, config, writer=writer,
-                          verbose=bool(verbose))
-  callbacks = [
-      MothCallback(hardener),
-      keras.callbacks.TerminateOnNaN(),  # No point in running the epochs after a divergence.
-      keras.callbacks.TensorBoard(rundir.logs_dir(run_dir, "harden")),
-      keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup_harden")),
-  ]
-  history = stamping.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                         validation_data=val_ds, callbacks=callbacks, verbose=verbose,
-                         shuffle=False)  # The pipeline shuffles.
+
+  def make_model():
+    return model_lib.StampingModel(
+        classifier_factory(), splits.num_classes, portion=config.portion,
+        warm_ratio=config.warm_ratio, replay=config.replay, families=config.families,
+        adversarial=config.mode == "adv", pgd_settings=pgd_settings or (0.03, 8, 0.005))
+
+  stamping = fitting.build_hardening_model(
+      strategy, make_model, config, num_train, splits.x_train[:1],
+      learning_rate=fitting.learning_rate_schedule(config, num_train, total_steps, lr_decay))
+  writer = tf.summary.create_file_writer(rundir.logs_dir(run_dir, log_name))
+  hardener = (hardener_class or MothHardener)(
+      stamping, splits.x_train, splits.y_train, config, writer=writer, verbose=bool(verbose),
+      **(hardener_kwargs or {}))
+  history, _ = fitting.fit_hardening(stamping, splits, config, run_dir, [MothCallback(hardener)],
+                                     epochs=epochs, verbose=verbose)
   writer.flush()
-  training.check_finite_training(history, classifier, "hardening", "--harden_learning_rate",
-                                 config.learning_rate)
-  wall = time.time() - start
-  results = {
-      "wall_seconds": wall,
-      "warmup_seconds": hardener.warmup_seconds,
-      "generation_seconds": hardener.generation_seconds,
-      "training_seconds": wall - hardener.warmup_seconds - hardener.generation_seconds,
-      "steps": hardener.step,
-      "steps_per_epoch": steps_per_epoch,
-      "epochs": epochs,
-      "events": dict(hardener.events),
-      "pair_count": hardener.scheduler.count,
-      "final_train_accuracy": float(history.history["accuracy"][-1])
-                              if history.history.get("accuracy") else None,
-      "config": dataclasses.asdict(config),
-  }
-  return classifier, results
+  results = fitting.common_results(
+      history, time.time() - start, hardener.step, config, num_train,
+      epochs=-(-hardener.step // config.steps_per_epoch_for(num_train)),
+      warmup_seconds=hardener.warmup_seconds, generation_seconds=hardener.generation_seconds,
+      events=dict(hardener.events), **hardener.extra_results())
+  return stamping.classifier, results
+
+
+def describe(config: config_lib.HardenConfig, num_train: int, pgd_settings=None) -> str:
+  """One line saying what a MOTH run will do (printed before it starts)."""
+  h = config
+  adv = (f", PGD eps {pgd_settings[0]:g} first ({h.mode} mode)" if h.mode == "adv" and pgd_settings
+         else "")
+  return (f"{fitting.describe_schedule(h, num_train)}, {h.portion:.0%} of each pair class "
+          f"stamped, replay {h.replay:.0%}, {h.families} trigger famil"
+          f"{'y' if h.families == 1 else 'ies'} per direction{adv}")

@@ -1,0 +1,118 @@
+"""`--method=universal`: MOTH's warm-up universal triggers for the whole budget (the paper's
+"Universal" hardening).
+
+The run starts like MOTH (one universal trigger per target class, each stamped for one step).
+After that, instead of scheduled class pairs, every period of `period` steps hardens one target
+class g in round robin (0, 1, ..., n-1, 0, ...): each step regenerates the universal trigger toward
+g on `warmup_samples` training images of every other class, warm-started from g's latest
+successful universal trigger, with MOTH's cost schedule (`pair_steps` at `pair_cost` for the first
+step of a period and after a failure, `fast_steps` at `fast_cost` while it keeps succeeding; ASR
+bound `pair_asr`), and stamps it on `portion` of the batch's images of the other classes (labels
+kept). A failed generation keeps stamping the last successful trigger.
+
+The universal triggers live in the trigger store's column g (every source class), so they are
+checkpointed with the model and, with `replay` > 0, replayed on other images as in MOTH.
+"""
+
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from moth_tf import config as config_lib
+from moth_tf import distance
+from moth_tf.hardening import fitting
+from moth_tf.hardening import moth
+from moth_tf.triggers import engine
+from moth_tf.triggers import params
+
+
+class UniversalHardener(moth.MothHardener):
+  """MothHardener whose periods regenerate and stamp one universal trigger, targets in turn."""
+
+  def __init__(self, model, x_train, y_train, config, **kwargs):
+    super().__init__(model, x_train, y_train, config, **kwargs)
+    self.universal_inverter = engine.TriggerInverter(
+        model.classifier, engine.InversionSettings(
+            steps=config.pair_steps, asr_bound=config.pair_asr, init_cost=config.pair_cost,
+            chunk_steps=max(config.pair_steps, config.fast_steps)))
+    self.failed = False
+    self.target_count = np.zeros(self.n, np.int64)
+
+  def target_of_step(self, step: int) -> int:
+    """The class whose universal trigger training step `step` (after the warm-up) hardens."""
+    return ((step - self.warmup_length) // self.config.period) % self.n
+
+  def _orthogonalisation_step(self):
+    cfg = self.config
+    start = time.time()
+    self.model.warm_ratio.assign(cfg.portion)  # Universal stamps `portion` of the other images.
+    g = self.target_of_step(self.step)
+    if self.period_pos == 0:
+      steps, cost, mode = cfg.pair_steps, cfg.pair_cost, "start"
+      self.target_count[g] += 1
+    elif self.failed:
+      steps, cost, mode = cfg.pair_steps, cfg.pair_cost, "rollback"
+      self.events["rollback"] += 1
+    else:
+      steps, cost, mode = cfg.fast_steps, cfg.fast_cost, "fast"
+      self.events["fast"] += 1
+    images, _ = self.universal_images(self._rng(2), g)
+    if self.universal_masks is not None and self.universal_masks[g].sum() > 0:
+      init_mask, init_pattern = self.universal_masks[g], self.universal_patterns[g]
+    else:
+      init_mask, init_pattern = self._random_trigger(self._rng(3))
+    result = self.universal_inverter.invert(
+        [images], [g], [distance.stable_seed(cfg.seed, self.step, 5)], init_cost=cost,
+        steps=steps, init_mask=init_mask[None], init_pattern=init_pattern[None])
+    self.events["generations"] += 1
+    self.failed = not bool(result.success[0])
+    if self.failed:
+      self.events["failed_directions"] += 1
+    else:
+      if self.universal_masks is None:
+        shape = self.store_masks.shape[-2:]
+        self.universal_masks = np.zeros((self.n,) + shape, np.float32)
+        self.universal_patterns = np.zeros((self.n,) + shape + (self.channels,), np.float32)
+      self.universal_masks[g] = result.mask[0]
+      self.universal_patterns[g] = result.pattern[0]
+      # The store's column g (family 0) holds g's universal trigger: checkpointed, and replayed.
+      self.store_masks[:, g, 0] = result.mask[0]
+      self.store_patterns[:, g, 0] = result.pattern[0]
+      self.store_masks[g, g] = 0.0
+      self.store_patterns[g, g] = 0.0
+      self._push_store()
+    usable = self.universal_masks is not None and self.universal_masks[g].sum() > 0
+    if usable:
+      self.model.set_warmup(g, self.universal_masks[g], self.universal_patterns[g])
+    else:
+      self.model.set_warmup(None)
+    self.period_pos = (self.period_pos + 1) % cfg.period
+    self.generation_seconds += time.time() - start
+    if self.writer is not None:
+      size = float(params.trigger_size(self.universal_masks[g][None], self.channels)[0]) \
+          if usable else 0.0
+      with self.writer.as_default():
+        tf.summary.scalar("universal/target", g, step=self.step)
+        tf.summary.scalar("universal/trigger_size", size, step=self.step)
+        tf.summary.scalar("universal/fast_mode", float(mode == "fast"), step=self.step)
+        tf.summary.scalar("universal/generation_failed", float(self.failed), step=self.step)
+
+  def extra_results(self) -> dict:
+    return {"target_periods": self.target_count.tolist()}
+
+
+def describe(config: config_lib.HardenConfig, num_train: int, pgd_settings=None) -> str:
+  del pgd_settings
+  return (f"Universal: {fitting.describe_schedule(config, num_train)}; after the warm-up, one "
+          f"target class per period of {config.period} steps in turn, its universal trigger "
+          f"regenerated every step and stamped on {config.portion:.0%} of the other classes' "
+          f"images, replay {config.replay:.0%}")
+
+
+def harden(classifier_factory, splits, config: config_lib.HardenConfig, run_dir: str,
+           strategy=None, verbose: int = 1, pgd_settings=None):
+  """Hardens a copy of the classifier with universal triggers; returns (classifier, results)."""
+  return moth.harden(
+      classifier_factory, splits, config, run_dir, strategy=strategy, verbose=verbose,
+      pgd_settings=pgd_settings, hardener_class=UniversalHardener, log_name="harden_universal")

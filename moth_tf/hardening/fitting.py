@@ -1,0 +1,162 @@
+"""The fit loop shared by every hardening method: optimiser, schedule, data, callbacks, checks.
+
+Each method (moth_tf.hardening.methods) builds a `HardeningModel` subclass and, for the trigger
+methods, a host-side driver callback; `fit_hardening` then runs the same `model.fit` for all of
+them, so they differ only in what a training step trains on (the comparison table compares like
+with like: same optimiser, learning-rate schedule, batches, budget, checkpointing and NaN checks).
+"""
+
+import os
+import time
+from typing import Callable, Optional, Sequence
+
+import keras
+import tensorflow as tf
+
+from moth_tf import config as config_lib
+
+
+def learning_rate_schedule(config: config_lib.HardenConfig, num_train: int,
+                           total_steps: Optional[int] = None, decay: Optional[str] = None):
+  """The hardening learning rate: a linear ramp over `lr_warmup_steps`, then constant or cosine.
+
+  Args:
+    config: the hardening configuration.
+    num_train: training images (sets the run's length when `total_steps` is None).
+    total_steps: the run's length in steps, if not the configured budget.
+    decay: "constant" or "cosine" instead of `config.lr_decay` (a method whose length is not known
+      in advance cannot decay to 0 at its end).
+  """
+  total_steps = total_steps or config.total_steps_for(num_train)
+  decay = decay or config.lr_decay
+  warmup = min(config.lr_warmup_steps, max(total_steps - 1, 0))
+  if not warmup and decay == "constant":
+    return config.learning_rate
+  return keras.optimizers.schedules.CosineDecay(
+      initial_learning_rate=0.0 if warmup else config.learning_rate,
+      decay_steps=max(total_steps - warmup, 1),
+      alpha=1.0 if decay == "constant" else 0.0,
+      warmup_target=config.learning_rate if warmup else None, warmup_steps=warmup)
+
+
+def build_hardening_model(strategy, make_model: Callable[[], keras.Model],
+                          config: config_lib.HardenConfig, num_train: int, sample,
+                          learning_rate=None):
+  """Builds and compiles a HardeningModel inside the strategy's scope.
+
+  Args:
+    strategy: the tf.distribute strategy.
+    make_model: returns the (uncompiled) HardeningModel; called inside the scope so every variable
+      is distributed.
+    config: the hardening configuration (optimiser settings).
+    num_train: training images.
+    sample: a batch of images to build the model with (before BackupAndRestore restores into it).
+    learning_rate: a rate or schedule instead of `learning_rate_schedule(config, num_train)`.
+  """
+  with strategy.scope():
+    model = make_model()
+    if learning_rate is None:
+      learning_rate = learning_rate_schedule(config, num_train)
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate, momentum=config.momentum, nesterov=True),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"])
+    model(sample)
+  return model
+
+
+def fit_hardening(model, splits, config: config_lib.HardenConfig, run_dir: str,
+                  driver_callbacks: Sequence[keras.callbacks.Callback] = (),
+                  epochs: Optional[int] = None, verbose: int = 1, what: str = "hardening"):
+  """Runs `model.fit` for a hardening method and checks that it did not diverge.
+
+  Args:
+    model: a compiled HardeningModel (see build_hardening_model).
+    splits: moth_tf.data.DatasetSplits.
+    config: the hardening configuration (batch size, budget, seed).
+    run_dir: logs go to `logs/harden`, the resumable backup to `backup_harden/` (deleted by Keras
+      when the fit completes).
+    driver_callbacks: the method's host-side driver, run before the checkpointing callback so that
+      its state is in the model's variables when BackupAndRestore saves them.
+    epochs: the number of epochs (default: the configured budget). A driver may end the fit early
+      by setting `model.stop_training`.
+    verbose: Keras progress-bar verbosity.
+    what: the name used in a divergence error.
+
+  Returns:
+    (history, wall seconds of the fit).
+
+  Raises:
+    NonFiniteTrainingError: the loss or the classifier's weights became NaN or infinite (the
+      caller must not save it).
+  """
+  from moth_tf import data as data_lib
+  from moth_tf import rundir
+  from moth_tf import training
+
+  start = time.time()
+  train_ds = data_lib.make_pipeline(splits.x_train, splits.y_train, config.batch_size,
+                                    shuffle=True, augment=splits.info.augment, seed=config.seed,
+                                    repeat=True)
+  val_ds = data_lib.make_pipeline(splits.x_val, splits.y_val, 512)
+  callbacks = list(driver_callbacks) + [
+      keras.callbacks.TerminateOnNaN(),  # No point in running the epochs after a divergence.
+      keras.callbacks.TensorBoard(rundir.logs_dir(run_dir, "harden")),
+      keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup_harden")),
+  ]
+  history = model.fit(train_ds, epochs=epochs or config.epochs_for(len(splits.x_train)),
+                      steps_per_epoch=config.steps_per_epoch_for(len(splits.x_train)),
+                      validation_data=val_ds, callbacks=callbacks, verbose=verbose,
+                      shuffle=False)  # The pipeline shuffles.
+  training.check_finite_training(history, model.classifier, what, "--harden_learning_rate",
+                                 config.learning_rate)
+  return history, time.time() - start
+
+
+def common_results(history, wall_seconds: float, steps: int, config: config_lib.HardenConfig,
+                   num_train: int, epochs: Optional[int] = None, **extra) -> dict:
+  """The results every method reports (summary.json's `harden` entry), plus `extra`."""
+  import dataclasses
+  accuracy = history.history.get("accuracy")
+  results = {
+      "wall_seconds": wall_seconds,
+      "steps": int(steps),
+      "steps_per_epoch": config.steps_per_epoch_for(num_train),
+      "epochs": epochs or config.epochs_for(num_train),
+      "generation_seconds": 0.0,
+      "warmup_seconds": 0.0,
+      "final_train_accuracy": float(accuracy[-1]) if accuracy else None,
+      "config": dataclasses.asdict(config),
+  }
+  results.update(extra)
+  results["training_seconds"] = (results["wall_seconds"] - results["generation_seconds"]
+                                 - results["warmup_seconds"])
+  return results
+
+
+
+def describe_schedule(config: config_lib.HardenConfig, num_train: int) -> str:
+  """The budget and optimiser part of a method's start line."""
+  ramp = config.lr_ramp_steps_for(num_train)
+  schedule = (f" (ramp {ramp} steps)" if ramp > 0 else "") + (
+      ", cosine decay" if config.lr_decay == "cosine" else "")
+  return (f"{config.epochs_for(num_train)} epochs of batch {config.batch_size} "
+          f"({config.total_steps_for(num_train)} steps), SGD lr {config.learning_rate}{schedule}")
+
+
+def run_plain_method(make_model: Callable[[], keras.Model], splits,
+                     config: config_lib.HardenConfig, run_dir: str, strategy=None,
+                     verbose: int = 1, **extra_results):
+  """Hardens with a HardeningModel whose train_step needs no host-side driver (finetune,
+  adv_train, uap): builds it under the strategy, fits the configured budget, returns
+  (classifier, results)."""
+  strategy = strategy or tf.distribute.get_strategy()
+  keras.utils.set_random_seed(config.seed)
+  start = time.time()
+  num_train = len(splits.x_train)
+  model = build_hardening_model(strategy, make_model, config, num_train, splits.x_train[:1])
+  history, _ = fit_hardening(model, splits, config, run_dir, verbose=verbose)
+  steps = int(model.optimizer.iterations.numpy())
+  results = common_results(history, time.time() - start, steps, config, num_train,
+                           **extra_results)
+  return model, results
