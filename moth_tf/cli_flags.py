@@ -132,13 +132,13 @@ def define_flags():
                      "uap: signed-gradient ascent step of the perturbation per batch (default: "
                      "the data set's training PGD step size).")
   flags.DEFINE_float("pairwise_tol", None,
-                     "pairwise: relative growth below which a period counts as 'no growth' "
-                     "(default 0.05).", lower_bound=0.0, upper_bound=1.0)
+                     "pairwise: relative growth of a pair's two trigger sizes together below which "
+                     "a period counts as 'no growth' (default 0.05).", lower_bound=0.0, upper_bound=1.0)
   flags.DEFINE_integer("pairwise_patience", None,
-                       "pairwise: periods in a row without growth that end a pair (default 2).",
+                       "pairwise: periods in a row without growth that end a pair (default 10).",
                        lower_bound=1)
   flags.DEFINE_integer("pairwise_max_periods", None,
-                       "pairwise: most periods one pair gets (default 20).", lower_bound=1)
+                       "pairwise: most periods one pair gets (default 100).", lower_bound=1)
 
   # Portion 0 would generate every pair's triggers and never stamp them; HardenConfig rejects it
   # too, for library callers.

@@ -130,12 +130,12 @@ class HardenConfig:
   # training PGD budget, as adv_train).
   uap_epsilon: Optional[float] = None
   uap_step_size: Optional[float] = None
-  # pairwise: a pair is done when neither direction's period-average trigger size exceeded its
-  # largest earlier one by more than `pairwise_tol` (relative) for `pairwise_patience` periods in a
-  # row, or after `pairwise_max_periods` periods.
+  # pairwise: a pair is done when the sum of its two directions' period-average trigger sizes did
+  # not exceed its largest earlier value by more than `pairwise_tol` (relative) for
+  # `pairwise_patience` periods in a row, or after `pairwise_max_periods` periods.
   pairwise_tol: float = 0.05
-  pairwise_patience: int = 2
-  pairwise_max_periods: int = 20
+  pairwise_patience: int = 10
+  pairwise_max_periods: int = 100
   seed: int = 0
 
   def __post_init__(self):

@@ -6,11 +6,14 @@ period (both directions' triggers regenerated every step, warm-started from thei
 ones, `pair_steps` at `pair_cost` first and after a failure, `fast_steps` at `fast_cost` while both
 succeed; stamped on `portion` of each class's batch images; replay as configured).
 
-When a pair is done (the criterion): after every period, the period-average size of each direction
-is compared with the largest period average that direction reached before on this pair. The pair
-is done when, for `pairwise_patience` (2) periods in a row, neither direction exceeded it by more
-than `pairwise_tol` (5%) -- its two triggers stopped growing -- or after `pairwise_max_periods`
-(20) periods. Then the next pair starts; the run ends after the last pair.
+When a pair is done (the criterion): after every period, the pair's size -- the sum of its two
+directions' period-average trigger sizes -- is compared with the largest size the pair reached in
+an earlier period. The pair is done when, for `pairwise_patience` (10) periods in a row, it did
+not exceed that by more than `pairwise_tol` (5%) -- its two triggers stopped growing -- or after
+`pairwise_max_periods` (100) periods. Then the next pair starts; the run ends after the last pair.
+The sum, not each direction: on digits the two directions of a pair trade size back and forth
+from period to period (one grows while the other shrinks) while their sum keeps rising for tens of
+periods, and a per-direction test ends most pairs after a few periods of that noise.
 
 The budget is therefore whatever the sweep needs (`--harden_steps` does not apply); the learning
 rate ramps up as in MOTH and then stays constant, since the run's length is not known in advance.
@@ -28,14 +31,14 @@ class SweepScheduler:
 
   It has PairScheduler's interface (choose / update / state_dict / load_state_dict / count /
   reward), so MothHardener drives it unchanged, plus `finished`, which ends the fit. Its state fits
-  PairScheduler's arrays (so the same model variables checkpoint it): `size` holds the largest
-  period-average size each finished or current direction reached, `count` the periods each pair
+  PairScheduler's arrays (so the same model variables checkpoint it): `size` holds the two
+  directions' period-average sizes in the period where the pair's sum was largest, `count` the periods each pair
   got, `reward`'s diagonal the current pair's position in the order, its periods and its periods
   without growth (n >= 3; with n = 2 there is one pair and the position is implied by `finished`).
   """
 
-  def __init__(self, num_classes: int, tol: float = 0.05, patience: int = 2,
-               max_periods: int = 20, seed: int = 0):
+  def __init__(self, num_classes: int, tol: float = 0.05, patience: int = 10,
+               max_periods: int = 100, seed: int = 0):
     self.num_classes = n = int(num_classes)
     self.tol, self.patience, self.max_periods = float(tol), int(patience), int(max_periods)
     self.seed = int(seed)
@@ -66,10 +69,10 @@ class SweepScheduler:
     self.count[s, t] += 1
     self.count[t, s] += 1
     self.periods += 1
-    grew = any(value > self.size[a, b] * (1.0 + self.tol)
-               for value, (a, b) in ((size_st, (s, t)), (size_ts, (t, s))))
-    self.size[s, t] = max(self.size[s, t], size_st)
-    self.size[t, s] = max(self.size[t, s], size_ts)
+    best = self.size[s, t] + self.size[t, s]
+    if size_st + size_ts > best:  # `size` keeps the period with the largest pair size.
+      self.size[s, t], self.size[t, s] = size_st, size_ts
+    grew = size_st + size_ts > best * (1.0 + self.tol)
     self.stale = 0 if grew else self.stale + 1
     if self.stale >= self.patience or self.periods >= self.max_periods:
       self.position += 1
@@ -103,7 +106,8 @@ class SweepScheduler:
 def describe(config: config_lib.HardenConfig, num_train: int, pgd_settings=None) -> str:
   del pgd_settings, num_train
   return (f"Pairwise: every class pair once, in a shuffled order, periods of {config.period} steps "
-          f"until neither trigger grows by more than {config.pairwise_tol:.0%} for "
+          f"until its two trigger sizes together grow by no more than {config.pairwise_tol:.0%} "
+          f"for "
           f"{config.pairwise_patience} periods (at most {config.pairwise_max_periods}); batch "
           f"{config.batch_size}, SGD lr {config.learning_rate} (ramp {config.lr_warmup_steps} "
           f"steps, then constant), {config.portion:.0%} of each pair class stamped, replay "
