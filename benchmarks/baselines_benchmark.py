@@ -1,0 +1,231 @@
+"""Issue 9 benchmark: MOTH beside the baselines, one comparison table, through the command line.
+
+From one natural base model of the data set, every method is run with `--phase=harden
+--method=NAME` at the default budget (Pairwise at its own: one sweep over all pairs), then measured
+by the same evaluations as the base model: clean test accuracy, `--phase=robustness` (L-inf PGD on
+1,000 validation images with the data set's budget) and `--phase=distance --compare_to=<base run>`.
+The row `moth_adv` is MOTH in adversarial mode (`--mode=adv`) on the `adv_train` model: the
+paper's hardening of an adversarially trained model, with its own before/after.
+
+    python benchmarks/baselines_benchmark.py --dataset=digits
+    python benchmarks/baselines_benchmark.py --dataset=fashion_mnist \
+        --methods=finetune,adv_train,uap,universal,moth,moth_adv
+
+Distances: digits uses the command line's defaults (100 images per direction, 1,000 steps with
+early stop, 3 seeds); fashion_mnist uses flags/fashion_mnist.flags (30 images, 300 steps, early stop
+50, 1 seed). Steps already done (a run directory with a summary, a distance.json, a robustness
+entry) are reused unless --fresh, so an interrupted benchmark continues. The table is printed and
+written, with every figure, to benchmarks/results/baselines_<dataset>.json (and .md).
+
+Costs on the project's 2-core CPU (measured; see the README): digits about 45 minutes for every
+row (Pairwise about half of it), fashion_mnist without pairwise about 90 minutes.
+"""
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # pylint: disable=g-import-not-at-top
+
+ALL_METHODS = ("finetune", "adv_train", "uap", "universal", "pairwise", "moth", "moth_adv")
+DEFAULT_MODELS = {"digits": "lenet", "fashion_mnist": "small_cnn"}
+
+
+def distance_args(dataset):
+  """The distance flags of the data set's protocol."""
+  if dataset == "fashion_mnist":
+    return [f"--flagfile={os.path.join(common.REPO, 'flags', 'fashion_mnist.flags')}"]
+  return ["--seeds=3"]
+
+
+def read_json(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def robust_accuracy(output):
+  match = re.search(r"PGD robust accuracy: ([0-9.]+)", output)
+  return float(match.group(1)) if match else None
+
+
+class Bench:
+  """Runs and measures one data set's rows; every figure lands in `self.results`."""
+
+  def __init__(self, dataset, workdir, fresh, out_path):
+    self.dataset = dataset
+    self.model = DEFAULT_MODELS[dataset]
+    self.workdir = workdir
+    self.fresh = fresh
+    self.out_path = out_path
+    self.results = read_json(out_path) if os.path.exists(out_path) and not fresh else {}
+    self.results.setdefault("rows", {})
+    self.results["machine"] = common.machine_note()
+    self.results["dataset"] = dataset
+
+  def save(self):
+    os.makedirs(os.path.dirname(self.out_path), exist_ok=True)
+    with open(self.out_path + ".tmp", "w") as f:
+      json.dump(self.results, f, indent=1)
+    os.replace(self.out_path + ".tmp", self.out_path)
+
+  def cli(self, *args, workdir=None):
+    wall, out = common.run_cli(f"--dataset={self.dataset}", f"--model={self.model}", *args,
+                               workdir=workdir or self.workdir)
+    return wall, out
+
+  def run_dir(self, method, workdir=None):
+    return os.path.join(workdir or self.workdir, f"{self.dataset}_{self.model}_{method}")
+
+  def measure(self, label, method=None, model_path=None, workdir=None, compare_to=None):
+    """Distance (with enlargement vs compare_to) and robustness of a run or a model file."""
+    row = self.results["rows"].setdefault(label, {})
+    target = [f"--method={method}"] if method else [f"--model_path={model_path}"]
+    compare = [f"--compare_to={compare_to}"] if compare_to else []
+    if "distance" not in row:
+      wall, _ = self.cli("--phase=distance", *target, *distance_args(self.dataset), *compare,
+                         workdir=workdir)
+      out_dir = (self.run_dir(method, workdir) if method else os.path.join(
+          workdir, f"{self.dataset}_external_model"))
+      d = read_json(os.path.join(out_dir, "distance.json"))
+      row["distance"] = {"mean": d["mean"], "failures": len(d["failures"]),
+                         "seeds": d.get("seeds"), "cli_seconds": wall}
+      if "comparison" in d:
+        row["distance"]["enlargement_mean_relative"] = d["comparison"]["mean_relative_change"]
+        row["distance"]["enlargement_ratio_of_means"] = d["comparison"]["ratio_of_means"]
+      self.save()
+    if "robust_accuracy" not in row:
+      wall, out = self.cli("--phase=robustness", *target, workdir=workdir)
+      row["robust_accuracy"] = robust_accuracy(out)
+      row["robustness_cli_seconds"] = wall
+      self.save()
+    return row
+
+  def base(self):
+    start = time.time()
+    path = common.ensure_base_model(self.workdir, self.dataset, self.model)
+    row = self.results["rows"].setdefault("natural", {})
+    summary = read_json(os.path.join(self.run_dir("natural"), "summary.json"))
+    row["test_accuracy"] = summary["test_accuracy"]
+    row["train_seconds"] = summary.get("train", {}).get("wall_seconds")
+    self.measure("natural", method="natural")
+    print(f"base model {path}: {json.dumps(row)} ({time.time() - start:.0f} s)", flush=True)
+    return path
+
+  def method(self, name):
+    row = self.results["rows"].setdefault(name, {})
+    summary_path = os.path.join(self.run_dir(name), "summary.json")
+    if "harden" not in row:
+      wall, out = self.cli("--phase=harden", f"--method={name}")
+      summary = read_json(summary_path)
+      h = summary["harden"]
+      row.update(test_accuracy=h["test_accuracy_after"], harden={
+          "wall_seconds": h["wall_seconds"], "cli_seconds": wall, "steps": h["steps"],
+          "generation_seconds": h["generation_seconds"] + h["warmup_seconds"],
+          "test_accuracy_before": h["test_accuracy_before"],
+          **({"pairwise": {k: v for k, v in h["pairwise"].items() if k != "order"}}
+             if "pairwise" in h else {})})
+      self.save()
+    self.measure(name, method=name, compare_to=self.run_dir("natural"))
+    print(f"{name}: {json.dumps(row)}", flush=True)
+
+  def moth_adv(self):
+    """MOTH in adversarial mode on the adv_train model, in a workdir of its own."""
+    row = self.results["rows"].setdefault("moth_adv", {})
+    workdir = os.path.join(self.workdir, "moth_on_adv_train")
+    adv_model = os.path.join(self.run_dir("adv_train"), "model.keras")
+    out_dir = os.path.join(workdir, f"{self.dataset}_external_model_moth")
+    if "harden" not in row:
+      wall, _ = self.cli("--phase=harden", "--method=moth", "--mode=adv",
+                         f"--model_path={adv_model}", workdir=workdir)
+      h = read_json(os.path.join(out_dir, "summary.json"))["harden"]
+      row.update(test_accuracy=h["test_accuracy_after"], harden={
+          "wall_seconds": h["wall_seconds"], "cli_seconds": wall, "steps": h["steps"],
+          "generation_seconds": h["generation_seconds"] + h["warmup_seconds"],
+          "test_accuracy_before": h["test_accuracy_before"]})
+      self.save()
+    self.measure("moth_adv", model_path=os.path.join(out_dir, "model.keras"), workdir=workdir,
+                 compare_to=self.run_dir("natural"))
+    # Against its own starting point, the adv_train model.
+    base_distance = read_json(os.path.join(self.run_dir("adv_train"), "distance.json"))
+    after = read_json(os.path.join(workdir, f"{self.dataset}_external_model", "distance.json"))
+    row["vs_adv_train"] = {
+        "distance_before": base_distance["mean"], "distance_after": after["mean"],
+        "robust_accuracy_before": self.results["rows"]["adv_train"]["robust_accuracy"],
+        "robust_accuracy_after": row["robust_accuracy"]}
+    self.save()
+    print(f"moth_adv: {json.dumps(row)}", flush=True)
+
+
+def table(results) -> str:
+  """The comparison table as Markdown."""
+  rows = results["rows"]
+  moth_wall = rows.get("moth", {}).get("harden", {}).get("wall_seconds")
+  lines = ["| method | test acc | PGD robust acc | mean distance | enlargement (mean of per-pair) "
+           "| enlargement (ratio of means) | hardening steps | hardening wall (s) | time vs MOTH |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for name in ("natural",) + ALL_METHODS:
+    r = rows.get(name)
+    if not r or "distance" not in r:
+      continue
+    d, h = r["distance"], r.get("harden", {})
+    wall = h.get("wall_seconds")
+
+    def pct(key):
+      return f"{100 * d[key]:+.1f}%" if key in d else "-"
+    lines.append(
+        f"| {name} | {r.get('test_accuracy', float('nan')):.4f} | "
+        f"{r.get('robust_accuracy') if r.get('robust_accuracy') is not None else float('nan'):.4f}"
+        f" | {d['mean']:.3f} | {pct('enlargement_mean_relative')} | "
+        f"{pct('enlargement_ratio_of_means')} | {h.get('steps', '-')} | "
+        f"{f'{wall:.0f}' if wall else '-'} | "
+        f"{f'{wall / moth_wall:.2f}x' if wall and moth_wall else '-'} |")
+  adv = rows.get("moth_adv", {}).get("vs_adv_train")
+  if adv:
+    lines.append("")
+    lines.append(f"moth_adv against its starting point (the adv_train model): mean distance "
+                 f"{adv['distance_before']:.3f} -> {adv['distance_after']:.3f} "
+                 f"({100 * (adv['distance_after'] / adv['distance_before'] - 1):+.1f}%), PGD robust "
+                 f"accuracy {adv['robust_accuracy_before']:.4f} -> "
+                 f"{adv['robust_accuracy_after']:.4f}")
+  return "\n".join(lines)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--dataset", default="digits", choices=sorted(DEFAULT_MODELS))
+  parser.add_argument("--methods", default=",".join(ALL_METHODS))
+  parser.add_argument("--workdir", default=None)
+  parser.add_argument("--fresh", action="store_true",
+                      help="forget the JSON of an earlier run (run directories are reused)")
+  args = parser.parse_args()
+  workdir = args.workdir or os.path.join(common.REPO, "benchmarks", "results",
+                                         f"baselines_{args.dataset}")
+  out_path = os.path.join(common.REPO, "benchmarks", "results", f"baselines_{args.dataset}.json")
+  bench = Bench(args.dataset, workdir, args.fresh, out_path)
+  start = time.time()
+  bench.base()
+  for name in args.methods.split(","):
+    if name not in ALL_METHODS:
+      raise SystemExit(f"unknown method {name!r}; choose from {', '.join(ALL_METHODS)}")
+    if name == "moth_adv":
+      bench.moth_adv()
+    else:
+      bench.method(name)
+  bench.results["benchmark_seconds"] = bench.results.get("benchmark_seconds", 0) + (
+      time.time() - start)
+  bench.save()
+  text = table(bench.results)
+  with open(out_path[:-len(".json")] + ".md", "w") as f:
+    f.write(text + "\n")
+  print(text)
+  print(f"benchmark wall time this invocation: {time.time() - start:.0f} s; "
+        f"{bench.results['machine']}")
+
+
+if __name__ == "__main__":
+  main()
