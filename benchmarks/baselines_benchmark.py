@@ -119,13 +119,15 @@ class Bench:
     row = self.results["rows"].setdefault(name, {})
     summary_path = os.path.join(self.run_dir(name), "summary.json")
     if "harden" not in row:
-      wall, out = self.cli("--phase=harden", f"--method={name}")
+      # A finished run directory (a summary with its hardening entry) is reused, not redone.
+      reused = os.path.exists(summary_path) and "harden" in read_json(summary_path)
+      wall = None if reused else self.cli("--phase=harden", f"--method={name}")[0]
       summary = read_json(summary_path)
       h = summary["harden"]
       row.update(test_accuracy=h["test_accuracy_after"], harden={
           "wall_seconds": h["wall_seconds"], "cli_seconds": wall, "steps": h["steps"],
           "generation_seconds": h["generation_seconds"] + h["warmup_seconds"],
-          "test_accuracy_before": h["test_accuracy_before"],
+          "test_accuracy_before": h["test_accuracy_before"], "reused_run": reused,
           **({"pairwise": {k: v for k, v in h["pairwise"].items() if k != "order"}}
              if "pairwise" in h else {})})
       self.save()
