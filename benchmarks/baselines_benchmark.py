@@ -86,7 +86,8 @@ class Bench:
     target = [f"--method={method}"] if method else [f"--model_path={model_path}"]
     compare = [f"--compare_to={compare_to}"] if compare_to else []
     if "distance" not in row:
-      wall, _ = self.cli("--phase=distance", *target, *distance_args(self.dataset), *compare,
+      # The flagfile first: flags after it win (it sets --phase=pipeline).
+      wall, _ = self.cli(*distance_args(self.dataset), "--phase=distance", *target, *compare,
                          workdir=workdir)
       out_dir = (self.run_dir(method, workdir) if method else os.path.join(
           workdir, f"{self.dataset}_external_model"))
