@@ -10,7 +10,13 @@ import os
 import sys
 
 # Keep TensorFlow's C++ start-up chatter (CUDA probing, CPU feature notes) out of the user's terminal.
+# The log level silences what goes through TF's own logging; the filter, installed before anything
+# imports TensorFlow, drops the lines that ignore it (see moth_tf.stderr_filter).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if __name__ == "__main__":
+  from moth_tf import stderr_filter  # pylint: disable=g-import-not-at-top
+  if stderr_filter.wanted(sys.argv, os.environ):
+    stderr_filter.install()
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags

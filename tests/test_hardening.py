@@ -205,10 +205,13 @@ class _Interrupted(Exception):
   pass
 
 
-def test_resume_after_an_interruption(base, tmp_path, capsys, monkeypatch):
+def test_resume_after_an_interruption_equals_the_uninterrupted_run(base, tmp_path, capsys,
+                                                                   monkeypatch):
   splits, model, _, _ = base
   config = dataclasses.replace(_TINY, epochs=3, batch_size=64)  # 20 steps per epoch.
   spe = math.ceil(len(splits.x_train) / config.batch_size)
+  whole, whole_results = moth.harden(_copy_factory(model), splits, config,
+                                     str(tmp_path / "whole"), verbose=0)
   run_dir = str(tmp_path / "moth")
 
   def interrupt(self, epoch, logs=None):
@@ -237,15 +240,24 @@ def test_resume_after_an_interruption(base, tmp_path, capsys, monkeypatch):
   # The optimizer step (which seeds the stamping) continues from the checkpoint.
   assert iterations == list(range(spe + 1, 3 * spe + 1))
   assert f"resumed at step {spe}" in out
-  assert "MOTH warm-up" not in out and results["warmup_seconds"] == 0  # Not redone.
+  assert "MOTH warm-up" not in out  # Not redone, but its time is still counted.
+  assert results["warmup_seconds"] > 0
   assert results["steps"] == 3 * spe == 60
   assert not os.path.exists(backup)
-  # The scheduler state came back from the checkpoint: epoch 1 started 4 periods (steps 10, 13,
-  # 16, 19); the resumed run starts a fresh period at step 20, then 14 periods up to step 59. A
-  # scheduler that was not restored would count only those 14.
-  count = np.asarray(results["pair_count"])
-  assert count.sum() == 2 * (4 + 14)
+  # The counters cover the whole run, and the run continued the period it was interrupted in
+  # (epoch 1 ends inside the period that started at step 19), so they equal the uninterrupted
+  # run's: 17 periods (steps 10, 13, ..., 58), one generation per step after the warm-up.
+  assert results["events"] == whole_results["events"]
+  assert results["events"]["generations"] == 60 - splits.num_classes
+  np.testing.assert_array_equal(results["pair_count"], whole_results["pair_count"])
+  assert np.asarray(results["pair_count"]).sum() == 2 * 17
+  # The time of the first process's completed epoch is in the total.
+  assert results["wall_seconds"] > results["warmup_seconds"] + results["generation_seconds"] - 1e-6
+  # Same batches, same triggers, same optimizer state: the same model.
+  for a, b in zip(whole.get_weights(), classifier.get_weights()):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
   accuracy = evaluation.accuracy(classifier, splits.x_test, splits.y_test)
+  assert accuracy == evaluation.accuracy(whole, splits.x_test, splits.y_test)
   assert accuracy > 0.8
 
 

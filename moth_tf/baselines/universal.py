@@ -36,8 +36,6 @@ class UniversalHardener(moth.MothHardener):
         model.classifier, engine.InversionSettings(
             steps=config.pair_steps, asr_bound=config.pair_asr, init_cost=config.pair_cost,
             chunk_steps=max(config.pair_steps, config.fast_steps)))
-    self.failed = False
-    self.target_count = np.zeros(self.n, np.int64)
 
   def target_of_step(self, step: int) -> int:
     """The class whose universal trigger training step `step` (after the warm-up) hardens."""
@@ -50,8 +48,7 @@ class UniversalHardener(moth.MothHardener):
     g = self.target_of_step(self.step)
     if self.period_pos == 0:
       steps, cost, mode = cfg.pair_steps, cfg.pair_cost, "start"
-      self.target_count[g] += 1
-    elif self.failed:
+    elif self.fails.any():  # The last generation failed (checkpointed with the period).
       steps, cost, mode = cfg.pair_steps, cfg.pair_cost, "rollback"
       self.events["rollback"] += 1
     else:
@@ -66,8 +63,9 @@ class UniversalHardener(moth.MothHardener):
         [images], [g], [distance.stable_seed(cfg.seed, self.step, 5)], init_cost=cost,
         steps=steps, init_mask=init_mask[None], init_pattern=init_pattern[None])
     self.events["generations"] += 1
-    self.failed = not bool(result.success[0])
-    if self.failed:
+    failed = not bool(result.success[0])
+    self.fails[:] = int(failed)
+    if failed:
       self.events["failed_directions"] += 1
     else:
       if self.universal_masks is None:
@@ -87,6 +85,7 @@ class UniversalHardener(moth.MothHardener):
       self.model.set_warmup(g, self.universal_masks[g], self.universal_patterns[g])
     else:
       self.model.set_warmup(None)
+    self.pair = (g, g)  # Marks a period in progress for the checkpoint (MothHardener.save_state).
     self.period_pos = (self.period_pos + 1) % cfg.period
     self.generation_seconds += time.time() - start
     if self.writer is not None:
@@ -96,10 +95,13 @@ class UniversalHardener(moth.MothHardener):
         tf.summary.scalar("universal/target", g, step=self.step)
         tf.summary.scalar("universal/trigger_size", size, step=self.step)
         tf.summary.scalar("universal/fast_mode", float(mode == "fast"), step=self.step)
-        tf.summary.scalar("universal/generation_failed", float(self.failed), step=self.step)
+        tf.summary.scalar("universal/generation_failed", float(failed), step=self.step)
 
   def extra_results(self) -> dict:
-    return {"target_periods": self.target_count.tolist()}
+    # Periods started per target class (they follow from the step count: round robin).
+    post = max(self.step - self.warmup_length, 0)
+    periods = -(-post // self.config.period)
+    return {"target_periods": [len(range(g, periods, self.n)) for g in range(self.n)]}
 
 
 def describe(config: config_lib.HardenConfig, num_train: int, pgd_settings=None) -> str:

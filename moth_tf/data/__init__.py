@@ -105,7 +105,7 @@ def augmentation_layers(seed: Optional[int] = None):
 
 def make_pipeline(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool = False,
                   augment: bool = False, seed: Optional[int] = 0, repeat: bool = False,
-                  drop_remainder: bool = False):
+                  drop_remainder: bool = False, skip_batches: int = 0):
   """A `tf.data` pipeline of (image, label) batches.
 
   Args:
@@ -116,6 +116,7 @@ def make_pipeline(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool =
     seed: shuffle/augmentation seed.
     repeat: repeat forever (for step-counted training).
     drop_remainder: drop the last partial batch.
+    skip_batches: start after this many batches of the stream (a resumed run's finished epochs).
   """
   import tensorflow as tf
   ds = tf.data.Dataset.from_tensor_slices((x, y))
@@ -124,6 +125,8 @@ def make_pipeline(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool =
   if repeat:
     ds = ds.repeat()
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+  if skip_batches:
+    ds = ds.skip(skip_batches)
   if augment:
     layers = augmentation_layers(seed)
     ds = ds.map(lambda a, b: (layers(a, training=True), b), num_parallel_calls=tf.data.AUTOTUNE)

@@ -65,9 +65,50 @@ def build_hardening_model(strategy, make_model: Callable[[], keras.Model],
   return model
 
 
+class RunClock(keras.callbacks.Callback):
+  """Keeps the run's wall time across restarts in the model's `elapsed_seconds` variable.
+
+  At every epoch end (before BackupAndRestore saves) it stores the earlier processes' seconds plus
+  this process's since `start`; the first batch reads back what a resume restored. A killed
+  process's unfinished epoch is redone and counted once, like its steps.
+  """
+
+  def __init__(self, start: float):
+    super().__init__()
+    self.start = start
+    self.earlier_seconds = 0.0
+    self._read = False
+
+  def on_train_batch_begin(self, batch, logs=None):
+    if not self._read:  # BackupAndRestore restores in on_train_begin, before the first batch.
+      self.earlier_seconds = float(self.model.elapsed_seconds.numpy())
+      self._read = True
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.model.elapsed_seconds.assign(self.total_seconds())
+
+  def total_seconds(self) -> float:
+    return self.earlier_seconds + time.time() - self.start
+
+
+def resume_epoch(run_dir: str) -> int:
+  """The epoch a run resumes at: what BackupAndRestore's metadata in `backup_harden/` says (0 for
+  a fresh run)."""
+  import json
+  path = os.path.join(run_dir, "backup_harden", "training_metadata.json")
+  if not os.path.exists(path):
+    return 0
+  try:
+    with open(path) as f:
+      return int(json.load(f).get("epoch", 0))
+  except (OSError, ValueError):
+    return 0  # Keras itself decides what to do with a damaged backup.
+
+
 def fit_hardening(model, splits, config: config_lib.HardenConfig, run_dir: str,
                   driver_callbacks: Sequence[keras.callbacks.Callback] = (),
-                  epochs: Optional[int] = None, verbose: int = 1, what: str = "hardening"):
+                  epochs: Optional[int] = None, verbose: int = 1, what: str = "hardening",
+                  start: Optional[float] = None):
   """Runs `model.fit` for a hardening method and checks that it did not diverge.
 
   Args:
@@ -82,9 +123,10 @@ def fit_hardening(model, splits, config: config_lib.HardenConfig, run_dir: str,
       by setting `model.stop_training`.
     verbose: Keras progress-bar verbosity.
     what: the name used in a divergence error.
+    start: when this process started the run (default: now); the wall time counts from it.
 
   Returns:
-    (history, wall seconds of the fit).
+    (history, wall seconds of the whole run: earlier processes' completed epochs and this one).
 
   Raises:
     NonFiniteTrainingError: the loss or the classifier's weights became NaN or infinite (the
@@ -94,23 +136,28 @@ def fit_hardening(model, splits, config: config_lib.HardenConfig, run_dir: str,
   from moth_tf import rundir
   from moth_tf import training
 
-  start = time.time()
+  clock = RunClock(start or time.time())
+  steps_per_epoch = config.steps_per_epoch_for(len(splits.x_train))
+  # A resumed run continues the uninterrupted run's stream of batches: the seeded shuffle is
+  # replayed and the batches of the finished epochs skipped. (Random augmentation, for the data
+  # sets that have it, draws anew.)
   train_ds = data_lib.make_pipeline(splits.x_train, splits.y_train, config.batch_size,
                                     shuffle=True, augment=splits.info.augment, seed=config.seed,
-                                    repeat=True)
+                                    repeat=True,
+                                    skip_batches=resume_epoch(run_dir) * steps_per_epoch)
   val_ds = data_lib.make_pipeline(splits.x_val, splits.y_val, 512)
-  callbacks = list(driver_callbacks) + [
+  callbacks = list(driver_callbacks) + [clock,
       keras.callbacks.TerminateOnNaN(),  # No point in running the epochs after a divergence.
       keras.callbacks.TensorBoard(rundir.logs_dir(run_dir, "harden")),
       keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup_harden")),
   ]
   history = model.fit(train_ds, epochs=epochs or config.epochs_for(len(splits.x_train)),
-                      steps_per_epoch=config.steps_per_epoch_for(len(splits.x_train)),
+                      steps_per_epoch=steps_per_epoch,
                       validation_data=val_ds, callbacks=callbacks, verbose=verbose,
                       shuffle=False)  # The pipeline shuffles.
   training.check_finite_training(history, model.classifier, what, "--harden_learning_rate",
                                  config.learning_rate)
-  return history, time.time() - start
+  return history, clock.total_seconds()
 
 
 def common_results(history, wall_seconds: float, steps: int, config: config_lib.HardenConfig,
@@ -155,8 +202,7 @@ def run_plain_method(make_model: Callable[[], keras.Model], splits,
   start = time.time()
   num_train = len(splits.x_train)
   model = build_hardening_model(strategy, make_model, config, num_train, splits.x_train[:1])
-  history, _ = fit_hardening(model, splits, config, run_dir, verbose=verbose)
+  history, wall = fit_hardening(model, splits, config, run_dir, verbose=verbose, start=start)
   steps = int(model.optimizer.iterations.numpy())
-  results = common_results(history, time.time() - start, steps, config, num_train,
-                           **extra_results)
+  results = common_results(history, wall, steps, config, num_train, **extra_results)
   return model, results

@@ -66,6 +66,10 @@ class HardeningModel(keras.Model):
     self.image_shape = tuple(classifier.input_shape[1:])
     self.tracker_name = tracker_name
     self.perturbed_tracker = keras.metrics.Mean(name=tracker_name)
+    # Wall seconds of the run's earlier processes (a resumed run adds its own): checkpointed by
+    # BackupAndRestore like the weights (see moth_tf.hardening.fitting.RunClock).
+    self.elapsed_seconds = self.add_weight(name="elapsed_seconds", shape=(), dtype="float32",
+                                           trainable=False, initializer="zeros")
 
   def call(self, inputs, training=False):
     return self.classifier(inputs, training=training)
@@ -125,6 +129,10 @@ class HardeningModel(keras.Model):
     return cls(**config)
 
 
+# Longest period whose progress a checkpoint keeps (longer ones restart their period on resume).
+MAX_CHECKPOINTED_PERIOD = 64
+
+
 @keras.saving.register_keras_serializable(package="moth_tf")
 class StampingModel(HardeningModel):
   """Wraps a classifier; `train_step` stamps the current MOTH triggers into the batch.
@@ -181,6 +189,11 @@ class StampingModel(HardeningModel):
     self.sched_choices = state("sched_choices", (), "int32")
     self.global_step = state("global_step", (), "int32")
     self.initialized = state("initialized", (), "int32")
+    # The driver's counters and the current period's progress (moth_tf.hardening.moth
+    # DRIVER_STATE_FIELDS), and the trigger sizes of the period's steps so far, so that a resumed
+    # run continues the period it was in and reports the counters of the whole run.
+    self.driver_state = state("driver_state", (16,))
+    self.period_sizes = state("period_sizes", (MAX_CHECKPOINTED_PERIOD, 2))
 
   def stamp_batch(self, x, y, seed):
     """Returns (stamped x, number of stamped images) for one (per-replica) batch; labels unchanged."""

@@ -64,6 +64,12 @@ from moth_tf.triggers import engine
 from moth_tf.triggers import params
 
 
+# What StampingModel.driver_state holds (indices), checkpointed at every epoch end.
+DRIVER_STATE_FIELDS = ("fast", "rollback", "failed_directions", "generations",
+                       "generation_seconds", "warmup_seconds", "period_pos", "in_period",
+                       "failed_last", "period_steps_done")
+
+
 class MothHardener:
   """Host-side state of one MOTH run: trigger store, scheduler, period bookkeeping, timing."""
 
@@ -319,6 +325,21 @@ class MothHardener:
     m.sched_choices.assign(int(state["num_choices"]))
     m.global_step.assign(self.step)
     m.initialized.assign(1)
+    # Counters and the period in progress (the pair and its current triggers are in pair_classes,
+    # pair_masks and pair_patterns already: the step stamped them).
+    values = dict(self.events, generation_seconds=self.generation_seconds,
+                  warmup_seconds=self.warmup_seconds, period_pos=self.period_pos,
+                  in_period=float(self.pair is not None and self.period_pos > 0),
+                  failed_last=float(self.fails.any()),
+                  period_steps_done=len(self.period_sizes))
+    vector = np.zeros(m.driver_state.shape, np.float32)
+    vector[:len(DRIVER_STATE_FIELDS)] = [values[k] for k in DRIVER_STATE_FIELDS]
+    m.driver_state.assign(vector)
+    sizes = np.zeros(m.period_sizes.shape, np.float32)
+    done = self.period_sizes[:len(sizes)]
+    if done:
+      sizes[:len(done)] = np.asarray(done, np.float32)
+    m.period_sizes.assign(sizes)
 
   def load_state(self):
     """Restores the host state from the model's variables (after BackupAndRestore loaded them)."""
@@ -342,6 +363,19 @@ class MothHardener:
     self.universal_patterns = np.stack(
         [self.store_patterns[(t + 1) % self.n, t, 0] for t in range(self.n)])
     self._period_reset()
+    values = dict(zip(DRIVER_STATE_FIELDS, m.driver_state.numpy().tolist()))
+    self.events = {k: int(values[k]) for k in self.events}
+    self.generation_seconds = values["generation_seconds"]
+    self.warmup_seconds = values["warmup_seconds"]
+    done = int(values["period_steps_done"])
+    if values["in_period"] and done <= m.period_sizes.shape[0]:
+      # Continue the period the checkpoint was taken in, as the uninterrupted run does.
+      self.period_pos = int(values["period_pos"])
+      self.pair = tuple(int(c) for c in m.pair_classes.numpy())
+      self.cur_masks = m.pair_masks.numpy()[..., 0]
+      self.cur_patterns = m.pair_patterns.numpy()
+      self.fails[:] = int(values["failed_last"])
+      self.period_sizes = [row.astype(np.float64) for row in m.period_sizes.numpy()[:done]]
     if self.verbose:
       print(f"MOTH: resumed at step {self.step} from the backup checkpoint", flush=True)
 
@@ -444,11 +478,12 @@ def harden(classifier_factory: Callable[[], keras.Model], splits,
   hardener = (hardener_class or MothHardener)(
       stamping, splits.x_train, splits.y_train, config, writer=writer, verbose=bool(verbose),
       **(hardener_kwargs or {}))
-  history, _ = fitting.fit_hardening(stamping, splits, config, run_dir, [MothCallback(hardener)],
-                                     epochs=epochs, verbose=verbose)
+  history, wall = fitting.fit_hardening(stamping, splits, config, run_dir,
+                                        [MothCallback(hardener)], epochs=epochs, verbose=verbose,
+                                        start=start)
   writer.flush()
   results = fitting.common_results(
-      history, time.time() - start, hardener.step, config, num_train,
+      history, wall, hardener.step, config, num_train,
       epochs=-(-hardener.step // config.steps_per_epoch_for(num_train)),
       warmup_seconds=hardener.warmup_seconds, generation_seconds=hardener.generation_seconds,
       events=dict(hardener.events), **hardener.extra_results())
