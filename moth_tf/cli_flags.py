@@ -40,6 +40,9 @@ def define_flags():
                       "file or a TF SavedModel directory. It is never modified.")
   flags.DEFINE_bool("unsafe_load", False,
                     "Load .keras files that need safe_mode=False (only for files you trust).")
+  flags.DEFINE_bool("overwrite", False,
+                    "Replace a finished run directory (one with a model.keras) of --phase=train, "
+                    "harden or pipeline instead of refusing. An interrupted run always resumes.")
   flags.DEFINE_enum("strategy", "default", list(config_lib.STRATEGIES),
                     "tf.distribute strategy for training and hardening.")
   flags.DEFINE_integer("cpu_devices", None,

@@ -237,6 +237,8 @@ class RunConfig:
   workdir: str = DEFAULT_WORKDIR
   model_path: Optional[str] = None  # A user model (.keras or SavedModel dir) instead of the run's.
   unsafe_load: bool = False
+  # Replace a finished run directory (train, harden) instead of refusing.
+  overwrite: bool = False
   strategy: str = "default"
   seed: int = 0
   data: DataConfig = DataConfig()

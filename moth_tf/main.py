@@ -75,6 +75,7 @@ def config_from_flags(flag_values) -> config_lib.RunConfig:
       workdir=flag_values.workdir,
       model_path=flag_values.model_path,
       unsafe_load=flag_values.unsafe_load,
+      overwrite=flag_values.overwrite,
       strategy=flag_values.strategy,
       seed=flag_values.seed,
       data=config_lib.DataConfig(dataset=dataset, data_dir=flag_values.data_dir,

@@ -78,6 +78,8 @@ def run_train(config: config_lib.RunConfig, command_line=()):
 
   splits = load_splits(config)
   run_dir = config.run_dir("natural")
+  rundir.check_not_finished(run_dir, config.overwrite, "trained", training.BACKUP_DIR)
+  rundir.check_writable(run_dir)
   strategy = distribute.get_strategy(config.strategy)
   print(f"Training {config.model} on {config.data.dataset} ({len(splits.x_train)} train / "
         f"{len(splits.x_val)} val / {len(splits.x_test)} test images) into {run_dir}")
@@ -278,6 +280,8 @@ def run_harden(config: config_lib.RunConfig, command_line=()):
   if os.path.abspath(out_dir) == os.path.abspath(os.path.dirname(base_path)):
     raise ValueError(f"the hardened model would overwrite its input {base_path}; choose another "
                      "--workdir")
+  rundir.check_not_finished(out_dir, config.overwrite, "hardened", "backup_harden")
+  rundir.check_writable(out_dir)
   acc_before = evaluation.accuracy(base_model, splits.x_test, splits.y_test)
   del base_model
   p = splits.info.train_pgd
@@ -306,6 +310,9 @@ def run_pipeline(config: config_lib.RunConfig, command_line=()):
   """The whole job: train the base model if missing, measure distance, harden with `--method`,
   measure again."""
   times = {}
+  # Refuse before the first stage rather than after the distance measurement.
+  rundir.check_not_finished(dataclasses.replace(config, model_path=None).run_dir(),
+                            config.overwrite, "hardened", "backup_harden")
   natural = dataclasses.replace(config, method="natural", model_path=None)
   base_dir = natural.run_dir()
   start = time.time()

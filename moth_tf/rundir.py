@@ -54,14 +54,73 @@ def _to_jsonable(value):
   return value
 
 
+class OutputNotWritableError(ValueError):
+  """A run directory cannot be written (read-only, no permission); nothing there was changed."""
+
+
+class FinishedRunError(ValueError):
+  """The run directory already holds a finished run and --overwrite was not given."""
+
+
+def _not_writable(directory: str, error: OSError) -> OutputNotWritableError:
+  reason = error.strerror or str(error)
+  return OutputNotWritableError(f"cannot write to {directory} ({reason}); choose a writable "
+                                "--workdir (nothing there was changed)")
+
+
+def _temporary_file(directory: str, prefix: str, suffix: str) -> str:
+  try:
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=directory)
+  except OSError as e:
+    raise _not_writable(directory, e) from None
+  os.close(fd)
+  return tmp
+
+
+def check_writable(run_dir: str):
+  """Raises OutputNotWritableError unless files can be created in `run_dir` (made if missing).
+
+  Called before long work, so a read-only output fails in a second, not after the training.
+  """
+  os.remove(_temporary_file(run_dir, ".write_check.", ".tmp"))
+
+
+def check_not_finished(run_dir: str, overwrite: bool, what: str, backup_name: str):
+  """Refuses to replace a finished run unless `overwrite`.
+
+  A run directory with a model.keras and no resumable backup (`backup_name`, which Keras deletes
+  when a fit completes) is finished; one with a backup is an interrupted re-run and resumes.
+
+  Args:
+    run_dir: the run directory about to be written.
+    overwrite: the user's --overwrite.
+    what: "trained" or "hardened", for the message.
+    backup_name: "backup_train" or "backup_harden".
+  """
+  finished = (os.path.exists(model_path(run_dir)) and
+              not os.path.exists(os.path.join(run_dir, backup_name)))
+  if finished and not overwrite:
+    accuracy = ""
+    summary_file = os.path.join(run_dir, SUMMARY_FILE)
+    if os.path.exists(summary_file):
+      try:
+        value = read_json(summary_file).get("test_accuracy")
+        accuracy = f", test accuracy {value:.4f}" if isinstance(value, float) else ""
+      except (OSError, ValueError):
+        pass
+    raise FinishedRunError(f"{run_dir} already holds a finished {what} model (model.keras"
+                           f"{accuracy}); pass --overwrite to replace it, or another --workdir")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str, suffix: str = ""):
-  """Yields a temporary path next to `path`; on success it replaces `path` in one rename."""
+  """Yields a temporary path next to `path`; on success it replaces `path` in one rename.
+
+  Raises OutputNotWritableError (and leaves `path` as it was) when the folder is not writable.
+  """
   directory = os.path.dirname(os.path.abspath(path)) or "."
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp" + suffix,
-                             dir=directory)
-  os.close(fd)
+  tmp = _temporary_file(directory, "." + os.path.basename(path) + ".", ".tmp" + suffix)
   try:
     yield tmp
     os.replace(tmp, path)

@@ -33,6 +33,10 @@ RECIPES: Dict[str, config_lib.TrainConfig] = {
 }
 
 
+# The resumable backup of an unfinished training run (Keras deletes it when the fit completes).
+BACKUP_DIR = "backup"
+
+
 class NonFiniteTrainingError(RuntimeError):
   """Training or hardening diverged (a NaN or infinite loss or weight); no model was saved."""
 
@@ -127,7 +131,7 @@ def train_natural(model_name: str, splits: data_lib.DatasetSplits,
       keras.callbacks.TerminateOnNaN(),  # No point in running the epochs after a divergence.
       keras.callbacks.TensorBoard(rundir.logs_dir(run_dir, "train"), update_freq="epoch"),
       _FiniteCheckpoint(os.path.join(run_dir, "checkpoints", "last.keras")),
-      keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup")),
+      keras.callbacks.BackupAndRestore(os.path.join(run_dir, BACKUP_DIR)),
   ]
   history = model.fit(train_ds, validation_data=val_ds, epochs=recipe.epochs, callbacks=callbacks,
                       verbose=verbose, shuffle=False)  # The pipeline shuffles.

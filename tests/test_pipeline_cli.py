@@ -187,10 +187,24 @@ def test_pipeline_runs_every_stage_and_prints_the_summary(tmp_path, capsys):
                     table["mean class distance"])
   assert match and float(match.group(1)) == pytest.approx(before["mean"], abs=5e-4)
   assert float(match.group(2)) == pytest.approx(moth_distance["mean"], abs=5e-4)
-  # Run again: the base model is unchanged, so its distance is reused, not re-measured.
+  # Run again: a finished hardened run is not replaced without --overwrite (refused before any
+  # stage ran, nothing changed) ...
+  moth_model = os.path.join(moth_dir, "model.keras")
+  moth_hash = _sha256(moth_model)
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as exit_info:
+    run_cli(*pipeline_flags)
+  assert exit_info.value.code == 1
+  captured = capsys.readouterr()
+  assert captured.err.strip() == (
+      f"moth_tf: error: {moth_dir} already holds a finished hardened model (model.keras, test "
+      f"accuracy {summary['test_accuracy']:.4f}); pass --overwrite to replace it, or another "
+      "--workdir")
+  assert "[1/4]" not in captured.out and _sha256(moth_model) == moth_hash
+  # ... with it, the base model is unchanged, so its distance is reused, not re-measured.
   base_distance = os.path.join(natural_dir, "distance.json")
   base_hash = _sha256(base_distance)
-  run_cli(*pipeline_flags)
+  run_cli(*pipeline_flags, "--overwrite")
   out = capsys.readouterr().out
   assert "[1/4] base model found" in out
   assert "[2/4] class distance of the base model: reusing" in out
