@@ -60,7 +60,10 @@ def describe(config: config_lib.HardenConfig, num_train: int, pgd_settings) -> s
 def harden(classifier_factory, splits, config: config_lib.HardenConfig, run_dir: str,
            strategy=None, verbose: int = 1, pgd_settings=None):
   """Adversarially trains a copy of the classifier; returns (classifier, results)."""
-  settings = tuple(pgd_settings or splits.info.train_pgd)
+  # DatasetInfo.train_pgd is a PGDSettings dataclass, which tuple() cannot unpack: spell it out
+  # (harden() without pgd_settings used to raise TypeError; the CLI always passes a tuple).
+  p = splits.info.train_pgd
+  settings = tuple(pgd_settings or (p.epsilon, p.steps, p.step_size))
   model, results = fitting.run_plain_method(
       lambda: AdversarialTrainingModel(classifier_factory(), splits.num_classes, settings,
                                        config.adv_mix),

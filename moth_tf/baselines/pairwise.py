@@ -33,8 +33,9 @@ class SweepScheduler:
   reward), so MothHardener drives it unchanged, plus `finished`, which ends the fit. Its state fits
   PairScheduler's arrays (so the same model variables checkpoint it): `size` holds the two
   directions' period-average sizes in the period where the pair's sum was largest, `count` the periods each pair
-  got, `reward`'s diagonal the current pair's position in the order, its periods and its periods
-  without growth (n >= 3; with n = 2 there is one pair and the position is implied by `finished`).
+  got, and `reward` (unused by the sweep) the current pair's position in the order, its periods
+  and its periods without growth: on the diagonal, or with n = 2 (a 2 x 2 matrix) in [0, 0], [1, 1]
+  and [0, 1].
   """
 
   def __init__(self, num_classes: int, tol: float = 0.05, patience: int = 10,
@@ -79,10 +80,19 @@ class SweepScheduler:
       self.periods = self.stale = 0
       self.finished = self.position >= len(self.order)
 
+  def _state_slots(self):
+    """Where `reward` holds (position, periods, stale) in the checkpointed state.
+
+    n = 2 used to keep none of the three and to restore the position as 1 (finished) once the only
+    pair had a period: a two-class run interrupted in the middle of its pair resumed as finished
+    and ended after one step. A 2 x 2 `reward` has room for all three off the diagonal too.
+    """
+    return ((0, 0), (1, 1), (2, 2)) if self.num_classes >= 3 else ((0, 0), (1, 1), (0, 1))
+
   def state_dict(self):
     reward = self.reward.copy()
-    if self.num_classes >= 3:
-      reward[0, 0], reward[1, 1], reward[2, 2] = self.position, self.periods, self.stale
+    for slot, value in zip(self._state_slots(), (self.position, self.periods, self.stale)):
+      reward[slot] = value
     return {"prior": self.prior.copy(), "size": self.size.copy(), "reward": reward,
             "count": self.count.copy(), "num_choices": np.array(self.num_choices, np.int64),
             "seed": np.array(self.seed, np.int64)}
@@ -91,10 +101,7 @@ class SweepScheduler:
     self.size = np.array(state["size"], np.float64)
     self.count = np.array(state["count"], np.float64)
     reward = np.array(state["reward"], np.float64)
-    if self.num_classes >= 3:
-      self.position, self.periods, self.stale = (int(reward[i, i]) for i in range(3))
-    else:
-      self.position = int(self.count[0, 1] > 0 and self.size[0, 1] > 0)
+    self.position, self.periods, self.stale = (int(reward[slot]) for slot in self._state_slots())
     self.num_choices = int(state["num_choices"])
     self.finished = self.position >= len(self.order)
 

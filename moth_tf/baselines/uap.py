@@ -82,7 +82,10 @@ def describe(config: config_lib.HardenConfig, num_train: int, pgd_settings) -> s
 def harden(classifier_factory, splits, config: config_lib.HardenConfig, run_dir: str,
            strategy=None, verbose: int = 1, pgd_settings=None):
   """UAP-trains a copy of the classifier; returns (classifier, results)."""
-  eps, step = budget(config, pgd_settings or splits.info.train_pgd)
+  # The data set's PGDSettings dataclass does not unpack as a tuple: spell it out (harden() without
+  # pgd_settings used to raise TypeError; the CLI always passes a tuple).
+  p = splits.info.train_pgd
+  eps, step = budget(config, pgd_settings or (p.epsilon, p.steps, p.step_size))
   model, results = fitting.run_plain_method(
       lambda: UniversalPerturbationModel(classifier_factory(), splits.num_classes, eps, step),
       splits, config, run_dir, strategy, verbose)
