@@ -4,7 +4,14 @@ The phases (moth_tf.phases) compute and record; the wording and layout of what a
 here, so every hardening method reports through the same lines.
 """
 
+import sys
+
 from moth_tf import distance
+
+
+def print_warning(text: str):
+  """A warning the user must see (one line on stderr, before the work it is about)."""
+  print(f"WARNING: {text}", file=sys.stderr, flush=True)
 
 
 def print_harden_start(method: str, base_path: str, out_dir: str, description: str):

@@ -47,8 +47,9 @@ def make_run_command(config: config_lib.RunConfig, phase: str) -> str:
 
 
 def load_run_model(config: config_lib.RunConfig, method=None):
-  """The model a phase acts on: --model_path if given, else the run directory's model.keras."""
-  path = config.model_path or rundir.model_path(config.run_dir(method))
+  """The model a phase acts on: --model_path if given, else the run directory's model (model.keras,
+  or saved_model/ for a run that hardened a SavedModel input)."""
+  path = config.model_path or rundir.find_model(config.run_dir(method))
   if not config.model_path and not os.path.exists(path):
     method = method or config.method
     phase = "train" if method == "natural" else "harden"
@@ -208,7 +209,7 @@ def measure_and_record(model, splits, config: config_lib.RunConfig, out_dir: str
       model, x, y, splits.num_classes, inversion_settings(dist), seeds, samples=dist.samples,
       pairs=pairs, batch_directions=dist.batch_directions, split_name=split, verbose=verbose)
   payload = result.to_json()
-  model_file = config.model_path or rundir.model_path(config.run_dir())
+  model_file = config.model_path or rundir.find_model(config.run_dir())
   payload.update(dataset=config.data.dataset, model=config.model, model_path=model_file)
   if os.path.isfile(model_file):
     payload["fingerprint"] = distance_fingerprint(config, model_file)
@@ -283,6 +284,9 @@ def run_harden(config: config_lib.RunConfig, command_line=()):
   rundir.check_not_finished(out_dir, config.overwrite, "hardened", "backup_harden")
   rundir.check_writable(out_dir)
   acc_before = evaluation.accuracy(base_model, splits.x_test, splits.y_test)
+  # A SavedModel without a training endpoint trains in inference mode; the method prints the
+  # warning before it trains (moth_tf.hardening.fitting) and summary.json records it.
+  model_input = model_io.describe_input(base_model, base_path)
   del base_model
   p = splits.info.train_pgd
   pgd_settings = (p.epsilon, p.steps, p.step_size)
@@ -293,15 +297,15 @@ def run_harden(config: config_lib.RunConfig, command_line=()):
       lambda: model_io.load_model(base_path, unsafe_load=config.unsafe_load), splits,
       config.harden, out_dir, strategy=strategy, pgd_settings=pgd_settings)
   acc_after = evaluation.accuracy(classifier, splits.x_test, splits.y_test)
-  model_io.save_model(classifier, out_dir)
+  saved_path = model_io.save_model(classifier, out_dir)
   rundir.update_summary(
       out_dir, dataset=config.data.dataset, model=config.model, method=config.method,
-      base_model=base_path, test_accuracy=acc_after,
+      base_model=base_path, hardened_model=saved_path, test_accuracy=acc_after,
       harden={**results, "method": config.method, "test_accuracy_before": acc_before,
               "test_accuracy_after": acc_after, "strategy": config.strategy,
-              "replicas": strategy.num_replicas_in_sync},
+              "replicas": strategy.num_replicas_in_sync, "model_input": model_input},
       flags=list(command_line), config=config.to_dict())
-  console.print_harden_end(acc_before, acc_after, results, rundir.model_path(out_dir))
+  console.print_harden_end(acc_before, acc_after, results, saved_path)
   return {"test_accuracy_before": acc_before, "test_accuracy_after": acc_after, **results,
           "run_dir": out_dir}
 

@@ -2,7 +2,8 @@
 
     saved_models/digits_lenet_natural/
       model.keras          the trained classifier (native Keras 3 format)
-      saved_model/         the same model exported as a TF SavedModel (`serve` endpoint)
+      saved_model/         the same model exported as a TF SavedModel (`serve` and `call_training`
+                           endpoints); the only model of a run that hardened a SavedModel input
       checkpoints/         last.keras: the model after the last completed training epoch
       logs/                TensorBoard event files, one subfolder per phase
       summary.json         machine-readable results, merged across phases
@@ -31,6 +32,16 @@ LOGS_DIR = "logs"
 
 def model_path(run_dir: str) -> str:
   return os.path.join(run_dir, MODEL_FILE)
+
+
+def find_model(run_dir: str) -> str:
+  """The run's model: model.keras, or saved_model/ where only that was written (a hardened
+  SavedModel input, see moth_tf.models.io.save_model); model.keras when there is neither."""
+  keras_path = model_path(run_dir)
+  saved_model = os.path.join(run_dir, SAVED_MODEL_DIR)
+  if not os.path.exists(keras_path) and os.path.exists(os.path.join(saved_model, "saved_model.pb")):
+    return saved_model
+  return keras_path
 
 
 def logs_dir(run_dir: str, phase: str) -> str:

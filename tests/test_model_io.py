@@ -2,13 +2,16 @@
 
 A LeNet trained for a few epochs on the digits is saved once (module fixture) and reloaded as a
 `.keras` file and as the exported SavedModel; a legacy `tf.saved_model.save` module with a
-dict-returning `serving_default` signature stands in for Keras 2 / hand-written SavedModels.
+dict-returning `serving_default` signature stands in for Keras 2 / hand-written SavedModels. A tiny
+BatchNorm + Dropout model hardened as a SavedModel (5 fine-tuning steps) checks training mode and
+that the hardened output stands alone.
 """
 
 import io
 import json
 import math
 import os
+import shutil
 import zipfile
 
 import keras
@@ -19,9 +22,12 @@ import tensorflow as tf
 from moth_tf import config as config_lib
 from moth_tf import data
 from moth_tf import evaluation
+from moth_tf import phases
 from moth_tf import rundir
 from moth_tf import training
 from moth_tf.models import io as model_io
+
+from cli_testing import run_cli  # pylint: disable=g-bad-import-order
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +101,12 @@ def test_exported_savedmodel_loads_through_tfsmlayer(trained, digits):
   assert loaded.input_shape == (None, 8, 8, 1) and loaded.output_shape == (None, 10)
   x = digits.x_test[:64]
   np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
-  # Its variables stay trainable, so the wrapped model can be fine-tuned (hardened).
+  # Its variables stay trainable, so the wrapped model can be fine-tuned (hardened), and moth_tf's
+  # export carries a training endpoint, so it is fine-tuned in training mode.
   assert len(loaded.trainable_weights) == len(model.trainable_weights)
+  assert [layer.call_training_endpoint for layer in model_io.savedmodel_layers(loaded)] == [
+      "call_training"]
+  assert model_io.inference_mode_warning(loaded) is None
 
 
 def test_save_model_is_atomic_and_replaces_cleanly(trained, tmp_path):
@@ -135,6 +145,13 @@ def test_legacy_serving_default_savedmodel(tmp_path):
   x = np.random.default_rng(1).uniform(0, 1, (5, 4, 4, 1)).astype(np.float32)
   expected = x.reshape(5, 16) @ module.kernel.numpy() + module.bias.numpy()
   np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, atol=1e-5)
+  # No training endpoint: it would be fine-tuned in inference mode, which is said.
+  assert model_io.describe_input(loaded, path) == {
+      "format": "saved_model", "training_endpoint": None, "inference_mode_only": True,
+      "warning": model_io.inference_mode_warning(loaded)}
+  assert model_io.inference_mode_warning(loaded).startswith(
+      f"{path} is a SavedModel without a 'call_training' endpoint, so it is fine-tuned in "
+      "inference mode")
 
 
 def test_savedmodel_with_two_outputs_is_rejected(tmp_path):
@@ -231,6 +248,116 @@ def test_unsafe_keras_file_needs_unsafe_load(tmp_path):
     model_io.load_model(path)
   loaded = model_io.load_model(path, unsafe_load=True)
   np.testing.assert_allclose(loaded.predict(np.ones((1, 2), np.float32), verbose=0), [[2.0, 2.0]])
+
+
+# -------------------------------------------------------------------------------------------------
+# Hardening a SavedModel input: training mode, and an output that stands alone.
+
+# 5 steps of clean fine-tuning (1,257 training digits in batches of 256): about 2 s.
+_FINETUNE = ("--phase=harden", "--method=finetune", "--dataset=digits", "--harden_steps=5",
+             "--harden_batch_size=256")
+
+
+def _bn_dropout_model():
+  """An untrained 8x8x1 -> 10 logits model with BatchNormalization and Dropout."""
+  keras.utils.set_random_seed(0)
+  return keras.Sequential([
+      keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3), keras.layers.BatchNormalization(),
+      keras.layers.ReLU(), keras.layers.Flatten(), keras.layers.Dropout(0.5),
+      keras.layers.Dense(10)])
+
+
+def _saved_value(saved_model_dir, variable):
+  """The value in the SavedModel of the Keras `variable` of the model it was exported from."""
+  suffix = f"{variable.path}:0"  # Saved as "sequential_3/dense_3/kernel:0": layer names vary.
+  found = [v.numpy() for v in tf.saved_model.load(saved_model_dir).variables
+           if v.name.endswith(suffix)]
+  assert len(found) == 1, (suffix, found)
+  return found[0]
+
+
+def test_savedmodel_without_training_endpoint_warns_and_the_output_stands_alone(tmp_path, capsys):
+  model = _bn_dropout_model()
+  source = str(tmp_path / "exported")
+  model.export(source, verbose=False)  # `serve` only: no training endpoint.
+  workdir = str(tmp_path / "work")
+  capsys.readouterr()
+  run_cli(*_FINETUNE, f"--model_path={source}", f"--workdir={workdir}")
+  captured = capsys.readouterr()
+  warning = (f"{source} is a SavedModel without a 'call_training' endpoint, so it is fine-tuned in "
+             "inference mode: BatchNorm moving statistics stay frozen and dropout is off while its "
+             "weights train; to fine-tune in training mode pass a .keras file, or export the model "
+             "with a 'call_training' endpoint (README: SavedModel inputs)")
+  assert f"WARNING: {warning}\n" in captured.err
+  # Said before training: before the fit's progress bar and the closing line.
+  assert captured.out.index("finetune hardening of") < captured.out.index("test accuracy")
+  run_dir = os.path.join(workdir, "digits_external_exported_finetune")
+  saved_model = os.path.join(run_dir, "saved_model")
+  summary = rundir.read_json(os.path.join(run_dir, rundir.SUMMARY_FILE))
+  assert summary["harden"]["model_input"] == {
+      "format": "saved_model", "training_endpoint": None, "inference_mode_only": True,
+      "warning": warning}
+  assert summary["hardened_model"] == saved_model
+  # Inference mode: the weights trained, the moving statistics did not move.
+  bn = model.layers[1]
+  kernel = model.layers[-1].kernel
+  assert np.abs(_saved_value(saved_model, kernel) - kernel.numpy()).max() > 0
+  for moving in (bn.moving_mean, bn.moving_variance):
+    np.testing.assert_array_equal(_saved_value(saved_model, moving), moving.numpy())
+  # The output stands alone: a SavedModel, no model.keras pointing at the input, and it loads,
+  # tests and measures after the input is gone, without --unsafe_load.
+  assert sorted(os.listdir(run_dir)) == ["logs", "saved_model", "summary.json"]
+  shutil.rmtree(source)
+  loaded = model_io.load_model(run_dir)  # A run directory: its saved_model/.
+  assert loaded.output_shape == (None, 10)
+  x = np.random.default_rng(0).uniform(0, 1, (4, 8, 8, 1)).astype(np.float32)
+  exported = tf.saved_model.load(saved_model)
+  np.testing.assert_allclose(loaded.predict(x, verbose=0), exported.serve(x).numpy(), atol=1e-5)
+  capsys.readouterr()
+  run_cli("--phase=test", f"--model_path={run_dir}", f"--workdir={workdir}")
+  accuracy = float(capsys.readouterr().out.split("test accuracy: ")[1].split()[0])
+  assert accuracy == pytest.approx(summary["test_accuracy"], abs=1e-4)
+  run_cli("--phase=distance", "--pair=0-1", "--distance_steps=2", "--seeds=1",
+          "--distance_samples=5", f"--model_path={saved_model}", f"--workdir={workdir}")
+  assert os.path.isfile(os.path.join(workdir, "digits_external_saved_model",
+                                     "distance_pair_0-1.json"))
+
+
+def test_savedmodel_with_a_training_endpoint_trains_batchnorm(tmp_path, capsys):
+  model = _bn_dropout_model()
+  source = str(tmp_path / "archive")
+  # The export the README recommends for a SavedModel: `serve` plus a `call_training` endpoint.
+  archive = keras.export.ExportArchive()
+  archive.track(model)
+  spec = [tf.TensorSpec((None, 8, 8, 1), tf.float32)]
+  archive.add_endpoint("serve", lambda x: model(x, training=False), input_signature=spec)
+  archive.add_endpoint("call_training", lambda x: model(x, training=True), input_signature=spec)
+  archive.write_out(source, verbose=False)
+  workdir = str(tmp_path / "work")
+  run_dir = os.path.join(workdir, "digits_external_archive_finetune")
+  os.makedirs(run_dir)
+  with open(rundir.model_path(run_dir), "w") as f:  # Left by an earlier run; must not survive.
+    f.write("stale")
+  capsys.readouterr()
+  config = config_lib.RunConfig(
+      phase="harden", method="finetune", model_path=source, workdir=workdir,
+      harden=config_lib.HardenConfig(steps=5, batch_size=256))
+  results = phases.run_harden(config)  # The library call behind --phase=harden.
+  assert results["run_dir"] == run_dir
+  assert "WARNING" not in capsys.readouterr().err
+  summary = rundir.read_json(os.path.join(run_dir, rundir.SUMMARY_FILE))
+  assert summary["harden"]["model_input"] == {
+      "format": "saved_model", "training_endpoint": "call_training", "inference_mode_only": False}
+  # Training mode: the moving statistics moved (as for the same model hardened as .keras).
+  saved_model = os.path.join(run_dir, "saved_model")
+  bn = model.layers[1]
+  for moving in (bn.moving_mean, bn.moving_variance):
+    assert np.abs(_saved_value(saved_model, moving) - moving.numpy()).max() > 1e-3, moving.path
+  assert sorted(os.listdir(run_dir)) == ["logs", "saved_model", "summary.json"]
+  # The output keeps a training endpoint, so hardening it again also trains in training mode.
+  shutil.rmtree(source)
+  loaded = model_io.load_model(saved_model)
+  assert model_io.describe_input(loaded, saved_model)["training_endpoint"] == "call_training"
 
 
 # -------------------------------------------------------------------------------------------------

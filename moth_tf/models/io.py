@@ -2,8 +2,11 @@
 
 A SavedModel (from `model.export`, or a legacy `tf.saved_model.save` with a `serving_default`
 signature) is wrapped with `keras.layers.TFSMLayer` into a `keras.Model` that outputs logits; its
-variables stay trainable, so it can be fine-tuned and saved as a new model. Input models are never
-written to: every save goes to a new path, atomically.
+variables stay trainable, so it can be fine-tuned and saved as a new model. A SavedModel runs in
+training mode (BatchNorm statistics updated, dropout on) only through a `call_training` endpoint
+(TRAINING_ENDPOINT); without one, `training=True` runs the inference function, which
+`inference_mode_warning` reports. Input models are never written to: every save goes to a new path,
+atomically.
 """
 
 import os
@@ -16,6 +19,11 @@ import keras
 import tensorflow as tf
 
 from moth_tf import rundir
+
+
+# The endpoint that runs a SavedModel in training mode: the name Keras' TFSMLayer documents, and the
+# one moth_tf's own exports carry (export_savedmodel).
+TRAINING_ENDPOINT = "call_training"
 
 
 class ModelLoadError(ValueError):
@@ -71,7 +79,8 @@ def _check_keras_archive(path: str):
 
 
 def _savedmodel_signature(path: str):
-  """Returns (endpoint name, input TensorSpec, output key or None) of a SavedModel directory."""
+  """Returns (endpoint name, input TensorSpec, output key or None, training endpoint or None) of a
+  SavedModel directory."""
   try:
     loaded = tf.saved_model.load(path)
   except _DAMAGE_ERRORS + (ValueError,) as e:
@@ -81,7 +90,7 @@ def _savedmodel_signature(path: str):
   if hasattr(loaded, "serve") and hasattr(loaded.serve, "input_signature") and (
       loaded.serve.input_signature):
     spec = loaded.serve.input_signature[0]
-    return "serve", spec, None
+    return "serve", spec, None, _training_endpoint(loaded, path, loaded.serve)
   if "serving_default" not in loaded.signatures:
     raise ModelLoadError(
         f"SavedModel {path} has neither a 'serve' endpoint nor a 'serving_default' signature; "
@@ -96,7 +105,32 @@ def _savedmodel_signature(path: str):
   if key is None:
     raise ModelLoadError(f"SavedModel {path} returns {len(outputs)} outputs ({sorted(outputs)}); "
                          "moth_tf needs exactly one logits output")
-  return "serving_default", specs[0], key
+  return "serving_default", specs[0], key, _training_endpoint(loaded, path, fn)
+
+
+def _outputs_of(fn):
+  """The output structure of a restored endpoint (a function or a signature), or None if unknown."""
+  if hasattr(fn, "structured_outputs"):
+    return fn.structured_outputs
+  concrete = getattr(fn, "concrete_functions", None)
+  return concrete[0].structured_outputs if concrete else None
+
+
+def _training_endpoint(loaded, path: str, inference_fn):
+  """TRAINING_ENDPOINT if the SavedModel has it (as an endpoint or a signature), else None."""
+  fn = getattr(loaded, TRAINING_ENDPOINT, None) or loaded.signatures.get(TRAINING_ENDPOINT)
+  if fn is None:
+    return None
+  # The wrapped model picks its output out of the endpoint's result, built from the inference
+  # endpoint: the training endpoint must return the same structure (a tensor, or the same dict).
+  try:
+    tf.nest.assert_same_structure(_outputs_of(fn), _outputs_of(inference_fn))
+  except (ValueError, TypeError) as e:
+    raise ModelLoadError(
+        f"SavedModel {path}: its '{TRAINING_ENDPOINT}' endpoint returns a different structure from "
+        "its inference endpoint; export both from the same model call (README: SavedModel "
+        "inputs)") from e
+  return TRAINING_ENDPOINT
 
 
 def _savedmodel_damage(path: str, error: Exception) -> str:
@@ -113,13 +147,15 @@ def _savedmodel_damage(path: str, error: Exception) -> str:
 
 
 def _wrap_savedmodel(path: str) -> keras.Model:
-  endpoint, spec, output_key = _savedmodel_signature(path)
+  endpoint, spec, output_key, training_endpoint = _savedmodel_signature(path)
   shape = tuple(spec.shape[1:])
   if any(d is None for d in shape):
     raise ModelLoadError(f"SavedModel {path} has an input of unknown shape {spec.shape}; "
                          "re-export it with a fixed image shape")
   inputs = keras.Input(shape=shape, name="image")
-  layer = keras.layers.TFSMLayer(path, call_endpoint=endpoint, trainable=True, name="savedmodel")
+  layer = keras.layers.TFSMLayer(path, call_endpoint=endpoint,
+                                 call_training_endpoint=training_endpoint, trainable=True,
+                                 name="savedmodel")
   # SavedModel variables keep TF1-style names ("conv1_kernel:0"). Keras builds optimizer slot names
   # from the variable path without removing the ":", which then fails as a scope name when the
   # model is fine-tuned; use the sanitised name as the path (Keras 3.15).
@@ -136,7 +172,8 @@ def load_model(path: str, unsafe_load: bool = False) -> keras.Model:
   """Loads a classifier from a `.keras` file or a SavedModel directory.
 
   Args:
-    path: a `.keras` file, or a directory holding `saved_model.pb`.
+    path: a `.keras` file, a directory holding `saved_model.pb`, or a run directory (its
+      model.keras, or its saved_model/ where it has no model.keras: see `save_model`).
     unsafe_load: allow `.keras` files that need `safe_mode=False` (for example ones that contain
       Lambda layers or a TFSMLayer). Only for files you trust.
 
@@ -150,6 +187,10 @@ def load_model(path: str, unsafe_load: bool = False) -> keras.Model:
   if not os.path.exists(path):
     raise ModelLoadError(f"model path {path} does not exist; train one with --phase=train or pass "
                          "--model_path=FILE.keras|SAVEDMODEL_DIR")
+  if os.path.isdir(path) and not os.path.exists(os.path.join(path, "saved_model.pb")):
+    run_model = rundir.find_model(path)
+    if os.path.exists(run_model):
+      path = run_model
   if os.path.isdir(path):
     if not os.path.exists(os.path.join(path, "saved_model.pb")):
       raise ModelLoadError(f"{path} is a directory without saved_model.pb; pass a .keras file or a "
@@ -170,33 +211,97 @@ def load_model(path: str, unsafe_load: bool = False) -> keras.Model:
     raise
 
 
+def savedmodel_layers(model: keras.Model) -> list:
+  """The TFSMLayers inside `model` (nested models included): the SavedModels it runs."""
+  found = []
+  for layer in getattr(model, "layers", []):
+    if isinstance(layer, keras.layers.TFSMLayer):
+      found.append(layer)
+    else:
+      found.extend(savedmodel_layers(layer))
+  return found
+
+
+def inference_mode_warning(model: keras.Model):
+  """The warning for a model that trains in inference mode (a SavedModel without a training
+  endpoint), or None when `training=True` really runs it in training mode."""
+  frozen = [layer.filepath for layer in savedmodel_layers(model)
+            if not layer.call_training_endpoint]
+  if not frozen:
+    return None
+  return (f"{', '.join(map(str, frozen))} is a SavedModel without a '{TRAINING_ENDPOINT}' "
+          "endpoint, so it is fine-tuned in inference mode: BatchNorm moving statistics stay "
+          "frozen and dropout is off while its weights train; to fine-tune in training mode pass "
+          f"a .keras file, or export the model with a '{TRAINING_ENDPOINT}' endpoint (README: "
+          "SavedModel inputs)")
+
+
+def describe_input(model: keras.Model, path: str) -> dict:
+  """What summary.json records about an input model: its format and whether it trains in training
+  mode (`warning` only when it does not)."""
+  layers = savedmodel_layers(model)
+  info = {"format": "saved_model" if os.path.isdir(path) and layers else "keras"}
+  if layers:
+    endpoints = [layer.call_training_endpoint for layer in layers]
+    info["training_endpoint"] = endpoints[0] if len(endpoints) == 1 else endpoints
+  warning = inference_mode_warning(model)
+  info["inference_mode_only"] = warning is not None
+  if warning:
+    info["warning"] = warning
+  return info
+
+
 def save_model(model: keras.Model, run_dir: str, export: bool = True) -> str:
   """Saves `model` into `run_dir` as model.keras and (optionally) an exported SavedModel.
+
+  A model that runs a SavedModel (a TFSMLayer, as `load_model` makes of one) is saved as the
+  exported saved_model/ only, whatever `export` says: its `.keras` file would hold no weights but
+  the path of the input SavedModel, load only with safe_mode off and break once that directory
+  moves. A model.keras left from an earlier save is removed, so the run has one model.
 
   Both writes are atomic: the new files replace the old ones only once complete.
 
   Returns:
-    The path of the `.keras` file.
+    The path of the saved model: the `.keras` file, or saved_model/ when there is none.
   """
   os.makedirs(run_dir, exist_ok=True)
   keras_path = rundir.model_path(run_dir)
+  saved_model_path = os.path.join(run_dir, rundir.SAVED_MODEL_DIR)
+  if savedmodel_layers(model):
+    export_savedmodel(model, saved_model_path)
+    if os.path.exists(keras_path):
+      os.remove(keras_path)
+    return saved_model_path
   with rundir.atomic_path(keras_path, suffix=".keras") as tmp:
     model.save(tmp)
   if export:
-    export_savedmodel(model, os.path.join(run_dir, rundir.SAVED_MODEL_DIR))
+    export_savedmodel(model, saved_model_path)
   return keras_path
 
 
 def export_savedmodel(model: keras.Model, path: str):
-  """Exports a TF SavedModel (`serve` endpoint and signature) to `path`, atomically."""
+  """Exports a TF SavedModel to `path`, atomically.
+
+  It has the `serve` endpoint and signatures of `model.export` and, unless the model runs a
+  SavedModel without one, a TRAINING_ENDPOINT (`model(x, training=True)`), so that it can be
+  fine-tuned again in training mode.
+  """
+  from keras.src.export import export_utils  # pylint: disable=g-import-not-at-top
   parent = os.path.dirname(os.path.abspath(path))
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", dir=parent)
-  os.rmdir(tmp)  # model.export wants to create the directory itself.
+  os.rmdir(tmp)  # write_out wants to create the directory itself.
   try:
-    model.export(tmp, format="tf_saved_model", verbose=False)
+    # What model.export does, plus the training endpoint; the signature is model.export's, so the
+    # `serve` endpoint and `serving_default` signature (its input names) stay the same.
+    signature = export_utils.get_input_signature(model)
+    archive = keras.export.ExportArchive()
+    archive.track_and_add_endpoint("serve", model, signature)
+    if inference_mode_warning(model) is None:
+      archive.add_endpoint(TRAINING_ENDPOINT, lambda x: model(x, training=True),
+                           input_signature=signature)
+    archive.write_out(tmp, verbose=False)
     rundir.replace_dir(tmp, path)
   finally:
     if os.path.exists(tmp):
       shutil.rmtree(tmp, ignore_errors=True)
-
