@@ -100,8 +100,9 @@ def check_writable(run_dir: str):
 def check_not_finished(run_dir: str, overwrite: bool, what: str, backup_name: str):
   """Refuses to replace a finished run unless `overwrite`.
 
-  A run directory with a model.keras and no resumable backup (`backup_name`, which Keras deletes
-  when a fit completes) is finished; one with a backup is an interrupted re-run and resumes.
+  A run directory with a model (model.keras, or saved_model/ alone for a hardened SavedModel
+  input) and no resumable backup (`backup_name`, which Keras deletes when a fit completes) is
+  finished; one with a backup is an interrupted re-run and resumes.
 
   Args:
     run_dir: the run directory about to be written.
@@ -109,7 +110,7 @@ def check_not_finished(run_dir: str, overwrite: bool, what: str, backup_name: st
     what: "trained" or "hardened", for the message.
     backup_name: "backup_train" or "backup_harden".
   """
-  finished = (os.path.exists(model_path(run_dir)) and
+  finished = (os.path.exists(find_model(run_dir)) and
               not os.path.exists(os.path.join(run_dir, backup_name)))
   if finished and not overwrite:
     accuracy = ""
@@ -120,8 +121,9 @@ def check_not_finished(run_dir: str, overwrite: bool, what: str, backup_name: st
         accuracy = f", test accuracy {value:.4f}" if isinstance(value, float) else ""
       except (OSError, ValueError):
         pass
-    raise FinishedRunError(f"{run_dir} already holds a finished {what} model (model.keras"
-                           f"{accuracy}); pass --overwrite to replace it, or another --workdir")
+    raise FinishedRunError(f"{run_dir} already holds a finished {what} model "
+                           f"({os.path.basename(find_model(run_dir))}{accuracy}); pass --overwrite "
+                           "to replace it, or another --workdir")
 
 
 @contextlib.contextmanager
