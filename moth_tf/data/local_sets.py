@@ -41,7 +41,8 @@ train.
 
 import dataclasses
 import os
-
+import zipfile
+import zlib
 import numpy as np
 
 from moth_tf.data import base
@@ -170,6 +171,11 @@ def load_lisa(data_dir=None) -> base.DatasetSplits:
   return _load_npz(LISA_INFO, data_dir)
 
 
+def _one_line(error: Exception) -> str:
+  text = " ".join(str(error).split()) or type(error).__name__
+  return text[:200]
+
+
 def _load_npz(info, data_dir):
   """Reads a prepared file and returns its splits, with `info` narrowed to the file's classes."""
   path = npz_path(info.name, data_dir)
@@ -181,15 +187,28 @@ def _load_npz(info, data_dir):
         f"{_HOW_TO_GET[info.name]} and run {prepare_cmd} (or point --data_dir / "
         f"${DATA_DIR_ENV} at the folder that holds {info.name}.npz).")
   # allow_pickle=False: the file may come from elsewhere, and a pickle could run code on load.
-  with np.load(path, allow_pickle=False) as npz:
-    missing = [k for k in NPZ_KEYS if k not in npz.files]
-    if missing:
-      raise base.DatasetUnavailableError(
-          f"{path} is not a prepared {info.name} file (no {', '.join(missing)}); re-create it "
-          f"with {prepare_cmd}.")
-    arrays = {k: npz[k] for k in NPZ_ARRAY_KEYS}
-    class_names = tuple(str(n) for n in npz["class_names"])
+  try:
+    with np.load(path, allow_pickle=False) as npz:
+      missing = [k for k in NPZ_KEYS if k not in npz.files]
+      if missing:
+        raise base.DatasetUnavailableError(
+            f"{path} is not a prepared {info.name} file (no {', '.join(missing)}); re-create it "
+            f"with {prepare_cmd}.")
+      arrays = {k: npz[k] for k in NPZ_ARRAY_KEYS}
+      class_names = tuple(str(n) for n in npz["class_names"])
+  except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error) as e:
+    # A file cut short (an interrupted copy) or otherwise damaged: zip, zlib or npy header errors.
+    raise base.DatasetUnavailableError(
+        f"{path} is not a readable .npz file (truncated or corrupt: {_one_line(e)}); re-create "
+        f"it with {prepare_cmd}.") from None
 
+  for split in ("train", "val", "test"):
+    # A prepared file holds colour images; grey or flattened ones come from a different tool.
+    shape = arrays[f"x_{split}"].shape
+    if len(shape) != 4 or shape[-1] != info.image_shape[-1]:
+      raise base.DatasetUnavailableError(
+          f"{path}: {split} images have shape {shape}, not [N, H, W, {info.image_shape[-1]}]; "
+          f"re-create it with {prepare_cmd}.")
   if class_names != info.class_names:
     info = dataclasses.replace(info, num_classes=len(class_names), class_names=class_names)
   labels = [arrays[k].astype(np.int64) for k in ("y_train", "y_val", "y_test")]

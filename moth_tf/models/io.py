@@ -10,6 +10,7 @@ atomically.
 """
 
 import os
+import re
 import shutil
 import tempfile
 import zipfile
@@ -206,7 +207,9 @@ def load_model(path: str, unsafe_load: bool = False) -> keras.Model:
     raise _damaged(path, "Keras model file", _short_reason(e)) from e
   except ValueError as e:
     if "safe_mode" in str(e) or "unsafe" in str(e).lower():
-      raise ModelLoadError(f"{path} needs safe_mode=False to load ({str(e).splitlines()[0]}); "
+      # Keras's first sentence says what is unsafe; the rest is advice the hint below replaces.
+      reason = re.split(r"(?<=\.)\s", " ".join(str(e).split()), maxsplit=1)[0]
+      raise ModelLoadError(f"{path} needs safe_mode=False to load ({reason}); "
                            "pass --unsafe_load if you trust the file") from e
     raise
 
