@@ -340,7 +340,7 @@ def test_savedmodel_with_a_training_endpoint_trains_batchnorm(tmp_path, capsys):
     f.write("stale")
   capsys.readouterr()
   config = config_lib.RunConfig(
-      phase="harden", method="finetune", model_path=source, workdir=workdir,
+      phase="harden", method="finetune", model_path=source, workdir=workdir, overwrite=True,
       harden=config_lib.HardenConfig(steps=5, batch_size=256))
   results = phases.run_harden(config)  # The library call behind --phase=harden.
   assert results["run_dir"] == run_dir
