@@ -10,8 +10,10 @@ Parts (all by default; pick with --parts=a,b,...):
   sweep     stamped fraction x epoch budget (x learning rate) grid; each point's distance with
             1 seed (stated in the output) to keep the sweep affordable.
   mirrored  the default hardening under MirroredStrategy on 2 logical CPU devices.
-  resume    a default hardening killed mid-way (SIGKILL once its first epoch checkpoint exists) and
-            restarted with the same command: it must resume and complete.
+  resume    a 200-step hardening killed (SIGKILL) just after epochs 2, 9 and 17 are checkpointed and
+            restarted with the same command: each must resume, complete, and report the same
+            steps, trigger-generation counters, scheduler pair counts and test accuracy as the
+            uninterrupted run with the same flags.
 
     python benchmarks/hardening_benchmark.py [--parts=main,mirrored] [--workdir=DIR]
 """
@@ -94,38 +96,71 @@ def describe(label, r):
           f"({100 * gen_share:.0f}% trigger generation)")
 
 
+RESUME_STEPS = 200  # 20 epochs on digits: room for kill points early, mid-way and late.
+RESUME_KILL_EPOCHS = (2, 9, 17)
+
+
+def _harden_summary(workdir):
+  h = load(workdir, "digits_lenet_moth")["harden"]
+  return {"steps": h["steps"], "events": h["events"], "pair_count": h["pair_count"],
+          "test_accuracy_after": h["test_accuracy_after"], "wall_seconds": h["wall_seconds"],
+          "generation_seconds": h["generation_seconds"], "warmup_seconds": h["warmup_seconds"]}
+
+
 def part_resume(base_workdir, workdir):
+  """Kill-and-resume at 3 points against one uninterrupted run with the same flags."""
   shutil.rmtree(workdir, ignore_errors=True)
-  os.makedirs(workdir)
-  shutil.copytree(os.path.join(base_workdir, "digits_lenet_natural"),
-                  os.path.join(workdir, "digits_lenet_natural"))
-  cmd = [sys.executable, "-m", "moth_tf.main", "--phase=harden", f"--workdir={workdir}"]
-  backup = os.path.join(workdir, "digits_lenet_moth", "backup_harden")
-  log = open(os.path.join(workdir, "first_attempt.log"), "w")
-  proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-  start = time.time()
-  # Wait for the first epoch checkpoints (the training metadata file), then a little more.
-  meta = os.path.join(backup, "training_metadata.json")
-  while proc.poll() is None and not os.path.exists(meta):
-    time.sleep(0.5)
-  time.sleep(3)
-  if proc.poll() is not None:
-    raise RuntimeError("the first hardening attempt finished before it could be killed")
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  killed_after = time.time() - start
-  saved_epoch = json.load(open(meta))["epoch"]
-  wall, out = common.run_cli("--phase=harden", workdir=workdir)
-  resumed = "resumed at step" in out
-  summary = load(workdir, "digits_lenet_moth")
-  ok = resumed and os.path.exists(os.path.join(workdir, "digits_lenet_moth", "model.keras")) and (
-      not os.path.exists(backup))
-  print(f"resume: killed after {killed_after:.0f} s with {saved_epoch} epoch(s) checkpointed; the "
-        f"same command {'resumed' if resumed else 'did NOT resume'} and "
-        f"{'completed' if ok else 'did NOT complete'} in {wall:.0f} s; accuracy after "
-        f"{summary.get('harden', {}).get('test_accuracy_after', float('nan')):.4f}", flush=True)
-  return {"killed_after_seconds": killed_after, "checkpointed_epochs": saved_epoch,
-          "resumed": resumed, "completed": ok, "second_run_seconds": wall}
+
+  def fresh(name):
+    path = os.path.join(workdir, name)
+    os.makedirs(path)
+    shutil.copytree(os.path.join(base_workdir, "digits_lenet_natural"),
+                    os.path.join(path, "digits_lenet_natural"))
+    return path
+
+  flags = ("--phase=harden", f"--harden_steps={RESUME_STEPS}")
+  whole_dir = fresh("uninterrupted")
+  whole_wall, _ = common.run_cli(*flags, workdir=whole_dir)
+  whole = _harden_summary(whole_dir)
+  results = {"uninterrupted": {**whole, "cli_seconds": whole_wall}, "kills": []}
+  print(f"resume: uninterrupted run of {RESUME_STEPS} steps: accuracy "
+        f"{whole['test_accuracy_after']:.4f}, events {whole['events']}", flush=True)
+  for kill_epoch in RESUME_KILL_EPOCHS:
+    run_workdir = fresh(f"killed_after_epoch_{kill_epoch}")
+    backup = os.path.join(run_workdir, "digits_lenet_moth", "backup_harden")
+    meta = os.path.join(backup, "training_metadata.json")
+    cmd = [sys.executable, "-m", "moth_tf.main", *flags, f"--workdir={run_workdir}"]
+    with open(os.path.join(run_workdir, "first_attempt.log"), "w") as log:
+      proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+      # SIGKILL as soon as epoch `kill_epoch` is checkpointed: the process is then inside the next
+      # epoch, whose steps are lost and redone.
+      while proc.poll() is None:
+        try:
+          if json.load(open(meta))["epoch"] >= kill_epoch:
+            break
+        except (OSError, ValueError):
+          pass
+        time.sleep(0.2)
+      if proc.poll() is not None:
+        raise RuntimeError("the first attempt finished before it could be killed")
+      time.sleep(0.5)
+      proc.send_signal(signal.SIGKILL)
+      proc.wait()
+    saved_epoch = json.load(open(meta))["epoch"]
+    wall, out = common.run_cli(*flags, workdir=run_workdir)
+    resumed = f"resumed at step {saved_epoch * 10}" in out
+    got = _harden_summary(run_workdir)
+    same = {key: got[key] == whole[key] for key in ("steps", "events", "pair_count",
+                                                    "test_accuracy_after")}
+    results["kills"].append({"checkpointed_epochs": saved_epoch, "resumed": resumed,
+                             "equal_to_uninterrupted": same, "summary": got,
+                             "backup_removed": not os.path.exists(backup),
+                             "second_run_cli_seconds": wall})
+    print(f"resume: killed after epoch {saved_epoch}: {'resumed' if resumed else 'NOT resumed'}; "
+          f"equal to the uninterrupted run: {same}; accuracy {got['test_accuracy_after']:.4f}; "
+          f"wall (whole run, both processes) {got['wall_seconds']:.1f} s vs "
+          f"{whole['wall_seconds']:.1f} s", flush=True)
+  return results
 
 
 def main():
