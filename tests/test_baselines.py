@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from moth_tf import config as config_lib
 from moth_tf import data as data_lib
+from moth_tf import rundir
 from moth_tf.baselines import adv_train
 from moth_tf.baselines import pairwise
 from moth_tf.baselines import uap
@@ -650,3 +651,21 @@ def test_adv_train_and_uap_under_mirrored_strategy(tmp_path):
     assert run["steps"] == run["steps_per_epoch"] == 10, name
     assert run["finite"] and run["weight_change"] > 1e-4, name
   assert 0.0 < out["uap"]["uap"]["final_linf"] <= eps + 1e-6
+
+
+def test_pipeline_with_a_baseline_method(tmp_path, capsys):
+  """`--phase=pipeline --method=finetune`: the base model, its distance, the baseline and the
+  enlargement against the base model, into the baseline's own run directory."""
+  workdir = str(tmp_path)
+  capsys.readouterr()
+  run_cli("--phase=pipeline", "--method=finetune", "--epochs=2", "--harden_steps=10", "--seeds=1",
+          "--distance_steps=20", "--distance_samples=10", f"--workdir={workdir}")
+  out = capsys.readouterr().out
+  assert "[3/4] finetune hardening" in out
+  assert "summary (finetune)" in out
+  run_dir = os.path.join(workdir, "digits_lenet_finetune")
+  summary = rundir.read_json(os.path.join(run_dir, "summary.json"))
+  assert summary["method"] == "finetune" and summary["harden"]["steps"] == 10
+  distance = rundir.read_json(os.path.join(run_dir, "distance.json"))
+  assert distance["comparison"]["baseline"] == os.path.join(workdir, "digits_lenet_natural")
+  assert not os.path.exists(os.path.join(workdir, "digits_lenet_moth"))

@@ -434,7 +434,10 @@ def test_mirrored_strategy_on_two_cpu_devices(base, tmp_path):
   _, _, path, _ = base
   script = tmp_path / "mirrored.py"
   script.write_text(_MIRRORED_SCRIPT)
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  # PYTHONPATH: the script must import this checkout's moth_tf, not an installed copy.
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=os.pathsep.join(
+      p for p in (repo, os.environ.get("PYTHONPATH")) if p))
   proc = subprocess.run([sys.executable, str(script), path, str(tmp_path / "moth")],
                         capture_output=True, text=True, timeout=300, env=env, cwd=str(tmp_path))
   assert proc.returncode == 0, proc.stderr[-3000:]
