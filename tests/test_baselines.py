@@ -39,28 +39,12 @@ from moth_tf.models import io as model_io
 from cli_testing import event_files  # pylint: disable=g-bad-import-order
 from cli_testing import run_cli
 from test_cli import run_cli_error
+from test_hardening_model import _Recorder  # Same 4x4x1 images.
+from test_hardening_model import _round_half_up
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SHAPE = (4, 4, 1)
 _N = 3  # Classes of the tiny classifier.
-
-
-def _round_half_up(fraction, count):
-  return int(math.floor(fraction * count + 0.5))
-
-
-class _Recorder(keras.layers.Layer):
-  """Identity; in training mode it stores its input batch in a non-trainable weight."""
-
-  def __init__(self, batch, **kwargs):
-    super().__init__(**kwargs)
-    self.seen = self.add_weight(name="seen", shape=(batch,) + _SHAPE, initializer="zeros",
-                                trainable=False)
-
-  def call(self, x, training=None):
-    if training:
-      self.seen.assign(x)
-    return x
 
 
 def _classifier(batch, seed=0):
