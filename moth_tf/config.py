@@ -186,9 +186,11 @@ class HardenConfig:
     """Training steps of a run on `num_train` images: epochs x steps per epoch."""
     return self.epochs_for(num_train) * self.steps_per_epoch_for(num_train)
 
-  def lr_ramp_steps_for(self, num_train: int) -> int:
-    """The learning-rate ramp actually used: `lr_warmup_steps`, capped below the run's length."""
-    return min(self.lr_warmup_steps, max(self.total_steps_for(num_train) - 1, 0))
+  def lr_ramp_steps_for(self, num_train: int, total_steps: Optional[int] = None) -> int:
+    """The learning-rate ramp actually used: `lr_warmup_steps`, capped below the run's length
+    (`total_steps`, by default the configured budget on `num_train` images)."""
+    total_steps = total_steps or self.total_steps_for(num_train)
+    return min(self.lr_warmup_steps, max(total_steps - 1, 0))
 
 
 # The authors' defaults (reference 2.5): 2 epochs, 10% of min(#s, #t) stamped per direction.

@@ -85,7 +85,6 @@ class UniversalHardener(moth.MothHardener):
       self.model.set_warmup(g, self.universal_masks[g], self.universal_patterns[g])
     else:
       self.model.set_warmup(None)
-    self.pair = (g, g)  # Marks a period in progress for the checkpoint (MothHardener.save_state).
     self.period_pos = (self.period_pos + 1) % cfg.period
     self.generation_seconds += time.time() - start
     if self.writer is not None:

@@ -29,7 +29,7 @@ def learning_rate_schedule(config: config_lib.HardenConfig, num_train: int,
   """
   total_steps = total_steps or config.total_steps_for(num_train)
   decay = decay or config.lr_decay
-  warmup = min(config.lr_warmup_steps, max(total_steps - 1, 0))
+  warmup = config.lr_ramp_steps_for(num_train, total_steps)
   if not warmup and decay == "constant":
     return config.learning_rate
   return keras.optimizers.schedules.CosineDecay(

@@ -329,7 +329,7 @@ class MothHardener:
     # pair_masks and pair_patterns already: the step stamped them).
     values = dict(self.events, generation_seconds=self.generation_seconds,
                   warmup_seconds=self.warmup_seconds, period_pos=self.period_pos,
-                  in_period=float(self.pair is not None and self.period_pos > 0),
+                  in_period=float(self.period_pos > 0),
                   failed_last=float(self.fails.any()),
                   period_steps_done=len(self.period_sizes))
     vector = np.zeros(m.driver_state.shape, np.float32)
