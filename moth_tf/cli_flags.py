@@ -18,7 +18,8 @@ def define_flags():
                     "What to run: pipeline (train if missing, distance, harden, distance again), "
                     "train (natural base model), test (clean accuracy), robustness (L-inf PGD "
                     "accuracy), distance (pairwise class "
-                    "distance), harden (MOTH hardening).")
+                    "distance), harden (MOTH hardening), poison (train a backdoored model), backdoor "
+                    "(C-Acc, ASR, R-Acc, DER under a saved trigger), detect (Neural Cleanse).")
   flags.DEFINE_enum("dataset", "digits", list(data_lib.DATASETS), "Data set.")
   flags.DEFINE_enum("model", None, list(models.MODELS),
                     "Architecture (default: the data set's default: lenet for digits, resnet20 "
@@ -142,6 +143,51 @@ def define_flags():
                        lower_bound=1)
   flags.DEFINE_integer("pairwise_max_periods", None,
                        "pairwise: most periods one pair gets (default 100).", lower_bound=1)
+
+  # The backdoor scenario: --phase=poison / backdoor / detect, --method=nc.
+  flags.DEFINE_string("base_run", None,
+                      "The base model's run: natural (default; made by --phase=train) or a "
+                      "poisoned run made by --phase=poison (default name there: poisoned). Phases "
+                      "act on {dataset}_{model}_{base_run} and write what --method makes of it to "
+                      "{dataset}_{model}_{base_run}_{method}.")
+  flags.DEFINE_string("trigger_path", None,
+                      "backdoor/detect: the poisoned run directory (or its trigger.json) whose "
+                      "backdoor trigger to test (default: the --base_run's).")
+  flags.DEFINE_enum("poison_kind", "patch", ["patch", "blend"],
+                    "Backdoor trigger: a square patch, or a seeded noise pattern blended over the "
+                    "whole image.")
+  flags.DEFINE_enum("poison_mode", "all_to_one", ["all_to_one", "all_to_all"],
+                    "all_to_one: stamped images are relabelled to --poison_target; all_to_all: "
+                    "class c to c+1 mod n.")
+  flags.DEFINE_integer("poison_target", 0, "The all-to-one target class.", lower_bound=0)
+  flags.DEFINE_float("poison_rate", 0.1,
+                     "Share of the whole training set that is stamped and relabelled (drawn from "
+                     "the non-target classes for all_to_one).", lower_bound=0.0, upper_bound=1.0)
+  flags.DEFINE_integer("poison_size", 3, "Side of the patch in pixels.", lower_bound=1)
+  flags.DEFINE_string("poison_position", "bottom_right",
+                      "Where the patch goes: bottom_right, bottom_left, top_right, top_left, "
+                      "center, or ROW,COL of its top-left pixel.")
+  flags.DEFINE_list("poison_colour", ["1.0"],
+                    "Patch colour in [0, 1]: one grey value or one per channel.")
+  flags.DEFINE_float("poison_alpha", 0.2, "Blend weight of the blended pattern.", lower_bound=0.0,
+                     upper_bound=1.0)
+  flags.DEFINE_integer("nc_steps", None,
+                       "Neural Cleanse: optimisation steps per label's trigger (default 1000).",
+                       lower_bound=1)
+  flags.DEFINE_integer("nc_samples", None,
+                       "Neural Cleanse: images of each other class per label (default 30).",
+                       lower_bound=1)
+  flags.DEFINE_float("nc_asr_bound", None, "Neural Cleanse: ASR a trigger must reach (0.99).",
+                     lower_bound=0.0, upper_bound=1.0)
+  flags.DEFINE_float("nc_threshold", None,
+                     "Neural Cleanse: flag labels whose anomaly index exceeds this on the small "
+                     "side (2).", lower_bound=0.0)
+  flags.DEFINE_bool("nc_unlearn_all", None,
+                    "--method=nc: unlearn every label's reversed trigger, not only the flagged "
+                    "labels'.")
+  flags.DEFINE_float("nc_stamp_share", None,
+                     "--method=nc: share of each batch stamped with a reversed trigger (0.2).",
+                     lower_bound=0.0, upper_bound=1.0)
 
   # Portion 0 would generate every pair's triggers and never stamp them; HardenConfig rejects it
   # too, for library callers.

@@ -4,9 +4,11 @@ them (or their fields) as explicit arguments and never reads flags.
 
 import dataclasses
 import os
+import re
 from typing import Optional, Tuple
 
-PHASES = ("pipeline", "train", "test", "robustness", "distance", "harden")
+PHASES = ("pipeline", "train", "test", "robustness", "distance", "harden", "poison", "backdoor",
+          "detect")
 from moth_tf.hardening import methods as _methods  # pylint: disable=g-import-not-at-top
 
 # "natural" is the base model; the others are hardening methods (moth_tf.hardening.methods).
@@ -82,6 +84,58 @@ class DistanceConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class NeuralCleanseConfig:
+  """Neural Cleanse (Wang et al. 2019): trigger reverse-engineering per label, MAD outlier test, and
+  unlearning (`--phase=detect`, `--method=nc`)."""
+  # Optimisation of one trigger per label (all labels in one engine call): steps, images per source
+  # class (every class but the label), the ASR the trigger must reach (NC's 0.99), early stop.
+  steps: int = 1000
+  samples: int = 30
+  asr_bound: float = 0.99
+  init_cost: float = 1e-3
+  early_stop_patience: int = 200
+  # A label is flagged when its trigger's L1 norm is on the small side with anomaly index > this.
+  threshold: float = 2.0
+  # Unlearning: the reversed triggers of the flagged labels (or of every label) are stamped on this
+  # share of each batch, labels kept.
+  unlearn_all: bool = False
+  stamp_share: float = 0.2
+  seed: int = 0
+
+  def __post_init__(self):
+    for name in ("steps", "samples"):
+      _check(getattr(self, name) >= 1, f"nc_{name} must be >= 1, got {getattr(self, name)}")
+    _check(0.0 < self.asr_bound <= 1.0, f"nc_asr_bound must be in (0, 1], got {self.asr_bound}")
+    _check(self.early_stop_patience >= 0, "nc_early_stop_patience must be >= 0")
+    _check(self.threshold > 0, f"nc_threshold must be > 0, got {self.threshold}")
+    _check(0.0 < self.stamp_share <= 1.0,
+           f"nc_stamp_share must be in (0, 1], got {self.stamp_share}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PoisonConfig:
+  """A data-poisoning backdoor (`--phase=poison`, moth_tf.attacks.backdoor)."""
+  kind: str = "patch"  # patch | blend
+  mode: str = "all_to_one"  # all_to_one | all_to_all
+  target: int = 0
+  rate: float = 0.1
+  size: int = 3
+  position: str = "bottom_right"
+  colour: Tuple[float, ...] = (1.0,)
+  alpha: float = 0.2
+  seed: int = 0
+
+  def __post_init__(self):
+    _check(self.kind in ("patch", "blend"), f"poison_kind must be patch or blend, got {self.kind!r}")
+    _check(self.mode in ("all_to_one", "all_to_all"),
+           f"poison_mode must be all_to_one or all_to_all, got {self.mode!r}")
+    _check(0.0 < self.rate < 1.0, f"poison_rate must be in (0, 1), got {self.rate:g}")
+    _check(self.size >= 1, f"poison_size must be >= 1, got {self.size}")
+    _check(0.0 < self.alpha <= 1.0, f"poison_alpha must be in (0, 1], got {self.alpha:g}")
+    _check(self.target >= 0, f"poison_target must be >= 0, got {self.target}")
+
+
+@dataclasses.dataclass(frozen=True)
 class HardenConfig:
   """MOTH hardening hyper-parameters (reference section 2.5 for the constants).
 
@@ -136,6 +190,8 @@ class HardenConfig:
   pairwise_tol: float = 0.05
   pairwise_patience: int = 10
   pairwise_max_periods: int = 100
+  # nc: Neural Cleanse's detection and unlearning settings.
+  nc: NeuralCleanseConfig = NeuralCleanseConfig()
   seed: int = 0
 
   def __post_init__(self):
@@ -243,21 +299,39 @@ class RunConfig:
   overwrite: bool = False
   strategy: str = "default"
   seed: int = 0
+  # The base model's run: "natural" (--phase=train's) or a poisoned run made by --phase=poison.
+  base_run: str = "natural"
+  # Where a backdoor phase finds the trigger (a poisoned run directory); None: the base run's.
+  trigger_path: Optional[str] = None
   data: DataConfig = DataConfig()
   train: TrainConfig = TrainConfig()
   distance: DistanceConfig = DistanceConfig()
   harden: HardenConfig = HardenConfig()
+  poison: PoisonConfig = PoisonConfig()
 
   def __post_init__(self):
     _check(self.phase in PHASES, f"phase must be one of {PHASES}, got {self.phase!r}")
     _check(self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}")
     _check(self.strategy in STRATEGIES,
            f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+    _check(re.fullmatch(r"[a-z0-9][a-z0-9_]*", self.base_run) is not None,
+           f"base_run must be a run name of lower-case letters, digits and _, got {self.base_run!r}")
+    _check(self.base_run not in HARDENING_METHODS,
+           f"base_run={self.base_run!r} is a hardening method's name; pick another run name")
 
   def run_dir(self, method: Optional[str] = None) -> str:
-    """The run directory of (dataset, model, method) under the workdir."""
+    """The run directory of (dataset, model, method) under the workdir.
+
+    From the natural base model: `{dataset}_{model}_{method}` (`..._natural` is the base itself).
+    From another base run (a poisoned model): `{dataset}_{model}_{base_run}` is the base itself and
+    `{dataset}_{model}_{base_run}_{method}` what a method made of it.
+    """
     method = method or self.method
-    return os.path.join(self.workdir, f"{self.data.dataset}_{self.model}_{method}")
+    prefix = f"{self.data.dataset}_{self.model}"
+    if self.base_run == "natural":
+      return os.path.join(self.workdir, f"{prefix}_{method}")
+    suffix = "" if method == "natural" else f"_{method}"
+    return os.path.join(self.workdir, f"{prefix}_{self.base_run}{suffix}")
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)

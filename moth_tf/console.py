@@ -76,3 +76,37 @@ def print_pipeline_summary(config, harden_results: dict, comparison: dict, means
         f"; total {sum(times.values()):.1f} s")
   print(f"runs: {run_dirs[0]} and {run_dirs[1]}; view with tensorboard --logdir "
         f"{config.workdir}")
+
+
+def print_detection(found, class_names=None):
+  """Neural Cleanse's outcome: every label's norm and anomaly index, and the flagged labels."""
+  import numpy as np
+  print(f"{'label':>14}  {'L1 norm':>8}  {'anomaly index':>13}")
+  for t, (norm, index) in enumerate(zip(found.l1_norms, found.anomaly_index)):
+    name = f"{t} {class_names[t]}"[:14] if class_names and class_names[t] != str(t) else str(t)
+    mark = "  <- flagged" if t in found.flagged else ""
+    norm_text = f"{norm:8.2f}" if np.isfinite(norm) else "  failed"
+    index_text = f"{index:13.2f}" if np.isfinite(index) else f"{'-':>13}"
+    print(f"{name:>14}  {norm_text}  {index_text}{mark}")
+  flagged = ", ".join(str(t) for t in found.flagged) or "none"
+  print(f"Neural Cleanse flags: {flagged} (anomaly index > {found.settings['threshold']:g} on the "
+        f"small side); {found.wall_seconds:.1f} s")
+
+
+def print_backdoor(metrics: dict, label: str, original: dict = None):
+  """C-Acc, ASR, R-Acc (and DER against the poisoned original) of one model."""
+  line = (f"{label}: C-Acc {metrics['c_acc']:.4f}, ASR {metrics['asr']:.4f}, R-Acc "
+          f"{metrics['r_acc']:.4f} ({metrics['stamped_images']} stamped test images)")
+  if original is not None and "der" in metrics:
+    line += (f"; against the poisoned original (C-Acc {original['c_acc']:.4f}, ASR "
+             f"{original['asr']:.4f}): DER {metrics['der']:.4f}")
+  print(line)
+
+
+def describe_trigger(trigger) -> str:
+  """A backdoor trigger in a few words, e.g. "3x3 patch (colour 1) at bottom_right"."""
+  spec = trigger.spec
+  if spec.get("kind") == "patch":
+    colour = ",".join(f"{v:g}" for v in spec["colour"])
+    return f"{spec['size']}x{spec['size']} patch (colour {colour}) at {spec['position']}"
+  return f"blended noise pattern (alpha {spec.get('alpha', 0):g})"

@@ -65,7 +65,21 @@ def config_from_flags(flag_values) -> config_lib.RunConfig:
       ("pairwise_patience", "pairwise_patience"),
       ("pairwise_max_periods", "pairwise_max_periods"))
                if getattr(flag_values, flag) is not None}
+  nc_overrides = {field: getattr(flag_values, f"nc_{field}") for field in (
+      "steps", "samples", "asr_bound", "threshold", "unlearn_all", "stamp_share")
+                  if getattr(flag_values, f"nc_{field}") is not None}
+  overrides["nc"] = dataclasses.replace(preset.nc, seed=flag_values.seed, **nc_overrides)
   harden = dataclasses.replace(preset, seed=flag_values.seed, **overrides)
+  try:
+    colour = tuple(float(v) for v in flag_values.poison_colour)
+  except ValueError:
+    raise ValueError(f"--poison_colour={','.join(flag_values.poison_colour)}: give numbers in "
+                     "[0, 1]") from None
+  poison = config_lib.PoisonConfig(
+      kind=flag_values.poison_kind, mode=flag_values.poison_mode,
+      target=flag_values.poison_target, rate=flag_values.poison_rate,
+      size=flag_values.poison_size, position=flag_values.poison_position, colour=colour,
+      alpha=flag_values.poison_alpha, seed=flag_values.seed)
   return config_lib.RunConfig(
       phase=flag_values.phase,
       # Hardening phases default to MOTH; the others act on the base model unless told.
@@ -82,7 +96,11 @@ def config_from_flags(flag_values) -> config_lib.RunConfig:
                                  image_size=flag_values.image_size),
       train=train,
       distance=distance,
-      harden=harden)
+      harden=harden,
+      poison=poison,
+      base_run=flag_values.base_run or (
+          "poisoned" if flag_values.phase == "poison" else "natural"),
+      trigger_path=flag_values.trigger_path)
 
 
 def main(argv):

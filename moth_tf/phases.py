@@ -35,6 +35,8 @@ def make_run_command(config: config_lib.RunConfig, phase: str) -> str:
   args = [f"--phase={phase}", f"--dataset={config.data.dataset}", f"--model={config.model}"]
   if phase == "harden" and config.method not in ("natural", "moth"):
     args.append(f"--method={config.method}")
+  if config.base_run != "natural" and not (phase == "poison" and config.base_run == "poisoned"):
+    args.append(f"--base_run={config.base_run}")
   if config.workdir != config_lib.DEFAULT_WORKDIR:
     args.append(f"--workdir={config.workdir}")
   if config.data.data_dir:
@@ -52,10 +54,12 @@ def load_run_model(config: config_lib.RunConfig, method=None):
   path = config.model_path or rundir.find_model(config.run_dir(method))
   if not config.model_path and not os.path.exists(path):
     method = method or config.method
-    phase = "train" if method == "natural" else "harden"
+    phase = "harden" if method != "natural" else (
+        "train" if config.base_run == "natural" else "poison")
     config = dataclasses.replace(config, method=method)
+    what = {"train": "trained", "poison": "poisoned", "harden": "hardened"}[phase]
     raise FileNotFoundError(
-        f"no {'trained' if phase == 'train' else 'hardened'} model at {path}; make it first with "
+        f"no {what} model at {path}; make it first with "
         f"`{make_run_command(config, phase)}` or pass --model_path")
   return model_io.load_model(path, unsafe_load=config.unsafe_load), path
 
@@ -77,6 +81,9 @@ def run_train(config: config_lib.RunConfig, command_line=()):
   """Trains the natural base model and writes model, logs and summary.json."""
   from moth_tf import distribute
 
+  if config.base_run != "natural":
+    raise ValueError(f"--phase=train makes the natural base model; --base_run={config.base_run} "
+                     "is made by --phase=poison")
   splits = load_splits(config)
   run_dir = config.run_dir("natural")
   rundir.check_not_finished(run_dir, config.overwrite, "trained", training.BACKUP_DIR)
@@ -322,6 +329,8 @@ def run_pipeline(config: config_lib.RunConfig, command_line=()):
   start = time.time()
   if os.path.exists(rundir.model_path(base_dir)):
     print(f"[1/4] base model found at {rundir.model_path(base_dir)}; not retraining")
+  elif config.base_run != "natural":
+    load_run_model(natural)  # Raises the "make it first with --phase=poison" error.
   else:
     print("[1/4] training the base model")
     run_train(natural, command_line)
@@ -369,6 +378,183 @@ def run_pipeline(config: config_lib.RunConfig, command_line=()):
   return {"times": times, "comparison": comparison, "harden": harden_results}
 
 
+def _write_scalars(log_dir: str, values: dict, prefix: str):
+  """Writes `values` (name -> number) as TensorBoard scalars `prefix/name` at step 0."""
+  import tensorflow as tf
+  writer = tf.summary.create_file_writer(log_dir)
+  with writer.as_default():
+    for name, value in values.items():
+      tf.summary.scalar(f"{prefix}/{name}", float(value), step=0)
+  writer.flush()
+
+
+def trigger_dir(config: config_lib.RunConfig) -> str:
+  """Where the backdoor trigger of a backdoor phase is: --trigger_path, else the base run's."""
+  if config.trigger_path:
+    return config.trigger_path
+  if config.base_run == "natural":
+    raise ValueError("this phase needs a backdoor trigger: pass --base_run=<the poisoned run, e.g. "
+                     "poisoned> or --trigger_path=<a poisoned run directory>")
+  return config.run_dir("natural")
+
+
+def run_poison(config: config_lib.RunConfig, command_line=()):
+  """Trains a backdoored model: the trigger stamped on --poison_rate of the training images,
+  relabelled; saves the trigger beside the model and measures C-Acc and ASR."""
+  from moth_tf import distribute
+  from moth_tf.attacks import backdoor
+  from moth_tf.evaluation import backdoor as backdoor_eval
+
+  if config.base_run == "natural":
+    raise ValueError("--phase=poison writes a poisoned base run, not the natural one; pass "
+                     "--base_run=NAME (default: poisoned)")
+  splits = load_splits(config)
+  run_dir = config.run_dir("natural")
+  rundir.check_not_finished(run_dir, config.overwrite, "poisoned", training.BACKUP_DIR)
+  rundir.check_writable(run_dir)
+  p = config.poison
+  trigger = backdoor.make_trigger(p.kind, splits.image_shape, splits.num_classes, p.mode, p.target,
+                                  p.size, p.position, p.colour, p.alpha, p.seed)
+  x_train, y_train, chosen = backdoor.poison_training_set(
+      splits.x_train, splits.y_train, trigger, splits.num_classes, p.rate, p.seed)
+  poisoned = dataclasses.replace(splits, x_train=x_train, y_train=y_train)
+  backdoor.save_trigger(trigger, run_dir, rate=p.rate, poisoned_images=len(chosen),
+                        dataset=config.data.dataset)
+  target = (f"class {p.target}" if p.mode == "all_to_one" else "label + 1 (all-to-all)")
+  print(f"Poisoning {config.model} on {config.data.dataset}: a {console.describe_trigger(trigger)} "
+        f"stamped on {len(chosen)} of {len(x_train)} training images ({p.rate:.1%}), relabelled "
+        f"to {target}; into {run_dir}")
+  strategy = distribute.get_strategy(config.strategy)
+  model, results = training.train_natural(config.model, poisoned, config.train, run_dir, strategy,
+                                          seed=config.seed)
+  metrics = backdoor_eval.backdoor_metrics(model, splits.x_test, splits.y_test, trigger,
+                                           splits.num_classes)
+  natural_summary = os.path.join(dataclasses.replace(config, base_run="natural").run_dir("natural"),
+                                 rundir.SUMMARY_FILE)
+  natural_acc = (rundir.read_json(natural_summary).get("test_accuracy")
+                 if os.path.exists(natural_summary) else None)
+  rundir.update_summary(
+      run_dir, dataset=config.data.dataset, model=config.model, method="natural",
+      base_run=config.base_run, test_accuracy=metrics["c_acc"],
+      val_accuracy=results["val_accuracy"], backdoor=metrics,
+      poison={**dataclasses.asdict(p), "poisoned_images": len(chosen),
+              "natural_test_accuracy": natural_acc},
+      train={"wall_seconds": results["train_seconds"], "epochs": results["epochs"],
+             "recipe": config.train.__dict__},
+      flags=list(command_line), config=config.to_dict())
+  _write_scalars(rundir.logs_dir(run_dir, "backdoor"),
+                 {k: metrics[k] for k in ("c_acc", "asr", "r_acc")}, "backdoor")
+  console.print_backdoor(metrics, "poisoned model")
+  if natural_acc is not None:
+    print(f"clean accuracy vs the natural model: {natural_acc:.4f} -> {metrics['c_acc']:.4f} "
+          f"({100 * (metrics['c_acc'] - natural_acc):+.2f} points)")
+  print(f"training took {results['train_seconds']:.1f} s; model and trigger saved in {run_dir}")
+  return metrics
+
+
+def run_backdoor(config: config_lib.RunConfig, command_line=()):
+  """C-Acc, ASR and R-Acc of the run's model (or --model_path) under a saved backdoor trigger, and
+  DER against the poisoned model the trigger belongs to."""
+  from moth_tf.attacks import backdoor
+  from moth_tf.evaluation import backdoor as backdoor_eval
+
+  splits = load_splits(config)
+  model, path = load_run_model(config)
+  check_model_fits(model, splits, path)
+  source = trigger_dir(config)
+  trigger = backdoor.load_trigger(source, splits.image_shape)
+  start = time.time()
+  metrics = backdoor_eval.backdoor_metrics(model, splits.x_test, splits.y_test, trigger,
+                                           splits.num_classes)
+  original_path = rundir.find_model(backdoor.trigger_location(source))
+  original = None
+  # DER rates a defence: a model made from the poisoned one (a method's run, or a user's model),
+  # not the poisoned model itself or the natural one.
+  defended = config.model_path is not None or config.method != "natural"
+  if defended and os.path.exists(original_path) and (
+      os.path.abspath(original_path) != os.path.abspath(path)):
+    original = backdoor_eval.backdoor_metrics(
+        model_io.load_model(original_path, unsafe_load=config.unsafe_load), splits.x_test,
+        splits.y_test, trigger, splits.num_classes)
+    metrics["der"] = backdoor_eval.defence_effectiveness(original, metrics)
+  metrics["wall_seconds"] = time.time() - start
+  out_dir = output_dir(config)
+  rundir.update_summary(out_dir, backdoor={
+      **metrics, "trigger": os.path.abspath(backdoor.trigger_location(source)),
+      "original": None if original is None else {"model": original_path, **original}})
+  _write_scalars(rundir.logs_dir(out_dir, "backdoor"),
+                 {k: metrics[k] for k in ("c_acc", "asr", "r_acc", "der") if k in metrics},
+                 "backdoor")
+  console.print_backdoor(metrics, f"model {path}", original)
+  return metrics
+
+
+def run_detect(config: config_lib.RunConfig, command_line=()):
+  """Neural Cleanse detection on the run's model (or --model_path), plus the detection from its
+  class-distance matrix when distance.json is there; writes detection.json and nc_norms.png."""
+  import numpy as np
+  import tensorflow as tf
+  from moth_tf import detection
+  from moth_tf import distance
+  from moth_tf.attacks import backdoor
+
+  splits = load_splits(config)
+  model, path = load_run_model(config)
+  check_model_fits(model, splits, path)
+  nc = config.harden.nc
+  out_dir = output_dir(config)
+  rundir.check_writable(out_dir)
+  split, note = distance.choose_split(splits, nc.samples)
+  x, y = splits.split(split)
+  print(f"Neural Cleanse: {splits.num_classes} labels, up to {nc.samples} images of each other "
+        f"class ({note}), {nc.steps} steps, ASR {nc.asr_bound:g}; model {path}")
+  found = detection.neural_cleanse(model, x, y, splits.num_classes, nc)
+  console.print_detection(found, splits.info.class_names)
+  payload = {"model_path": path, "split": split, "neural_cleanse": found.to_json()}
+  distance_file = os.path.join(out_dir, rundir.DISTANCE_FILE)
+  if os.path.exists(distance_file):
+    by_distance = detection.distance_detection(_matrix(rundir.read_json(distance_file)["matrix"]),
+                                               nc.threshold)
+    payload["class_distance"] = by_distance
+    print("class-distance detection (column means of distance.json): flags "
+          + (", ".join(map(str, by_distance["flagged"])) or "none"))
+  else:
+    payload["class_distance"] = None
+    print(f"class-distance detection skipped: no {distance_file}; run --phase=distance on this "
+          "model first to get it")
+  if config.trigger_path or config.base_run != "natural":
+    trigger = backdoor.load_trigger(trigger_dir(config), splits.image_shape)
+    if trigger.mode == "all_to_one":
+      hit = trigger.target in found.flagged
+      payload["backdoor_target"] = trigger.target
+      payload["target_flagged"] = hit
+      payload["clean_labels_flagged"] = [t for t in found.flagged if t != trigger.target]
+      print(f"the backdoor's target {trigger.target} is {'flagged' if hit else 'NOT flagged'}; "
+            f"clean labels flagged: {payload['clean_labels_flagged'] or 'none'}")
+  rundir.write_json(os.path.join(out_dir, "detection.json"), payload)
+  figure = detection.norms_figure_png(found.l1_norms, found.anomaly_index, found.flagged,
+                                      nc.threshold, splits.info.class_names)
+  if figure is None:
+    console.print_warning("matplotlib is not installed, so nc_norms.png was not drawn; install it "
+                          "with pip install 'moth_tf[report]'")
+  else:
+    rundir.write_bytes(os.path.join(out_dir, "nc_norms.png"), figure)
+  writer = tf.summary.create_file_writer(rundir.logs_dir(out_dir, "detect"))
+  with writer.as_default():
+    tf.summary.write("detect/l1_norms", tf.constant(found.l1_norms, tf.float32), step=0)
+    tf.summary.write("detect/anomaly_index", tf.constant(found.anomaly_index, tf.float32), step=0)
+    tf.summary.write("detect/flagged", tf.constant(found.flagged, tf.int32, shape=[len(found.flagged)]),
+                     step=0)
+    tf.summary.scalar("detect/wall_seconds", found.wall_seconds, step=0)
+  writer.flush()
+  rundir.update_summary(out_dir, detect={
+      "flagged": found.flagged, "wall_seconds": found.wall_seconds,
+      "class_distance_flagged": (payload["class_distance"] or {}).get("flagged"),
+      "target_flagged": payload.get("target_flagged")})
+  print(f"results written to {out_dir}")
+  return payload
+
+
 _PHASES = {
     "train": run_train,
     "test": run_test,
@@ -376,6 +562,9 @@ _PHASES = {
     "distance": run_distance,
     "harden": run_harden,
     "pipeline": run_pipeline,
+    "poison": run_poison,
+    "backdoor": run_backdoor,
+    "detect": run_detect,
 }
 
 

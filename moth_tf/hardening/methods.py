@@ -40,6 +40,9 @@ _ENTRIES = (
                     "MOTH's universal triggers for the whole budget, one target per period"),
     HardeningMethod("pairwise", "moth_tf.baselines.pairwise",
                     "MOTH's pair triggers for every pair in turn, each until it stops growing"),
+    HardeningMethod("nc", "moth_tf.baselines.nc",
+                    "Neural Cleanse (Wang et al. 2019): reverse-engineer a trigger per label, "
+                    "unlearn the flagged ones"),
 )
 
 METHODS = {entry.name: entry for entry in _ENTRIES}
