@@ -410,13 +410,13 @@ def run_poison(config: config_lib.RunConfig, command_line=()):
                      "--base_run=NAME (default: poisoned)")
   splits = load_splits(config)
   run_dir = config.run_dir("natural")
-  rundir.check_not_finished(run_dir, config.overwrite, "poisoned", training.BACKUP_DIR)
-  rundir.check_writable(run_dir)
   p = config.poison
   trigger = backdoor.make_trigger(p.kind, splits.image_shape, splits.num_classes, p.mode, p.target,
                                   p.size, p.position, p.colour, p.alpha, p.seed)
   x_train, y_train, chosen = backdoor.poison_training_set(
       splits.x_train, splits.y_train, trigger, splits.num_classes, p.rate, p.seed)
+  rundir.check_not_finished(run_dir, config.overwrite, "poisoned", training.BACKUP_DIR)
+  rundir.check_writable(run_dir)
   poisoned = dataclasses.replace(splits, x_train=x_train, y_train=y_train)
   backdoor.save_trigger(trigger, run_dir, rate=p.rate, poisoned_images=len(chosen),
                         dataset=config.data.dataset)
