@@ -68,7 +68,7 @@ def config_from_flags(flag_values) -> config_lib.RunConfig:
   nc_overrides = {field: getattr(flag_values, f"nc_{field}") for field in (
       "steps", "samples", "asr_bound", "threshold", "unlearn_all", "stamp_share")
                   if getattr(flag_values, f"nc_{field}") is not None}
-  overrides["nc"] = dataclasses.replace(preset.nc, seed=flag_values.seed, **nc_overrides)
+  overrides["nc"] = dataclasses.replace(preset.nc, **nc_overrides)
   harden = dataclasses.replace(preset, seed=flag_values.seed, **overrides)
   try:
     colour = tuple(float(v) for v in flag_values.poison_colour)
