@@ -40,6 +40,9 @@ _ENTRIES = (
                     "MOTH's universal triggers for the whole budget, one target per period"),
     HardeningMethod("pairwise", "moth_tf.baselines.pairwise",
                     "MOTH's pair triggers for every pair in turn, each until it stops growing"),
+    HardeningMethod("nad", "moth_tf.baselines.nad",
+                    "Neural Attention Distillation (Li et al. 2021): a teacher fine-tuned on a "
+                    "small clean subset, its attention maps distilled into the model"),
 )
 
 METHODS = {entry.name: entry for entry in _ENTRIES}
