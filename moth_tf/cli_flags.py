@@ -143,6 +143,35 @@ def define_flags():
                        lower_bound=1)
   flags.DEFINE_integer("pairwise_max_periods", None,
                        "pairwise: most periods one pair gets (default 100).", lower_bound=1)
+  # nad (Neural Attention Distillation).
+  flags.DEFINE_float("nad_clean_share", None,
+                     "nad: share, in (0, 1], of the training images (stratified, seeded) that the "
+                     "teacher and the student train on (default 0.05).")
+  flags.DEFINE_integer("nad_teacher_epochs", None,
+                       "nad: epochs of clean fine-tuning that make the teacher (default 10).",
+                       lower_bound=1)
+  flags.DEFINE_integer("nad_epochs", None,
+                       "nad: epochs of attention distillation of the student (default 20).",
+                       lower_bound=1)
+  flags.DEFINE_float("nad_power", None,
+                     "nad: exponent p of the attention map, the channel mean of |activation|^p "
+                     "(default 2).")
+  flags.DEFINE_list("nad_layers", None,
+                    "nad: comma-separated names of the classifier's layers (4-D outputs) whose "
+                    "attention maps are distilled (default: the architecture's, see README).")
+  flags.DEFINE_list("nad_betas", None,
+                    "nad: comma-separated weights of the layers' attention losses, one per layer "
+                    "(default: NAD's 500, 1000, 1000, scaled to each map's size).")
+  flags.register_validator(
+      "nad_clean_share", lambda v: v is None or 0.0 < v <= 1.0,
+      message="--nad_clean_share must be in (0, 1] (the share of the training images NAD trains "
+              "on)")
+  flags.register_validator("nad_power", lambda v: v is None or v > 0,
+                           message="--nad_power must be > 0")
+  flags.register_validator(
+      "nad_betas", lambda v: v is None or _parse_floats(v) is not None,
+      message="--nad_betas must be comma-separated numbers >= 0, one per layer, e.g. "
+              "--nad_betas=500,1000,1000")
 
   # The backdoor scenario: --phase=poison / backdoor / detect, --method=nc.
   flags.DEFINE_string("base_run", None,
@@ -211,3 +240,25 @@ def _parse_pair(text):
 def parse_pair(text):
   """'3-5' -> (3, 5); None stays None."""
   return None if text is None else _parse_pair(text)
+
+
+def _parse_floats(items):
+  try:
+    values = tuple(float(item) for item in items)
+  except ValueError:
+    return None
+  return values if all(v >= 0 for v in values) else None
+
+
+def parse_betas(items):
+  """['500', '1e3'] -> (500.0, 1000.0); None stays None.
+
+  Raises:
+    ValueError: an item is not a number >= 0 (one line naming --nad_betas).
+  """
+  if items is None:
+    return None
+  values = _parse_floats(items)
+  if values is None:
+    raise ValueError(f"--nad_betas must be comma-separated numbers >= 0, got {','.join(items)!r}")
+  return values

@@ -192,6 +192,17 @@ class HardenConfig:
   pairwise_max_periods: int = 100
   # nc: Neural Cleanse's detection and unlearning settings.
   nc: NeuralCleanseConfig = NeuralCleanseConfig()
+  # nad: Neural Attention Distillation (moth_tf.baselines.nad). A teacher fine-tuned for
+  # `nad_teacher_epochs` on a stratified `nad_clean_share` of the training images, then a student
+  # trained on the same images for `nad_epochs` with CE + sum_l beta_l * AT loss of layer l
+  # (attention map: channel mean of |A|^nad_power). Layers and betas: None = the architecture's
+  # defaults (moth_tf.baselines.nad.DEFAULT_LAYERS).
+  nad_clean_share: float = 0.05
+  nad_teacher_epochs: int = 10
+  nad_epochs: int = 20
+  nad_power: float = 2.0
+  nad_layers: Optional[Tuple[str, ...]] = None
+  nad_betas: Optional[Tuple[float, ...]] = None
   seed: int = 0
 
   def __post_init__(self):
@@ -227,6 +238,27 @@ class HardenConfig:
         raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
     if self.learning_rate <= 0:
       raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+    # nad.
+    if not 0.0 < self.nad_clean_share <= 1.0:
+      raise ValueError(f"nad_clean_share must be in (0, 1] (the share of the training images NAD "
+                       f"trains on), got {self.nad_clean_share:g}")
+    for name in ("nad_teacher_epochs", "nad_epochs"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+    if not self.nad_power > 0:
+      raise ValueError(f"nad_power must be > 0 (the exponent of |activation| in the attention "
+                       f"map), got {self.nad_power:g}")
+    if self.nad_layers is not None and not self.nad_layers:
+      raise ValueError("nad_layers must name at least one layer (None: the architecture's "
+                       "defaults)")
+    if self.nad_betas is not None:
+      if not self.nad_betas:
+        raise ValueError("nad_betas must hold at least one weight (None: the defaults)")
+      if any(not beta >= 0 for beta in self.nad_betas):
+        raise ValueError(f"nad_betas must be >= 0, got {list(self.nad_betas)}")
+      if self.nad_layers is not None and len(self.nad_betas) != len(self.nad_layers):
+        raise ValueError(f"nad_betas has {len(self.nad_betas)} weight(s) for "
+                         f"{len(self.nad_layers)} nad_layers; give one per layer")
 
   def steps_per_epoch_for(self, num_train: int) -> int:
     """Training steps in one epoch of `num_train` images (the last batch may be partial)."""

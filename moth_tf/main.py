@@ -69,6 +69,15 @@ def config_from_flags(flag_values) -> config_lib.RunConfig:
       "steps", "samples", "asr_bound", "threshold", "unlearn_all", "stamp_share")
                   if getattr(flag_values, f"nc_{field}") is not None}
   overrides["nc"] = dataclasses.replace(preset.nc, **nc_overrides)
+  # nad: the layer and weight lists become tuples (the config is frozen and hashable).
+  overrides.update({field: getattr(flag_values, flag) for field, flag in (
+      ("nad_clean_share", "nad_clean_share"), ("nad_teacher_epochs", "nad_teacher_epochs"),
+      ("nad_epochs", "nad_epochs"), ("nad_power", "nad_power"))
+                    if getattr(flag_values, flag) is not None})
+  if flag_values.nad_layers is not None:
+    overrides["nad_layers"] = tuple(flag_values.nad_layers)
+  if flag_values.nad_betas is not None:
+    overrides["nad_betas"] = cli_flags.parse_betas(flag_values.nad_betas)
   harden = dataclasses.replace(preset, seed=flag_values.seed, **overrides)
   try:
     colour = tuple(float(v) for v in flag_values.poison_colour)

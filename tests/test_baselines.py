@@ -78,7 +78,7 @@ def _batch(b, seed=0):
 def test_every_hardening_method_imports_with_its_entry_points():
   assert config_lib.HARDENING_METHODS == tuple(methods.METHODS)
   assert set(config_lib.HARDENING_METHODS) == {"moth", "finetune", "adv_train", "uap", "universal",
-                                               "pairwise"}
+                                               "pairwise", "nc", "nad"}
   for name in config_lib.HARDENING_METHODS:
     module = methods.get_method(name)
     assert module.__name__ == methods.METHODS[name].module

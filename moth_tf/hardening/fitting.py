@@ -99,11 +99,11 @@ class RunClock(keras.callbacks.Callback):
     return self.earlier_seconds + time.time() - self.start
 
 
-def resume_epoch(run_dir: str) -> int:
-  """The epoch a run resumes at: what BackupAndRestore's metadata in `backup_harden/` says (0 for
+def resume_epoch(run_dir: str, name: str = "harden") -> int:
+  """The epoch a run resumes at: what BackupAndRestore's metadata in `backup_{name}/` says (0 for
   a fresh run)."""
   import json
-  path = os.path.join(run_dir, "backup_harden", "training_metadata.json")
+  path = os.path.join(run_dir, f"backup_{name}", "training_metadata.json")
   if not os.path.exists(path):
     return 0
   try:
@@ -116,14 +116,14 @@ def resume_epoch(run_dir: str) -> int:
 def fit_hardening(model, splits, config: config_lib.HardenConfig, run_dir: str,
                   driver_callbacks: Sequence[keras.callbacks.Callback] = (),
                   epochs: Optional[int] = None, verbose: int = 1, what: str = "hardening",
-                  start: Optional[float] = None):
+                  start: Optional[float] = None, name: str = "harden"):
   """Runs `model.fit` for a hardening method and checks that it did not diverge.
 
   Args:
     model: a compiled HardeningModel (see build_hardening_model).
     splits: moth_tf.data.DatasetSplits.
     config: the hardening configuration (batch size, budget, seed).
-    run_dir: logs go to `logs/harden`, the resumable backup to `backup_harden/` (deleted by Keras
+    run_dir: logs go to `logs/{name}`, the resumable backup to `backup_{name}/` (deleted by Keras
       when the fit completes).
     driver_callbacks: the method's host-side driver, run before the checkpointing callback so that
       its state is in the model's variables when BackupAndRestore saves them.
@@ -132,6 +132,9 @@ def fit_hardening(model, splits, config: config_lib.HardenConfig, run_dir: str,
     verbose: Keras progress-bar verbosity.
     what: the name used in a divergence error.
     start: when this process started the run (default: now); the wall time counts from it.
+    name: the fit's name in `run_dir`: logs under `logs/{name}`, the backup in `backup_{name}/`.
+      A method that runs several fits (NAD's teacher, then its student) gives each its own name so
+      that their logs do not mix and a resume finds each fit's own backup.
 
   Returns:
     (history, wall seconds of the whole run: earlier processes' completed epochs and this one).
@@ -152,12 +155,12 @@ def fit_hardening(model, splits, config: config_lib.HardenConfig, run_dir: str,
   train_ds = data_lib.make_pipeline(splits.x_train, splits.y_train, config.batch_size,
                                     shuffle=True, augment=splits.info.augment, seed=config.seed,
                                     repeat=True,
-                                    skip_batches=resume_epoch(run_dir) * steps_per_epoch)
+                                    skip_batches=resume_epoch(run_dir, name) * steps_per_epoch)
   val_ds = data_lib.make_pipeline(splits.x_val, splits.y_val, 512)
   callbacks = list(driver_callbacks) + [clock,
       keras.callbacks.TerminateOnNaN(),  # No point in running the epochs after a divergence.
-      keras.callbacks.TensorBoard(rundir.logs_dir(run_dir, "harden")),
-      keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup_harden")),
+      keras.callbacks.TensorBoard(rundir.logs_dir(run_dir, name)),
+      keras.callbacks.BackupAndRestore(os.path.join(run_dir, f"backup_{name}")),
   ]
   history = model.fit(train_ds, epochs=epochs or config.epochs_for(len(splits.x_train)),
                       steps_per_epoch=steps_per_epoch,

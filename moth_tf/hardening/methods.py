@@ -43,6 +43,9 @@ _ENTRIES = (
     HardeningMethod("nc", "moth_tf.baselines.nc",
                     "Neural Cleanse (Wang et al. 2019): reverse-engineer a trigger per label, "
                     "unlearn the flagged ones"),
+    HardeningMethod("nad", "moth_tf.baselines.nad",
+                    "Neural Attention Distillation (Li et al. 2021): a teacher fine-tuned on a "
+                    "small clean subset, its attention maps distilled into the model"),
 )
 
 METHODS = {entry.name: entry for entry in _ENTRIES}

@@ -50,8 +50,9 @@ class HardeningModel(keras.Model):
 
   The common step of every hardening method (moth_tf.hardening.methods): MOTH and the trigger
   baselines stamp triggers, PGD and UAP training add adversarial perturbations, fine-tuning changes
-  nothing. Subclasses override `perturb_batch` only, so the loss scaling under tf.distribute, the
-  logged loss and the per-replica seeding are written once.
+  nothing. Subclasses override `perturb_batch` (what the batch is) and, to add a loss term,
+  `training_forward`, so the loss scaling under tf.distribute, the logged loss and the per-replica
+  seeding are written once.
 
   Args:
     classifier: the logits model being hardened (its weights are trained in place: pass a copy).
@@ -87,6 +88,18 @@ class HardeningModel(keras.Model):
     del y, seed
     return x, tf.constant(0.0)
 
+  def training_forward(self, x, y):
+    """Returns (logits of the training-mode forward pass, extra loss); the extra loss is 0 here.
+
+    A method that adds a term to the cross-entropy (NAD's attention distillation) overrides this
+    and returns it as a mean over the (per-replica) batch: `train_step` adds it to
+    `compute_loss`'s value with the same replica scaling, inside the gradient tape. Computing the
+    logits here too lets such a method take them from the same forward pass as its features (one
+    pass, so BatchNorm statistics update once per step).
+    """
+    del y
+    return self(x, training=True), tf.constant(0.0)
+
   def train_step(self, data):
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     replica = tf.distribute.get_replica_context()
@@ -94,16 +107,19 @@ class HardeningModel(keras.Model):
     seed = tf.stack([tf.cast(self.optimizer.iterations, tf.int32),
                      tf.cast(replica_id, tf.int32) * 7919])
     x, num_perturbed = self.perturb_batch(x, y, seed)
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
     with tf.GradientTape() as tape:
-      y_pred = self(x, training=True)
+      y_pred, extra_loss = self.training_forward(x, y)
       # compute_loss adds the classifier's regularisation losses and, under tf.distribute, scales
       # by the replica count (Keras >= 3.8), so gradients sum to the global-batch mean.
       loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+      # The extra term is a mean over this replica's batch, which compute_loss does not see:
+      # divide it by the replica count the same way.
+      loss = loss + tf.cast(extra_loss, loss.dtype) / replicas
       scaled_loss = self.optimizer.scale_loss(loss)  # No-op unless mixed precision.
     grads = tape.gradient(scaled_loss, self.trainable_variables)
     self.optimizer.apply(grads, self.trainable_variables)
     # The built-in loss tracker is not updated by compute_loss; log the unscaled loss.
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
     for metric in self.metrics:
       if metric.name == "loss":
         metric.update_state(loss * replicas)
