@@ -121,6 +121,13 @@ def define_flags():
                        lower_bound=0)
   flags.DEFINE_enum("lr_decay", None, ["constant", "cosine"],
                     "Hardening learning rate after the ramp: constant, or cosine decay to 0.")
+  flags.DEFINE_integer("generations_per_period", None,
+                       "MOTH: generate the pair's triggers in the first N steps of each period "
+                       "only; the others stamp the last ones again (default: every step).",
+                       lower_bound=1)
+  flags.DEFINE_bool("warm_fast_start", None,
+                    "MOTH: a pair chosen before starts its period in fast mode from its stored "
+                    "triggers instead of a full generation.")
   flags.DEFINE_integer("trigger_families", None,
                        "Independently initialised triggers kept, generated and stamped per "
                        "direction (ours; the reference has 1).", lower_bound=1)

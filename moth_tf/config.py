@@ -178,6 +178,12 @@ class HardenConfig:
   # Warm starts come from the store; the reference keeps the largest successful trigger per
   # direction, we keep the latest (it is closer to the current model's minimal trigger).
   store_largest: bool = False
+  # Cheaper generation (issue 13). `generations_per_period`: the first that many steps of a period
+  # generate the pair's triggers; the others stamp the last ones again (a failed generation is
+  # still retried at the next step). None: every step, as published. `warm_fast_start`: a pair
+  # chosen before starts its period in fast mode from its stored triggers, not at pair_steps.
+  generations_per_period: Optional[int] = None
+  warm_fast_start: bool = False
   # Baselines (moth_tf.baselines). adv_train: the share of each batch replaced by its PGD examples.
   adv_mix: float = 1.0
   # uap: the shared perturbation's L-inf radius and signed-gradient step (None: the data set's
@@ -206,6 +212,10 @@ class HardenConfig:
   seed: int = 0
 
   def __post_init__(self):
+    if self.generations_per_period is not None and not (
+        1 <= self.generations_per_period <= self.period):
+      raise ValueError(f"generations_per_period must be in 1..period ({self.period}), got "
+                       f"{self.generations_per_period}")
     if self.pair_ce_reduction not in ("mean", "sum"):
       raise ValueError(f"pair_ce_reduction must be mean or sum, got {self.pair_ce_reduction!r}")
     if self.lr_decay not in ("constant", "cosine"):

@@ -67,7 +67,7 @@ from moth_tf.triggers import params
 # What StampingModel.driver_state holds (indices), checkpointed at every epoch end.
 DRIVER_STATE_FIELDS = ("fast", "rollback", "failed_directions", "generations",
                        "generation_seconds", "warmup_seconds", "period_pos", "in_period",
-                       "failed_last", "period_steps_done")
+                       "failed_last", "period_steps_done", "warm_fast", "reused")
 
 
 class MothHardener:
@@ -119,7 +119,8 @@ class MothHardener:
     self._period_reset()
     self.generation_seconds = 0.0
     self.warmup_seconds = 0.0
-    self.events = {"fast": 0, "rollback": 0, "failed_directions": 0, "generations": 0}
+    self.events = {"fast": 0, "rollback": 0, "failed_directions": 0, "generations": 0,
+                   "warm_fast": 0, "reused": 0}
 
   def _period_reset(self):
     self.period_pos = 0
@@ -230,11 +231,22 @@ class MothHardener:
             self.cur_masks[d, f], self.cur_patterns[d, f] = self._random_trigger(rng)
       self.fails[:] = 0
       self.period_sizes = []
-      steps, cost, mode = cfg.pair_steps, cfg.pair_cost, "start"
+      # A pair hardened in an earlier period (the scheduler has counted this choice already)
+      # starts from its stored triggers in fast mode when warm_fast_start: they reached the bound
+      # on a slightly older model. A failure falls back to the full generation next step.
+      if cfg.warm_fast_start and self.scheduler.count[s, t] >= 2:
+        steps, cost, mode = cfg.fast_steps, cfg.fast_cost, "warm_fast"
+        self.events["warm_fast"] += 1
+      else:
+        steps, cost, mode = cfg.pair_steps, cfg.pair_cost, "start"
     elif self.fails.any():
       steps, cost, mode = cfg.pair_steps, cfg.pair_cost, "rollback"
       self.fails[:] = 0
       self.events["rollback"] += 1
+    elif self.period_pos >= (cfg.generations_per_period or cfg.period):
+      # The rest of the period stamps the triggers of its last (successful) generation.
+      self._stamp_reused()
+      return
     else:
       steps, cost, mode = cfg.fast_steps, cfg.fast_cost, "fast"
       self.events["fast"] += 1
@@ -281,9 +293,21 @@ class MothHardener:
     family_sizes = params.trigger_size(self.cur_masks, self.channels)
     sizes = np.array([family_sizes[d][enabled[d]].min() if enabled[d].any()
                       else family_sizes[d].min() for d in range(2)])
-    self.period_sizes.append(sizes)
     self.model.set_pair(s, t, self.cur_masks[..., None], self.cur_patterns,
                         enabled.astype(np.float32))
+    self._end_step(sizes, mode, int((~result.success).sum()), start)
+
+  def _stamp_reused(self):
+    """A step that generates nothing: the pair's triggers stay stamped, its sizes count again."""
+    start = time.time()
+    self.events["reused"] += 1
+    self._end_step(np.array(self.period_sizes[-1]), "reused", 0, start)
+
+  def _end_step(self, sizes, mode: str, failures: int, start: float):
+    """Period bookkeeping (the scheduler's update at the period's end) and the step's logs."""
+    cfg = self.config
+    s, t = self.pair
+    self.period_sizes.append(sizes)
     self.period_pos += 1
     if self.period_pos == cfg.period:
       avg = np.mean(self.period_sizes, axis=0)
@@ -296,10 +320,9 @@ class MothHardener:
         tf.summary.scalar("moth/pair_target", t, step=self.step)
         tf.summary.scalar("moth/trigger_size_st", sizes[0], step=self.step)
         tf.summary.scalar("moth/trigger_size_ts", sizes[1], step=self.step)
-        tf.summary.scalar("moth/fast_mode", float(mode == "fast"), step=self.step)
+        tf.summary.scalar("moth/fast_mode", float(mode in ("fast", "warm_fast")), step=self.step)
         tf.summary.scalar("moth/rollback", float(mode == "rollback"), step=self.step)
-        tf.summary.scalar("moth/generation_failures", float((~result.success).sum()),
-                          step=self.step)
+        tf.summary.scalar("moth/generation_failures", float(failures), step=self.step)
 
   def after_step(self):
     self.step += 1

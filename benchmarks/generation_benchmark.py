@@ -1,0 +1,101 @@
+"""Issue 13 benchmark: MOTH's trigger generation, today's default beside cheaper variants.
+
+Each variant hardens the same natural base model with `--phase=harden --method=moth` plus its flags,
+in a workdir of its own, then measures `--phase=distance --compare_to=<base run>` (digits: 3 seeds;
+fashion_mnist: flags/fashion_mnist.flags) and reports enlargement, accuracy, and the hardening's wall,
+generation and training seconds with the generation events (generations, fast, rollbacks, reused
+steps, warm fast starts).
+
+    python benchmarks/generation_benchmark.py --dataset=digits
+    python benchmarks/generation_benchmark.py --dataset=fashion_mnist --variants=default,cheap
+
+Finished runs are reused (delete the variant's folder under benchmarks/results/generation_<dataset>/
+to redo it). The table goes to benchmarks/results/generation_<dataset>.{json,md}.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # pylint: disable=g-import-not-at-top
+from baselines_benchmark import DEFAULT_MODELS, distance_args, read_json  # pylint: disable=g-import-not-at-top
+
+VARIANTS = {
+    "default": (),
+    "one_generation": ("--generations_per_period=1",),
+    "warm_fast": ("--warm_fast_start",),
+    "cheap": ("--generations_per_period=1", "--warm_fast_start"),
+}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--dataset", default="digits", choices=sorted(DEFAULT_MODELS))
+  parser.add_argument("--variants", default="default,cheap")
+  parser.add_argument("--base_dir", default=None,
+                      help="a finished natural run directory to copy (default: train one)")
+  args = parser.parse_args()
+  dataset, model = args.dataset, DEFAULT_MODELS[args.dataset]
+  root = os.path.join(common.REPO, "benchmarks", "results", f"generation_{dataset}")
+  out_path = root + ".json"
+  results = read_json(out_path) if os.path.exists(out_path) else {"rows": {}}
+  results["machine"] = common.machine_note()
+  natural = f"{dataset}_{model}_natural"
+  start = time.time()
+  for name in args.variants.split(","):
+    workdir = os.path.join(root, name)
+    base = os.path.join(workdir, natural)
+    if not os.path.exists(os.path.join(base, "model.keras")):
+      os.makedirs(workdir, exist_ok=True)
+      if args.base_dir:
+        shutil.copytree(args.base_dir, base, dirs_exist_ok=True)
+      else:
+        common.ensure_base_model(workdir, dataset, model)
+    run_dir = os.path.join(workdir, f"{dataset}_{model}_moth")
+    cli = lambda *a, w=workdir: common.run_cli(f"--dataset={dataset}", f"--model={model}", *a,
+                                                workdir=w)
+    summary_path = os.path.join(run_dir, "summary.json")
+    if not (os.path.exists(summary_path) and "harden" in read_json(summary_path)):
+      cli("--phase=harden", "--method=moth", *VARIANTS[name])
+    if not os.path.exists(os.path.join(run_dir, "distance.json")):
+      cli(*distance_args(dataset), "--phase=distance", "--method=moth", f"--compare_to={base}")
+    h = read_json(summary_path)["harden"]
+    d = read_json(os.path.join(run_dir, "distance.json"))
+    results["rows"][name] = {
+        "flags": list(VARIANTS[name]), "test_accuracy_before": h["test_accuracy_before"],
+        "test_accuracy_after": h["test_accuracy_after"], "wall_seconds": h["wall_seconds"],
+        "generation_seconds": h["generation_seconds"] + h["warmup_seconds"],
+        "training_seconds": h["training_seconds"], "steps": h["steps"],
+        "events": h.get("events"), "mean_distance": d["mean"],
+        "enlargement_mean_relative": d["comparison"]["mean_relative_change"],
+        "enlargement_ratio_of_means": d["comparison"]["ratio_of_means"]}
+    with open(out_path, "w") as f:
+      json.dump(results, f, indent=1)
+    print(f"{name}: {json.dumps(results['rows'][name])}", flush=True)
+  rows = results["rows"]
+  ref = rows.get("default", {}).get("wall_seconds")
+  lines = ["| variant | flags | test acc | enlargement (mean of per-pair / ratio of means) | "
+           "wall (s) | generation (s) | training (s) | wall vs default | events |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for name, r in rows.items():
+    relative = f"{r['wall_seconds'] / ref:.2f}x" if ref else "-"
+    lines.append(
+        f"| {name} | {' '.join(r['flags']) or '-'} | {r['test_accuracy_before']:.4f} -> "
+        f"{r['test_accuracy_after']:.4f} | {100 * r['enlargement_mean_relative']:+.1f}% / "
+        f"{100 * r['enlargement_ratio_of_means']:+.1f}% | {r['wall_seconds']:.0f} | "
+        f"{r['generation_seconds']:.0f} | {r['training_seconds']:.0f} | "
+        f"{relative} | {r['events']} |")
+  text = "\n".join(lines)
+  with open(root + ".md", "w") as f:
+    f.write(text + "\n")
+  print(text)
+  print(f"benchmark wall time this invocation: {time.time() - start:.0f} s; {results['machine']}")
+
+
+if __name__ == "__main__":
+  main()
