@@ -456,3 +456,56 @@ def test_mirrored_strategy_on_two_cpu_devices(base, tmp_path):
   assert out["pair_count_sum"] == 2 * 4
   assert out["weight_change"] > 1e-4
   assert out["accuracy_after"] > out["accuracy_before"] - 0.1 and out["accuracy_after"] > 0.8
+
+
+def test_generations_per_period_and_warm_fast_start(base):
+  """generations_per_period=1: only a period's first step generates; the others stamp the same
+  triggers and count its sizes again. warm_fast_start: a pair chosen a second time starts in fast
+  mode (fast_steps at fast_cost) from its stored triggers instead of pair_steps."""
+  splits = base[0]
+  from moth_tf.hardening import model as model_lib
+  _, _, path, _ = base
+  config = config_lib.HardenConfig(warmup_steps=20, pair_steps=30, fast_steps=5,
+                                   trigger_samples=8, warmup_samples=4,
+                                   generations_per_period=1, warm_fast_start=True)
+  stamping = model_lib.StampingModel(model_io.load_model(path), 10)
+  hardener = moth.MothHardener(stamping, splits.x_train, splits.y_train, config, verbose=False)
+  calls = []
+  original_invert, original_choose = hardener.pair_inverter.invert, hardener.scheduler.choose
+
+  def invert(*args, **kwargs):
+    calls.append((hardener.step, kwargs["steps"], float(np.max(kwargs["init_cost"]))))
+    return original_invert(*args, **kwargs)
+
+  def choose(step):  # Periods on (3, 5), (3, 5), (1, 7): the second one revisits its pair.
+    original_choose(step)
+    hardener.scheduler.count[:] = 0
+    chosen = [(3, 5), (3, 5), (1, 7)][len(seen)]
+    for a, b in (chosen, chosen[::-1]):
+      hardener.scheduler.count[a, b] = 1 + sum(1 for c in seen if c == chosen)
+    seen.append(chosen)
+    return chosen
+
+  seen = []
+  hardener.pair_inverter.invert = invert
+  hardener.scheduler.choose = choose
+  sizes = []
+  for _ in range(10 + 3 * config.period):  # The warm-up steps, then three periods.
+    hardener.before_step()
+    if hardener.step >= 10:
+      sizes.append(stamping.pair_masks.numpy().sum())
+    hardener.after_step()
+  assert hardener.events["generations"] == len(calls) == 3
+  assert hardener.events["reused"] == 3 * (config.period - 1)
+  assert [c[0] for c in calls] == [10, 10 + config.period, 10 + 2 * config.period]
+  assert sizes[0] == sizes[1] == sizes[2]  # Reused steps stamp the same triggers.
+  # The first visit of a pair generates in full, its second visit starts warm and fast.
+  assert calls[0][1:] == (config.pair_steps, config.pair_cost)
+  assert calls[1][1:] == (config.fast_steps, pytest.approx(config.fast_cost))
+  assert calls[2][1:] == (config.pair_steps, config.pair_cost)
+  assert hardener.events["warm_fast"] == 1
+
+
+def test_generations_per_period_must_fit_the_period():
+  with pytest.raises(ValueError, match="generations_per_period must be in 1..period"):
+    config_lib.HardenConfig(generations_per_period=4)
