@@ -40,3 +40,16 @@ def parsed_config(*args):
 
 def event_files(directory):
   return glob.glob(os.path.join(directory, "**", "events.out.tfevents.*"), recursive=True)
+
+
+def trained_workdir(tmp_path_factory, epochs: int, *more_runs):
+  """A fresh workdir with a digits LeNet trained for `epochs` epochs by --phase=train, then each
+  of `more_runs` (tuples of extra flags) run in it; their output is swallowed."""
+  import contextlib
+  import io
+  work = str(tmp_path_factory.mktemp("work"))
+  with contextlib.redirect_stdout(io.StringIO()):
+    run_cli("--phase=train", f"--epochs={epochs}", f"--workdir={work}")
+    for flags in more_runs:
+      run_cli(*flags, f"--workdir={work}")
+  return work

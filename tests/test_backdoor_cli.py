@@ -1,8 +1,6 @@
 """The backdoor scenario through the command line: --phase=poison, backdoor, detect, --base_run and
 --method=nc / moth / finetune on a poisoned model, and their one-line errors."""
 
-import contextlib
-import io
 import json
 import os
 
@@ -16,6 +14,7 @@ from moth_tf.models import io as model_io
 
 from cli_testing import event_files  # pylint: disable=g-bad-import-order
 from cli_testing import run_cli
+from cli_testing import trained_workdir
 from test_cli import run_cli_error
 
 
@@ -27,11 +26,8 @@ def _summary(run_dir):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
   """A natural digits LeNet and a poisoned one (2x2 patch, 10%, target 0), 10 epochs each."""
-  work = str(tmp_path_factory.mktemp("work"))
-  with contextlib.redirect_stdout(io.StringIO()):
-    run_cli("--phase=train", "--epochs=10", f"--workdir={work}")
-    run_cli("--phase=poison", "--epochs=10", "--poison_size=2", f"--workdir={work}")
-  return work
+  return trained_workdir(tmp_path_factory, 10,
+                         ("--phase=poison", "--epochs=10", "--poison_size=2"))
 
 
 def test_poison_writes_the_trigger_the_model_and_its_backdoor_metrics(workdir):

@@ -11,8 +11,6 @@
   uap run, and adv_train / uap under MirroredStrategy on two logical CPU devices (in a subprocess).
 """
 
-import contextlib
-import io
 import json
 import math
 import os
@@ -38,6 +36,7 @@ from moth_tf.models import io as model_io
 
 from cli_testing import event_files  # pylint: disable=g-bad-import-order
 from cli_testing import run_cli
+from cli_testing import trained_workdir
 from test_cli import run_cli_error
 from test_hardening_model import _Recorder  # Same 4x4x1 images.
 from test_hardening_model import _round_half_up
@@ -113,10 +112,7 @@ def test_harden_with_the_natural_method_is_a_one_line_error(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
   """A workdir with a digits LeNet trained for 3 epochs by --phase=train."""
-  work = str(tmp_path_factory.mktemp("work"))
-  with contextlib.redirect_stdout(io.StringIO()):
-    run_cli("--phase=train", "--epochs=3", f"--workdir={work}")
-  return work
+  return trained_workdir(tmp_path_factory, 3)
 
 
 # Learning rate 1e-3 (as test_hardening.py's _TINY): the default 0.01 is tuned for 2,000 steps; in

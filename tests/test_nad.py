@@ -11,8 +11,6 @@
   with 1 teacher epoch and 3 student epochs; a resumed run reuses the finished teacher.
 """
 
-import contextlib
-import io
 import json
 import os
 import subprocess
@@ -35,6 +33,7 @@ from moth_tf.models import io as model_io
 from cli_testing import event_files  # pylint: disable=g-bad-import-order
 from cli_testing import parsed_config
 from cli_testing import run_cli
+from cli_testing import trained_workdir
 from test_cli import run_cli_error
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -414,10 +413,7 @@ def test_student_under_mirrored_strategy_matches_one_device(tmp_path):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
   """A workdir with a digits LeNet trained for 2 epochs by --phase=train."""
-  work = str(tmp_path_factory.mktemp("work"))
-  with contextlib.redirect_stdout(io.StringIO()):
-    run_cli("--phase=train", "--epochs=2", f"--workdir={work}")
-  return work
+  return trained_workdir(tmp_path_factory, 2)
 
 
 def test_cli_nad_changes_the_weights_and_writes_the_outputs(workdir, capsys):
