@@ -45,7 +45,10 @@ def define_flags():
                     "Replace a finished run directory (one with a model.keras) of --phase=train, "
                     "harden or pipeline instead of refusing. An interrupted run always resumes.")
   flags.DEFINE_enum("strategy", "default", list(config_lib.STRATEGIES),
-                    "tf.distribute strategy for training and hardening.")
+                    "tf.distribute strategy of training, hardening, distance and detection: "
+                    "default (one device), mirrored (all local GPUs, or --cpu_devices logical "
+                    "CPUs) or multi_worker (MultiWorkerMirroredStrategy; the cluster from "
+                    "TF_CONFIG). Trigger optimisations are split across the replicas.")
   flags.DEFINE_integer("cpu_devices", None,
                        "Split the CPU into this many logical devices (to run --strategy=mirrored "
                        "without GPUs, for tests and demos).", lower_bound=1)

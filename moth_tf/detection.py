@@ -102,7 +102,7 @@ def label_images(x: np.ndarray, y: np.ndarray, target: int, num_classes: int, sa
 
 
 def neural_cleanse(model, x: np.ndarray, y: np.ndarray, num_classes: int, config,
-                   verbose: bool = True) -> DetectionResult:
+                   verbose: bool = True, strategy=None) -> DetectionResult:
   """Reverse-engineers one trigger per label (all in one engine call) and flags outlier labels.
 
   Args:
@@ -111,9 +111,12 @@ def neural_cleanse(model, x: np.ndarray, y: np.ndarray, num_classes: int, config
     num_classes: n.
     config: moth_tf.config.NeuralCleanseConfig.
     verbose: a progress bar over the labels.
+    strategy: a tf.distribute strategy whose replicas share the labels (build the model under its
+      scope); None: one device.
   """
   import keras  # Progress bar only.
   from moth_tf import distance
+  from moth_tf.triggers import distributed
   from moth_tf.triggers import engine
 
   settings = engine.InversionSettings(steps=config.steps, asr_bound=config.asr_bound,
@@ -128,7 +131,7 @@ def neural_cleanse(model, x: np.ndarray, y: np.ndarray, num_classes: int, config
       bar.update(done, values=[("step", step)], finalize=False)
 
   start = time.time()
-  result = engine.TriggerInverter(model, settings).invert(
+  result = distributed.make_inverter(model, settings, strategy).invert(
       images, list(range(num_classes)),
       [distance.stable_seed(config.seed, t, 7) for t in range(num_classes)], progress=progress)
   if bar is not None:

@@ -15,6 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from moth_tf.triggers import distributed
 from moth_tf.triggers import engine
 
 
@@ -93,7 +94,7 @@ def measure_distance(model, x: np.ndarray, y: np.ndarray, num_classes: int,
                      settings: engine.InversionSettings, seeds: Sequence[int],
                      samples: int = 100, pairs: Optional[Sequence[Tuple[int, int]]] = None,
                      batch_directions: int = 0, split_name: str = "val",
-                     verbose: bool = True) -> DistanceResult:
+                     verbose: bool = True, strategy=None) -> DistanceResult:
   """Measures the class distance of every requested ordered pair.
 
   Args:
@@ -107,6 +108,8 @@ def measure_distance(model, x: np.ndarray, y: np.ndarray, num_classes: int,
     batch_directions: directions per graph call; 0 = all pairs of a seed at once.
     split_name: recorded in the result.
     verbose: show a progress bar (directions done, ETA).
+    strategy: a tf.distribute strategy whose replicas share every group's directions (build the
+      model under its scope); None: one device.
 
   Returns:
     DistanceResult.
@@ -119,7 +122,7 @@ def measure_distance(model, x: np.ndarray, y: np.ndarray, num_classes: int,
       raise ValueError(f"pair {s}-{t} is not a pair of two different classes in 0..{num_classes-1}")
     if not np.any(y == s):
       raise ValueError(f"no held-out images of class {s}; cannot measure {s}-{t}")
-  inverter = engine.TriggerInverter(model, settings)
+  inverter = distributed.make_inverter(model, settings, strategy)
   group = batch_directions or len(pairs)
   per_seed = np.full((len(seeds), num_classes, num_classes), np.nan)
   steps_run = np.zeros((len(seeds), num_classes, num_classes), np.int64)

@@ -124,6 +124,11 @@ def main(argv):
   from moth_tf import phases  # Imported here so --help does not pay for importing TensorFlow.
   try:
     config = config_from_flags(FLAGS)
+    if config.strategy == "multi_worker":
+      # MultiWorkerMirroredStrategy configures the collectives at start-up: it must exist before
+      # any other TensorFlow op (the phases get this same object from distribute.get_strategy).
+      from moth_tf import distribute
+      distribute.get_strategy("multi_worker")
     phases.run(config, command_line=list(argv[:1]) + _explicit_flags())
   except phases.USER_ERRORS as e:
     # Bad input is the user's to fix: one clear line, no stack trace.

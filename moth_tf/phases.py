@@ -85,10 +85,11 @@ def run_train(config: config_lib.RunConfig, command_line=()):
     raise ValueError(f"--phase=train makes the natural base model; --base_run={config.base_run} "
                      "is made by --phase=poison")
   splits = load_splits(config)
-  run_dir = config.run_dir("natural")
+  strategy = distribute.get_strategy(config.strategy)
+  # A non-chief worker of a multi-worker run writes into a temporary folder of the run directory.
+  run_dir = distribute.worker_dir(strategy, config.run_dir("natural"))
   rundir.check_not_finished(run_dir, config.overwrite, "trained", training.BACKUP_DIR)
   rundir.check_writable(run_dir)
-  strategy = distribute.get_strategy(config.strategy)
   print(f"Training {config.model} on {config.data.dataset} ({len(splits.x_train)} train / "
         f"{len(splits.x_val)} val / {len(splits.x_test)} test images) into {run_dir}")
   _, results = training.train_natural(config.model, splits, config.train, run_dir, strategy,
@@ -102,6 +103,7 @@ def run_train(config: config_lib.RunConfig, command_line=()):
   print(f"test accuracy: {results['test_accuracy']:.4f} (val {results['val_accuracy']:.4f}); "
         f"training took {results['train_seconds']:.1f} s; model saved to "
         f"{rundir.model_path(run_dir)}")
+  distribute.discard_worker_dir(strategy, config.run_dir("natural"))
   return results
 
 
@@ -189,8 +191,10 @@ def distance_fingerprint(config: config_lib.RunConfig, model_file: str) -> dict:
 
 
 def measure_and_record(model, splits, config: config_lib.RunConfig, out_dir: str, seeds=None,
-                       tag: str = "distance", verbose: bool = True):
+                       tag: str = "distance", verbose: bool = True, strategy=None):
   """Measures class distance and writes distance.json, the heat map PNG and TensorBoard logs.
+
+  Under `strategy` (the model built in its scope) the directions are split across its replicas.
 
   Returns (DistanceResult, the JSON dict written).
   """
@@ -214,7 +218,8 @@ def measure_and_record(model, splits, config: config_lib.RunConfig, out_dir: str
              dist.early_stop_patience else "off"))
   result = distance.measure_distance(
       model, x, y, splits.num_classes, inversion_settings(dist), seeds, samples=dist.samples,
-      pairs=pairs, batch_directions=dist.batch_directions, split_name=split, verbose=verbose)
+      pairs=pairs, batch_directions=dist.batch_directions, split_name=split, verbose=verbose,
+      strategy=strategy)
   payload = result.to_json()
   model_file = config.model_path or rundir.find_model(config.run_dir())
   payload.update(dataset=config.data.dataset, model=config.model, model_path=model_file)
@@ -250,17 +255,24 @@ def measure_and_record(model, splits, config: config_lib.RunConfig, out_dir: str
 
 def run_distance(config: config_lib.RunConfig, command_line=()):
   """Pairwise class distance of the run's model (or --model_path); writes distance.json etc."""
+  from moth_tf import distribute
+
   splits = load_splits(config)
-  model, path = load_run_model(config)
+  strategy = distribute.get_strategy(config.strategy)
+  with strategy.scope():  # Every replica inverts its share of the directions on its own copy.
+    model, path = load_run_model(config)
   check_model_fits(model, splits, path)
-  out_dir = output_dir(config)
-  result, payload = measure_and_record(model, splits, config, out_dir)
+  out_dir = distribute.worker_dir(strategy, output_dir(config))
+  result, payload = measure_and_record(model, splits, config, out_dir, strategy=strategy)
   console.print_distance(result, payload)
   if not config.distance.pair:
     rundir.update_summary(out_dir, distance={"mean": result.mean, "failures": len(result.failures),
                                              "seeds": list(result.seeds),
-                                             "wall_seconds": result.wall_seconds})
+                                             "wall_seconds": result.wall_seconds,
+                                             "strategy": config.strategy,
+                                             "replicas": strategy.num_replicas_in_sync})
   print(f"results written to {out_dir}")
+  distribute.discard_worker_dir(strategy, output_dir(config))
   return result
 
 
@@ -284,8 +296,10 @@ def run_harden(config: config_lib.RunConfig, command_line=()):
   base_config = config if config.model_path else dataclasses.replace(config, method="natural")
   base_model, base_path = load_run_model(base_config)
   check_model_fits(base_model, splits, base_path)
-  out_dir = harden_output_dir(config)
-  if os.path.abspath(out_dir) == os.path.abspath(os.path.dirname(base_path)):
+  strategy = distribute.get_strategy(config.strategy)
+  final_dir = harden_output_dir(config)
+  out_dir = distribute.worker_dir(strategy, final_dir)
+  if os.path.abspath(final_dir) == os.path.abspath(os.path.dirname(base_path)):
     raise ValueError(f"the hardened model would overwrite its input {base_path}; choose another "
                      "--workdir")
   rundir.check_not_finished(out_dir, config.overwrite, "hardened", "backup_harden")
@@ -299,7 +313,6 @@ def run_harden(config: config_lib.RunConfig, command_line=()):
   pgd_settings = (p.epsilon, p.steps, p.step_size)
   console.print_harden_start(config.method, base_path, out_dir,
                              method.describe(config.harden, len(splits.x_train), pgd_settings))
-  strategy = distribute.get_strategy(config.strategy)
   classifier, results = method.harden(
       lambda: model_io.load_model(base_path, unsafe_load=config.unsafe_load), splits,
       config.harden, out_dir, strategy=strategy, pgd_settings=pgd_settings)
@@ -313,13 +326,20 @@ def run_harden(config: config_lib.RunConfig, command_line=()):
               "replicas": strategy.num_replicas_in_sync, "model_input": model_input},
       flags=list(command_line), config=config.to_dict())
   console.print_harden_end(acc_before, acc_after, results, saved_path)
+  distribute.discard_worker_dir(strategy, final_dir)
   return {"test_accuracy_before": acc_before, "test_accuracy_after": acc_after, **results,
-          "run_dir": out_dir}
+          "run_dir": final_dir}
 
 
 def run_pipeline(config: config_lib.RunConfig, command_line=()):
   """The whole job: train the base model if missing, measure distance, harden with `--method`,
   measure again."""
+  from moth_tf import distribute
+
+  if config.strategy == "multi_worker":
+    raise ValueError("--phase=pipeline does not run under --strategy=multi_worker; run its phases "
+                     "one by one (train, distance, harden, distance --compare_to=<base run dir>)")
+  strategy = distribute.get_strategy(config.strategy)
   times = {}
   # Refuse before the first stage rather than after the distance measurement.
   rundir.check_not_finished(dataclasses.replace(config, model_path=None).run_dir(),
@@ -346,8 +366,9 @@ def run_pipeline(config: config_lib.RunConfig, command_line=()):
     base_mean, base_failures = previous["mean"], len(previous["failures"])
   else:
     print(f"[2/4] class distance of the base model ({len(config.distance.seeds)} seed(s))")
-    base_model, _ = load_run_model(natural)
-    base_result, _ = measure_and_record(base_model, splits, natural, base_dir)
+    with strategy.scope():
+      base_model, _ = load_run_model(natural)
+    base_result, _ = measure_and_record(base_model, splits, natural, base_dir, strategy=strategy)
     base_mean, base_failures = base_result.mean, len(base_result.failures)
     rundir.update_summary(base_dir, distance={"mean": base_mean, "failures": base_failures})
   times["distance_before"] = time.time() - start
@@ -362,8 +383,10 @@ def run_pipeline(config: config_lib.RunConfig, command_line=()):
   print(f"[4/4] class distance of the hardened model ({len(config.distance.seeds)} seed(s))")
   hardened = dataclasses.replace(
       hardened, distance=dataclasses.replace(config.distance, compare_to=base_dir))
-  hardened_model, _ = load_run_model(hardened)
-  after, payload = measure_and_record(hardened_model, splits, hardened, hardened.run_dir())
+  with strategy.scope():
+    hardened_model, _ = load_run_model(hardened)
+  after, payload = measure_and_record(hardened_model, splits, hardened, hardened.run_dir(),
+                                      strategy=strategy)
   times["distance_after"] = time.time() - start
   comparison = payload["comparison"]
   rundir.update_summary(hardened.run_dir(), distance={
@@ -496,22 +519,25 @@ def run_detect(config: config_lib.RunConfig, command_line=()):
   import tensorflow as tf
   from moth_tf import detection
   from moth_tf import distance
+  from moth_tf import distribute
   from moth_tf.attacks import backdoor
 
   splits = load_splits(config)
-  model, path = load_run_model(config)
+  strategy = distribute.get_strategy(config.strategy)
+  with strategy.scope():  # Every replica inverts its share of the labels on its own copy.
+    model, path = load_run_model(config)
   check_model_fits(model, splits, path)
   nc = config.harden.nc
-  out_dir = output_dir(config)
+  out_dir = distribute.worker_dir(strategy, output_dir(config))
   rundir.check_writable(out_dir)
   split, note = distance.choose_split(splits, nc.samples)
   x, y = splits.split(split)
   print(f"Neural Cleanse: {splits.num_classes} labels, up to {nc.samples} images of each other "
         f"class ({note}), {nc.steps} steps, ASR {nc.asr_bound:g}; model {path}")
-  found = detection.neural_cleanse(model, x, y, splits.num_classes, nc)
+  found = detection.neural_cleanse(model, x, y, splits.num_classes, nc, strategy=strategy)
   console.print_detection(found, splits.info.class_names)
   payload = {"model_path": path, "split": split, "neural_cleanse": found.to_json()}
-  distance_file = os.path.join(out_dir, rundir.DISTANCE_FILE)
+  distance_file = os.path.join(output_dir(config), rundir.DISTANCE_FILE)
   if os.path.exists(distance_file):
     by_distance = detection.distance_detection(_matrix(rundir.read_json(distance_file)["matrix"]),
                                                nc.threshold)
@@ -552,6 +578,7 @@ def run_detect(config: config_lib.RunConfig, command_line=()):
       "class_distance_flagged": (payload["class_distance"] or {}).get("flagged"),
       "target_flagged": payload.get("target_flagged")})
   print(f"results written to {out_dir}")
+  distribute.discard_worker_dir(strategy, output_dir(config))
   return payload
 
 

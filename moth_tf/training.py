@@ -9,6 +9,7 @@ import numpy as np
 
 from moth_tf import config as config_lib
 from moth_tf import data as data_lib
+from moth_tf import distribute
 from moth_tf import evaluation
 from moth_tf import models
 from moth_tf import rundir
@@ -133,6 +134,7 @@ def train_natural(model_name: str, splits: data_lib.DatasetSplits,
       _FiniteCheckpoint(os.path.join(run_dir, "checkpoints", "last.keras")),
       keras.callbacks.BackupAndRestore(os.path.join(run_dir, BACKUP_DIR)),
   ]
+  distribute.prepare_fit(model, strategy, (splits.x_train[:1], splits.y_train[:1]))
   history = model.fit(train_ds, validation_data=val_ds, epochs=recipe.epochs, callbacks=callbacks,
                       verbose=verbose, shuffle=False)  # The pipeline shuffles.
   check_finite_training(history, model, "training", "--learning_rate", recipe.learning_rate)

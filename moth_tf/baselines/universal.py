@@ -23,6 +23,7 @@ from moth_tf import config as config_lib
 from moth_tf import distance
 from moth_tf.hardening import fitting
 from moth_tf.hardening import moth
+from moth_tf.triggers import distributed
 from moth_tf.triggers import engine
 from moth_tf.triggers import params
 
@@ -32,10 +33,11 @@ class UniversalHardener(moth.MothHardener):
 
   def __init__(self, model, x_train, y_train, config, **kwargs):
     super().__init__(model, x_train, y_train, config, **kwargs)
-    self.universal_inverter = engine.TriggerInverter(
+    self.universal_inverter = distributed.make_inverter(
         model.classifier, engine.InversionSettings(
             steps=config.pair_steps, asr_bound=config.pair_asr, init_cost=config.pair_cost,
-            chunk_steps=max(config.pair_steps, config.fast_steps)))
+            chunk_steps=max(config.pair_steps, config.fast_steps)),
+        getattr(model, "distribute_strategy", None))
 
   def target_of_step(self, step: int) -> int:
     """The class whose universal trigger training step `step` (after the warm-up) hardens."""

@@ -130,7 +130,11 @@ def make_pipeline(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool =
   if augment:
     layers = augmentation_layers(seed)
     ds = ds.map(lambda a, b: (layers(a, training=True), b), num_parallel_calls=tf.data.AUTOTUNE)
-  return ds.prefetch(tf.data.AUTOTUNE)
+  options = tf.data.Options()
+  # In-memory arrays have no files to shard by: under MultiWorkerMirroredStrategy every worker
+  # takes its replicas' part of each global batch (no effect on one machine).
+  options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+  return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
 def samples_per_class(x: np.ndarray, y: np.ndarray, num_classes: int, per_class: int,

@@ -144,6 +144,7 @@ def fit_hardening(model, splits, config: config_lib.HardenConfig, run_dir: str,
       caller must not save it).
   """
   from moth_tf import data as data_lib
+  from moth_tf import distribute
   from moth_tf import rundir
   from moth_tf import training
 
@@ -162,6 +163,7 @@ def fit_hardening(model, splits, config: config_lib.HardenConfig, run_dir: str,
       keras.callbacks.TensorBoard(rundir.logs_dir(run_dir, name)),
       keras.callbacks.BackupAndRestore(os.path.join(run_dir, f"backup_{name}")),
   ]
+  distribute.prepare_fit(model, model.distribute_strategy, (splits.x_train[:1], splits.y_train[:1]))
   history = model.fit(train_ds, epochs=epochs or config.epochs_for(len(splits.x_train)),
                       steps_per_epoch=steps_per_epoch,
                       validation_data=val_ds, callbacks=callbacks, verbose=verbose,

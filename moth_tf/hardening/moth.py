@@ -60,6 +60,7 @@ from moth_tf import config as config_lib
 from moth_tf import distance
 from moth_tf.hardening import fitting
 from moth_tf.hardening import scheduler as scheduler_lib
+from moth_tf.triggers import distributed
 from moth_tf.triggers import engine
 from moth_tf.triggers import params
 
@@ -109,11 +110,14 @@ class MothHardener:
     self.warmup = bool(warmup)
     # Training steps that stamp the warm-up's universal triggers, one target class each.
     self.warmup_length = self.n if warmup else 0
-    self.pair_inverter = engine.TriggerInverter(
+    # Under a strategy the directions of every generation are split across its replicas (the
+    # model was built in its scope, so each replica calls its own copy).
+    self.pair_inverter = distributed.make_inverter(
         model.classifier, engine.InversionSettings(
             steps=config.pair_steps, asr_bound=config.pair_asr, init_cost=config.pair_cost,
             ce_reduction=config.pair_ce_reduction,
-            chunk_steps=max(config.pair_steps, config.fast_steps)))
+            chunk_steps=max(config.pair_steps, config.fast_steps)),
+        getattr(model, "distribute_strategy", None))
     self.step = 0
     self.ready = False
     self._period_reset()
@@ -154,8 +158,9 @@ class MothHardener:
     cfg = self.config
     rng = self._rng(1)
     images, origin = map(list, zip(*(self.universal_images(rng, t) for t in range(self.n))))
-    inverter = engine.TriggerInverter(self.model.classifier, engine.InversionSettings(
-        steps=cfg.warmup_steps, asr_bound=cfg.warmup_asr, init_cost=cfg.pair_cost))
+    inverter = distributed.make_inverter(self.model.classifier, engine.InversionSettings(
+        steps=cfg.warmup_steps, asr_bound=cfg.warmup_asr, init_cost=cfg.pair_cost),
+                                         getattr(self.model, "distribute_strategy", None))
     if self.verbose:
       print(f"MOTH warm-up: {self.n} universal triggers ({cfg.warmup_steps} steps, ASR "
             f"{cfg.warmup_asr}) in one batched graph...", flush=True)
