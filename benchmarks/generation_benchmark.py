@@ -29,6 +29,8 @@ VARIANTS = {
     "one_generation": ("--generations_per_period=1",),
     "warm_fast": ("--warm_fast_start",),
     "cheap": ("--generations_per_period=1", "--warm_fast_start"),
+    "two_generations_warm": ("--generations_per_period=2", "--warm_fast_start"),
+    "cheap_3000_steps": ("--generations_per_period=1", "--warm_fast_start", "--harden_steps=3000"),
 }
 
 
