@@ -51,8 +51,7 @@ def _draw_matrix(ax, matrix, class_names, title, cmap="viridis", vmin=None, vmax
       lo, hi = -bound, bound
     vmin = lo if vmin is None else vmin
     vmax = hi if vmax is None else vmax
-  cmap_obj = plt.get_cmap(cmap).copy()
-  cmap_obj.set_bad("#d9d9d9")  # Diagonal and missing cells.
+  cmap_obj = plt.get_cmap(cmap).with_extremes(bad="#d9d9d9")  # Diagonal and missing cells.
   image = ax.imshow(np.ma.masked_invalid(m), cmap=cmap_obj, vmin=vmin, vmax=vmax)
   labels = _labels(class_names, n)
   ax.set_xticks(range(n), labels, rotation=90 if max(map(len, labels)) > 3 else 0)

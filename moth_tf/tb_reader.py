@@ -194,7 +194,8 @@ def read_runs(logdir: str) -> List[Run]:
     run = runs.setdefault(run_path, Run(path=run_path))
     accumulator = multiplexer.GetAccumulator(name)
     for tag in accumulator.Tags().get("tensors", []):
-      plugin = accumulator.SummaryMetadata(tag).plugin_data.plugin_name
+      metadata = accumulator.summary_metadata.get(tag)  # None for a summary without metadata.
+      plugin = metadata.plugin_data.plugin_name if metadata is not None else ""
       if plugin not in _READ_PLUGINS:
         continue  # Images, histograms, graphs: the table and figures do not read them.
       points = [Point(e.step, e.wall_time, _decode(e)) for e in accumulator.Tensors(tag)]

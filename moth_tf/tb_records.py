@@ -127,7 +127,9 @@ def write_run_metadata(run_dir: str, phase: str, config: dict, class_names: Sequ
     if isinstance(value, (bool, int, float, str)):
       hparams[name] = value
   with _writer(session_dir).as_default() as writer:
-    hp.hparams(hparams, trial_id=hparams["run"])
+    # No trial id: TensorBoard names the session group by a hash of the hparams, so runs that
+    # differ in any of them (the seed, say) get rows of their own.
+    hp.hparams(hparams)
     writer.flush()
 
 
