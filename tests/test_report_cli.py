@@ -141,4 +141,4 @@ def test_help_imports_neither_tensorflow_nor_matplotlib():
                        check=True).stdout
   assert out.strip() == "False False"
   help_text = _report("--help")
-  assert help_text.returncode == 0 and "--logdir" in help_text.stdout
+  assert "--logdir" in help_text.stdout  # absl ends --help with exit code 1, as for moth_tf.main.
