@@ -127,9 +127,10 @@ def write_run_metadata(run_dir: str, phase: str, config: dict, class_names: Sequ
     if isinstance(value, (bool, int, float, str)):
       hparams[name] = value
   with _writer(session_dir).as_default() as writer:
-    # No trial id: TensorBoard names the session group by a hash of the hparams, so runs that
-    # differ in any of them (the seed, say) get rows of their own.
-    hp.hparams(hparams)
+    # The HParams table's "Trial ID": sessions with one id form one row (their metrics averaged),
+    # so the seed is part of it: seeds get rows of their own, true repeats (a copy of the same run
+    # and seed from another machine) share one.
+    hp.hparams(hparams, trial_id=f"{hparams['run']} seed {record['seed']}")
     writer.flush()
 
 
