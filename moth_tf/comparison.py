@@ -297,5 +297,5 @@ def format_groups(groups: Sequence[Group], fmt: str) -> str:
 
 
 def file_stem(*parts: str) -> str:
-  """A safe file name stem from labels (`moth (adv) from adv_train` -> `moth_adv_from_adv_train`)."""
+  """A safe file name stem from labels: `moth (adv) from adv_train` -> `moth_adv_from_adv_train`."""
   return re.sub(r"[^A-Za-z0-9.-]+", "_", "_".join(parts)).strip("_")

@@ -1,10 +1,10 @@
 """Reads runs back from TensorBoard event files, with TensorBoard's own reading API.
 
-`read_runs(logdir)` walks `logdir` for event files (TensorBoard's EventMultiplexer finds them, and
-its EventAccumulator reads them, nothing here parses the record format) and gathers them into runs:
+`read_runs(logdir)` walks `logdir` for event files (TensorBoard's EventMultiplexer finds them and
+its EventAccumulator reads them; nothing here parses the record format) and gathers them into runs:
 a run is a run directory, the folder that holds `logs/` (see moth_tf.tb_records for what each phase
-writes there). Who a run is (data set, model, method, mode, seed, base model) comes from the metadata
-the phases wrote, never from the folder's name.
+writes there). Who a run is (data set, model, method, mode, seed, base model) comes from the
+metadata the phases wrote, never from the folder's name.
 
 A truncated or corrupt event file (a run killed while writing, an incomplete copy) is read up to
 the damage and named in the run's `problems`; a phase that wrote its metadata but not its final
@@ -215,8 +215,8 @@ def read_runs(logdir: str) -> List[Run]:
           Point(e.step, e.wall_time, float(e.value)) for e in accumulator.Scalars(tag))
     for file_path in truncation.paths:
       if os.path.dirname(file_path) == os.path.normpath(os.path.join(logdir, name)):
-        run.problems.append(f"truncated or corrupt event file {os.path.join(name, os.path.basename(file_path))} "
-                            "(read up to the damage)")
+        shown = os.path.join(name, os.path.basename(file_path))
+        run.problems.append(f"truncated or corrupt event file {shown} (read up to the damage)")
   for run in runs.values():
     _check_finished(run)
   return _merge_measurements(list(runs.values()))

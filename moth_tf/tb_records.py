@@ -27,6 +27,8 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+from moth_tf import rundir
+
 METADATA_TAG = "run/metadata"
 FLAGS_TAG = "run/flags"
 # Tensor summaries carry this plugin name, so that readers (and TensorBoard) can tell them from
@@ -86,11 +88,6 @@ def run_identity(config: dict, phase: str, class_names: Sequence[str] = (),
   }
 
 
-def _jsonable(value):
-  from moth_tf import rundir
-  return rundir._to_jsonable(value)  # pylint: disable=protected-access
-
-
 def write_run_metadata(run_dir: str, phase: str, config: dict, class_names: Sequence[str] = (),
                        command_line: Sequence[str] = (), session: bool = True):
   """Writes the phase's metadata as text into `logs/<phase>/` and, with `session`, the run's HParams
@@ -109,7 +106,8 @@ def write_run_metadata(run_dir: str, phase: str, config: dict, class_names: Sequ
   import tensorflow as tf
   from tensorboard.plugins.hparams import api as hp
 
-  record = _jsonable(run_identity(config, phase, class_names, command_line))
+  identity = run_identity(config, phase, class_names, command_line)
+  record = rundir._to_jsonable(identity)  # pylint: disable=protected-access
   text = json.dumps(record, indent=1, sort_keys=True)
   with _writer(os.path.join(run_dir, "logs", phase)).as_default() as writer:
     # Markdown code blocks keep the JSON readable in TensorBoard's Text dashboard.
