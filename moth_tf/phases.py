@@ -217,6 +217,9 @@ def measure_and_record(model, splits, config: config_lib.RunConfig, out_dir: str
           f"{dist.samples} images each; {note}; early stop "
           + (f"after {dist.early_stop_patience} steps without a 1% gain" if
              dist.early_stop_patience else "off"))
+  # At the start, so that a killed measurement shows in the report as unfinished.
+  tb_records.write_run_metadata(out_dir, tag, config.to_dict(), splits.info.class_names,
+                                command_line, session=False)
   result = distance.measure_distance(
       model, x, y, splits.num_classes, inversion_settings(dist), seeds, samples=dist.samples,
       pairs=pairs, batch_directions=dist.batch_directions, split_name=split, verbose=verbose)
@@ -238,8 +241,6 @@ def measure_and_record(model, splits, config: config_lib.RunConfig, out_dir: str
       f"class distance: {os.path.basename(os.path.normpath(out_dir))} (mean {result.mean:.3f})")
   if heatmap:
     rundir.write_bytes(os.path.join(out_dir, tag + "_heatmap.png"), heatmap)
-  tb_records.write_run_metadata(out_dir, tag, config.to_dict(), splits.info.class_names,
-                                command_line, session=False)
   writer = tf.summary.create_file_writer(rundir.logs_dir(out_dir, tag))
   with writer.as_default():
     for i, seed in enumerate(seeds):
