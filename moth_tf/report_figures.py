@@ -55,6 +55,13 @@ def _flagged(value) -> List[int]:
   return [int(v) for v in np.asarray(value).ravel()]
 
 
+def _off_diagonal(matrix):
+  m = np.array(matrix, np.float64)
+  if m.ndim == 2 and m.shape[0] == m.shape[1]:
+    np.fill_diagonal(m, np.nan)  # No pair: grey, like the distance maps.
+  return m
+
+
 def group_figures(group: "comparison.Group", out_dir: str) -> List[str]:
   """Draws the group's figures into `out_dir`; returns the paths written."""
   stem = comparison.file_stem(group.dataset, group.model)
@@ -71,7 +78,7 @@ def group_figures(group: "comparison.Group", out_dir: str) -> List[str]:
   matrices = [(label, m) for label, m in matrices if m is not None]
   if matrices:
     save("distance_heatmaps", figures.matrices_side_by_side_png(
-        [(f"{label} (mean {np.nanmean(m):.2f})", m) for label, m in matrices],
+        [(f"{label} (mean {np.nanmean(m):.3f})", m) for label, m in matrices],
         group.class_names, suptitle=f"{title}: class distance (source -> target)"))
   base = dict(matrices).get(group.baseline)
   if base is not None:
@@ -110,10 +117,11 @@ def group_figures(group: "comparison.Group", out_dir: str) -> List[str]:
     save("trigger_sizes", figures.trigger_sizes_png(
         sizes, f"{title}: trigger size of the scheduled pair over hardening"))
   counts = [(label, group.runs[label][0].latest("moth/pair_count_matrix")) for label in labels]
-  counts = [(label, m) for label, m in counts if isinstance(m, np.ndarray)]
+  counts = [(label, _off_diagonal(m)) for label, m in counts if isinstance(m, np.ndarray)]
   if counts:
+    # The scheduler counts a period on a pair in both directions' cells.
     save("pair_counts", figures.matrices_side_by_side_png(
-        [(f"{label} ({np.nansum(m):.0f} periods)", m) for label, m in counts],
+        [(f"{label} ({np.nansum(m) / 2:.0f} pair periods)", m) for label, m in counts],
         group.class_names, cmap="Blues", fmt="{:.0f}", colorbar_label="periods scheduled",
         shared_scale=False,
         suptitle=f"{title}: how often the scheduler picked each pair (source -> target)"))
