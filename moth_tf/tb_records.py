@@ -70,6 +70,9 @@ def run_identity(config: dict, phase: str, class_names: Sequence[str] = (),
   and how it was made (phase, flags, the whole config)."""
   data = config.get("data") or {}
   method = config.get("method")
+  if phase not in ("train", "harden") and config.get("model_path"):
+    # A measuring phase on a user's model file: --method (default natural) says nothing about it.
+    method = "external"
   # The model a run started from, where it is not the natural run of its workdir: another run
   # (`base_run`) or a user's file (`model_path`).
   base = config.get("base_run") or config.get("model_path") or ""

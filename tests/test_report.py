@@ -183,6 +183,11 @@ def test_measurement_of_a_model_path_joins_the_run_that_made_it(tmp_path):
   config = _config("natural", model_path=os.path.join(hardened, "model.keras"))
   tb_records.write_run_metadata(measured, "robustness", config, CLASSES, session=False)
   tb_records.write_final_metrics(measured, "robustness", {"accuracy": 0.75})
+  # Alone (the hardened run not copied along), it is a row of its own: an external model.
+  alone = tb_reader.read_runs(measured)
+  assert [r.metadata["method"] for r in alone] == ["external"]
+  assert [r["method"] for r in comparison.build_groups(alone)[0].rows] == [
+      "external from toy_external_model_moth"]
   runs = tb_reader.read_runs(str(tmp_path))
   assert len(runs) == 1 and runs[0].merged_from == [os.path.join("w", "toy_external_model")]
   rows = _rows(comparison.build_groups(runs, "natural"))
