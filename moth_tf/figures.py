@@ -141,7 +141,15 @@ def curves_png(curves: Dict[str, Dict[str, Tuple[np.ndarray, np.ndarray]]], titl
     ax.set_title(metric)
     ax.set_xlabel(xlabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+  # One legend beside the panels: inside them it hides the curves.
+  handles, names = {}, []
+  for ax in axes[0]:
+    for handle, name in zip(*ax.get_legend_handles_labels()):
+      if name not in handles:
+        handles[name] = handle
+        names.append(name)
+  fig.legend([handles[n] for n in names], names, loc="center left", bbox_to_anchor=(1.0, 0.5),
+             fontsize=9)
   fig.suptitle(title)
   return _png(fig)
 
@@ -155,7 +163,9 @@ def trigger_sizes_png(series: Dict[str, Tuple[np.ndarray, np.ndarray]], title: s
   fig, axes = plt.subplots(1, len(series), figsize=(6 * len(series), 4), squeeze=False)
   for ax, (name, (steps, sizes)) in zip(axes[0], series.items()):
     sizes = np.asarray(sizes, np.float64).reshape(len(steps), -1)
-    ax.plot(steps, sizes[:, 0], ".", markersize=2, alpha=0.5, label="source -> target")
+    # One column: a universal trigger (every other class -> the period's target).
+    ax.plot(steps, sizes[:, 0], ".", markersize=2, alpha=0.5,
+            label="source -> target" if sizes.shape[1] > 1 else "all -> target (universal)")
     if sizes.shape[1] > 1:
       ax.plot(steps, sizes[:, 1], ".", markersize=2, alpha=0.5, label="target -> source")
     # A running mean over ~2% of the steps shows the trend through the per-pair scatter.

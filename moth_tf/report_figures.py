@@ -117,7 +117,9 @@ def group_figures(group: "comparison.Group", out_dir: str) -> List[str]:
     save("trigger_sizes", figures.trigger_sizes_png(
         sizes, f"{title}: trigger size of the scheduled pair over hardening"))
   counts = [(label, group.runs[label][0].latest("moth/pair_count_matrix")) for label in labels]
-  counts = [(label, _off_diagonal(m)) for label, m in counts if isinstance(m, np.ndarray)]
+  # A method without pair scheduling (Universal) logs an all-zero matrix: nothing to show.
+  counts = [(label, _off_diagonal(m)) for label, m in counts
+            if isinstance(m, np.ndarray) and np.nansum(m) > 0]
   if counts:
     # The scheduler counts a period on a pair in both directions' cells.
     save("pair_counts", figures.matrices_side_by_side_png(
