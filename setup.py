@@ -27,7 +27,9 @@ setuptools.setup(
     ],
     extras_require={
         "gpu": ["tensorflow[and-cuda]>=2.16"],
-        "test": ["pytest>=7"],
+        # The report's figures (python -m moth_tf.report) and the labelled distance heat map.
+        "report": ["matplotlib>=3.6"],
+        "test": ["pytest>=7", "matplotlib>=3.6"],
     },
     entry_points={"console_scripts": ["moth_tf=moth_tf.main:run_main"]},
 )

@@ -13,6 +13,7 @@ from moth_tf import config as config_lib
 from moth_tf import console
 from moth_tf import data as data_lib
 from moth_tf import rundir
+from moth_tf import tb_records
 from moth_tf import training
 from moth_tf.models import io as model_io
 
@@ -90,6 +91,8 @@ def run_train(config: config_lib.RunConfig, command_line=()):
   run_dir = distribute.worker_dir(strategy, config.run_dir("natural"))
   rundir.check_not_finished(run_dir, config.overwrite, "trained", training.BACKUP_DIR)
   rundir.check_writable(run_dir)
+  tb_records.write_run_metadata(run_dir, "train", {**config.to_dict(), "method": "natural"},
+                                splits.info.class_names, command_line)
   print(f"Training {config.model} on {config.data.dataset} ({len(splits.x_train)} train / "
         f"{len(splits.x_val)} val / {len(splits.x_test)} test images) into {run_dir}")
   _, results = training.train_natural(config.model, splits, config.train, run_dir, strategy,
@@ -100,6 +103,8 @@ def run_train(config: config_lib.RunConfig, command_line=()):
       train={"wall_seconds": results["train_seconds"], "epochs": results["epochs"],
              "recipe": config.train.__dict__},
       flags=list(command_line), config=config.to_dict())
+  tb_records.write_final_metrics(run_dir, "train", {k: results[k] for k in (
+      "test_accuracy", "val_accuracy", "epochs")} | {"wall_seconds": results["train_seconds"]})
   print(f"test accuracy: {results['test_accuracy']:.4f} (val {results['val_accuracy']:.4f}); "
         f"training took {results['train_seconds']:.1f} s; model saved to "
         f"{rundir.model_path(run_dir)}")
@@ -117,6 +122,9 @@ def run_test(config: config_lib.RunConfig, command_line=()):
   start = time.time()
   acc = evaluation.accuracy(model, splits.x_test, splits.y_test)
   print(f"test accuracy: {acc:.4f} ({len(splits.x_test)} images, model {path})")
+  tb_records.write_run_metadata(output_dir(config), "test", config.to_dict(),
+                                splits.info.class_names, command_line, session=False)
+  tb_records.write_final_metrics(output_dir(config), "test", {"accuracy": acc})
   if not config.model_path:  # Never write next to a user's own model.
     rundir.update_summary(config.run_dir(), test_accuracy=acc,
                           test={"accuracy": acc, "images": len(splits.x_test),
@@ -137,6 +145,10 @@ def run_robustness(config: config_lib.RunConfig, command_line=()):
   result = pgd.robust_accuracy(model, x, y, p.epsilon, p.steps, p.step_size, seed=config.seed)
   print(f"PGD robust accuracy: {result.accuracy:.4f} on {len(x)} validation images (L-inf eps "
         f"{p.epsilon:.4g}, {p.steps} steps of {p.step_size:.4g}); model {path}")
+  tb_records.write_run_metadata(output_dir(config), "robustness", config.to_dict(),
+                                splits.info.class_names, command_line, session=False)
+  tb_records.write_final_metrics(output_dir(config), "robustness", {
+      "accuracy": result.accuracy, "epsilon": p.epsilon, "images": len(x)})
   if not config.model_path:
     rundir.update_summary(config.run_dir(), robustness={
         "accuracy": result.accuracy, "per_class": result.per_class_accuracy,
@@ -191,7 +203,8 @@ def distance_fingerprint(config: config_lib.RunConfig, model_file: str) -> dict:
 
 
 def measure_and_record(model, splits, config: config_lib.RunConfig, out_dir: str, seeds=None,
-                       tag: str = "distance", verbose: bool = True, strategy=None):
+                       tag: str = "distance", verbose: bool = True, strategy=None,
+                       command_line=()):
   """Measures class distance and writes distance.json, the heat map PNG and TensorBoard logs.
 
   Under `strategy` (the model built in its scope) the directions are split across its replicas.
@@ -216,6 +229,9 @@ def measure_and_record(model, splits, config: config_lib.RunConfig, out_dir: str
           f"{dist.samples} images each; {note}; early stop "
           + (f"after {dist.early_stop_patience} steps without a 1% gain" if
              dist.early_stop_patience else "off"))
+  # At the start, so that a killed measurement shows in the report as unfinished.
+  tb_records.write_run_metadata(out_dir, tag, config.to_dict(), splits.info.class_names,
+                                command_line, session=False)
   result = distance.measure_distance(
       model, x, y, splits.num_classes, inversion_settings(dist), seeds, samples=dist.samples,
       pairs=pairs, batch_directions=dist.batch_directions, split_name=split, verbose=verbose,
@@ -233,9 +249,11 @@ def measure_and_record(model, splits, config: config_lib.RunConfig, out_dir: str
   name = rundir.DISTANCE_FILE if not dist.pair else f"distance_pair_{dist.pair[0]}-{dist.pair[1]}.json"
   os.makedirs(out_dir, exist_ok=True)
   rundir.write_json(os.path.join(out_dir, name), payload)
-  if not dist.pair:
-    rundir.write_bytes(os.path.join(out_dir, tag + "_heatmap.png"),
-                       distance.heatmap_png(result.matrix))
+  heatmap = None if dist.pair else distance.readable_heatmap_png(
+      result.matrix, splits.info.class_names,
+      f"class distance: {os.path.basename(os.path.normpath(out_dir))} (mean {result.mean:.3f})")
+  if heatmap:
+    rundir.write_bytes(os.path.join(out_dir, tag + "_heatmap.png"), heatmap)
   writer = tf.summary.create_file_writer(rundir.logs_dir(out_dir, tag))
   with writer.as_default():
     for i, seed in enumerate(seeds):
@@ -245,10 +263,15 @@ def measure_and_record(model, splits, config: config_lib.RunConfig, out_dir: str
     tf.summary.scalar(f"{tag}/failures", len(result.failures), step=0)
     tf.summary.scalar(f"{tag}/wall_seconds", result.wall_seconds, step=0)
     if not dist.pair:
-      tf.summary.image(f"{tag}/heatmap", distance.heatmap_image(result.matrix)[None], step=0)
+      tf.summary.image(f"{tag}/heatmap", tf.io.decode_png(heatmap, channels=3)[None], step=0)
+      tb_records.write_matrix(f"{tag}/matrix", result.matrix)
+      tb_records.write_matrix(f"{tag}/per_seed", result.per_seed)
+      tb_records.write_matrix(f"{tag}/seeds", result.seeds)
     if "comparison" in payload:
       tf.summary.scalar(f"{tag}/enlargement_mean_relative",
                         payload["comparison"]["mean_relative_change"], step=0)
+      tf.summary.scalar(f"{tag}/enlargement_ratio_of_means",
+                        payload["comparison"]["ratio_of_means"], step=0)
   writer.flush()
   return result, payload
 
@@ -263,7 +286,8 @@ def run_distance(config: config_lib.RunConfig, command_line=()):
     model, path = load_run_model(config)
   check_model_fits(model, splits, path)
   out_dir = distribute.worker_dir(strategy, output_dir(config))
-  result, payload = measure_and_record(model, splits, config, out_dir, strategy=strategy)
+  result, payload = measure_and_record(model, splits, config, out_dir, strategy=strategy,
+                                       command_line=command_line)
   console.print_distance(result, payload)
   if not config.distance.pair:
     rundir.update_summary(out_dir, distance={"mean": result.mean, "failures": len(result.failures),
@@ -313,6 +337,8 @@ def run_harden(config: config_lib.RunConfig, command_line=()):
   pgd_settings = (p.epsilon, p.steps, p.step_size)
   console.print_harden_start(config.method, base_path, out_dir,
                              method.describe(config.harden, len(splits.x_train), pgd_settings))
+  tb_records.write_run_metadata(out_dir, "harden", config.to_dict(), splits.info.class_names,
+                                command_line)
   classifier, results = method.harden(
       lambda: model_io.load_model(base_path, unsafe_load=config.unsafe_load), splits,
       config.harden, out_dir, strategy=strategy, pgd_settings=pgd_settings)
@@ -325,6 +351,9 @@ def run_harden(config: config_lib.RunConfig, command_line=()):
               "test_accuracy_after": acc_after, "strategy": config.strategy,
               "replicas": strategy.num_replicas_in_sync, "model_input": model_input},
       flags=list(command_line), config=config.to_dict())
+  tb_records.write_final_metrics(out_dir, "harden", {
+      "test_accuracy": acc_after, "test_accuracy_before": acc_before, **{k: results[k] for k in (
+          "wall_seconds", "steps", "generation_seconds", "warmup_seconds", "training_seconds")}})
   console.print_harden_end(acc_before, acc_after, results, saved_path)
   distribute.discard_worker_dir(strategy, final_dir)
   return {"test_accuracy_before": acc_before, "test_accuracy_after": acc_after, **results,
@@ -368,7 +397,8 @@ def run_pipeline(config: config_lib.RunConfig, command_line=()):
     print(f"[2/4] class distance of the base model ({len(config.distance.seeds)} seed(s))")
     with strategy.scope():
       base_model, _ = load_run_model(natural)
-    base_result, _ = measure_and_record(base_model, splits, natural, base_dir, strategy=strategy)
+    base_result, _ = measure_and_record(base_model, splits, natural, base_dir, strategy=strategy,
+                                        command_line=command_line)
     base_mean, base_failures = base_result.mean, len(base_result.failures)
     rundir.update_summary(base_dir, distance={"mean": base_mean, "failures": base_failures})
   times["distance_before"] = time.time() - start
@@ -386,7 +416,7 @@ def run_pipeline(config: config_lib.RunConfig, command_line=()):
   with strategy.scope():
     hardened_model, _ = load_run_model(hardened)
   after, payload = measure_and_record(hardened_model, splits, hardened, hardened.run_dir(),
-                                      strategy=strategy)
+                                      strategy=strategy, command_line=command_line)
   times["distance_after"] = time.time() - start
   comparison = payload["comparison"]
   rundir.update_summary(hardened.run_dir(), distance={

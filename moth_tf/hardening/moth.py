@@ -58,6 +58,7 @@ import tensorflow as tf
 
 from moth_tf import config as config_lib
 from moth_tf import distance
+from moth_tf import tb_records
 from moth_tf.hardening import fitting
 from moth_tf.hardening import scheduler as scheduler_lib
 from moth_tf.triggers import distributed
@@ -419,6 +420,7 @@ class MothHardener:
                        step=epoch)
       tf.summary.image("moth/pair_count", distance.heatmap_image(self.scheduler.count)[None],
                        step=epoch)
+      tb_records.write_matrix("moth/pair_count_matrix", self.scheduler.count, step=epoch)
       if self.cur_masks is not None:
         tf.summary.image("moth/current_masks", self.cur_masks.reshape(
             -1, *self.cur_masks.shape[2:], 1), step=epoch, max_outputs=8)
