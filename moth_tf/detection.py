@@ -18,7 +18,7 @@ class, so its column of the matrix (the distances from each class to it) has an 
 
 import dataclasses
 import time
-from typing import List, Optional
+from typing import List
 
 import numpy as np
 
@@ -159,40 +159,3 @@ def distance_detection(matrix, threshold: float = 2.0) -> dict:
   return {"method": "class_distance_columns", "column_mean": column_mean.tolist(),
           "anomaly_index": anomaly_index(column_mean).tolist(),
           "flagged": flag_small_outliers(column_mean, threshold), "threshold": threshold}
-
-
-def norms_figure_png(norms, index, flagged, threshold: float, class_names=None,
-                     title: str = "Neural Cleanse") -> Optional[bytes]:
-  """A two-panel PNG: each label's reversed-trigger L1 norm, and its anomaly index against the
-  threshold (flagged labels in red). None when matplotlib is not installed."""
-  try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-  except ImportError:
-    return None
-  import io
-  n = len(norms)
-  labels = [str(i) if not class_names else f"{i}\n{class_names[i]}"[:14] for i in range(n)]
-  colours = ["tab:red" if i in flagged else "tab:blue" for i in range(n)]
-  fig, (left, right) = plt.subplots(1, 2, figsize=(max(8, 0.9 * n + 4), 3.8))
-  left.bar(range(n), np.nan_to_num(norms), color=colours)
-  if np.isfinite(norms).any():
-    left.axhline(np.nanmedian(norms), color="grey", ls="--", lw=1, label="median")
-    left.legend(loc="upper right", fontsize=8)
-  left.set(title=f"{title}: reversed trigger L1 norm per label", xlabel="label",
-           ylabel="mask L1 norm")
-  right.bar(range(n), np.nan_to_num(index, posinf=10, neginf=-10), color=colours)
-  right.axhline(threshold, color="tab:red", ls="--", lw=1, label=f"flag threshold {threshold:g}")
-  right.axhline(0, color="black", lw=0.5)
-  right.set(title="anomaly index (positive: smaller than the median)", xlabel="label",
-            ylabel="MAD anomaly index")
-  right.legend(loc="upper right", fontsize=8)
-  for ax in (left, right):
-    ax.set_xticks(range(n))
-    ax.set_xticklabels(labels, fontsize=7)
-  fig.tight_layout()
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format="png", dpi=110)
-  plt.close(fig)
-  return buffer.getvalue()

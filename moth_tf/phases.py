@@ -431,16 +431,6 @@ def run_pipeline(config: config_lib.RunConfig, command_line=()):
   return {"times": times, "comparison": comparison, "harden": harden_results}
 
 
-def _write_scalars(log_dir: str, values: dict, prefix: str):
-  """Writes `values` (name -> number) as TensorBoard scalars `prefix/name` at step 0."""
-  import tensorflow as tf
-  writer = tf.summary.create_file_writer(log_dir)
-  with writer.as_default():
-    for name, value in values.items():
-      tf.summary.scalar(f"{prefix}/{name}", float(value), step=0)
-  writer.flush()
-
-
 def trigger_dir(config: config_lib.RunConfig) -> str:
   """Where the backdoor trigger of a backdoor phase is: --trigger_path, else the base run's."""
   if config.trigger_path:
@@ -478,6 +468,10 @@ def run_poison(config: config_lib.RunConfig, command_line=()):
         f"stamped on {len(chosen)} of {len(x_train)} training images ({p.rate:.1%}), relabelled "
         f"to {target}; into {run_dir}")
   strategy = distribute.get_strategy(config.strategy)
+  # The report names the run by its method: "poisoned" (a base run, like "natural").
+  tb_records.write_run_metadata(run_dir, "train", {**config.to_dict(), "method": "poisoned",
+                                                   "base_run": None},
+                                splits.info.class_names, command_line)
   model, results = training.train_natural(config.model, poisoned, config.train, run_dir, strategy,
                                           seed=config.seed)
   metrics = backdoor_eval.backdoor_metrics(model, splits.x_test, splits.y_test, trigger,
@@ -495,8 +489,10 @@ def run_poison(config: config_lib.RunConfig, command_line=()):
       train={"wall_seconds": results["train_seconds"], "epochs": results["epochs"],
              "recipe": config.train.__dict__},
       flags=list(command_line), config=config.to_dict())
-  _write_scalars(rundir.logs_dir(run_dir, "backdoor"),
-                 {k: metrics[k] for k in ("c_acc", "asr", "r_acc")}, "backdoor")
+  tb_records.write_final_metrics(run_dir, "train", {k: results[k] for k in (
+      "test_accuracy", "val_accuracy", "epochs")} | {"wall_seconds": results["train_seconds"]})
+  tb_records.write_final_metrics(run_dir, "backdoor",
+                                 {k: metrics[k] for k in ("c_acc", "asr", "r_acc")})
   console.print_backdoor(metrics, "poisoned model")
   if natural_acc is not None:
     print(f"clean accuracy vs the natural model: {natural_acc:.4f} -> {metrics['c_acc']:.4f} "
@@ -535,9 +531,10 @@ def run_backdoor(config: config_lib.RunConfig, command_line=()):
   rundir.update_summary(out_dir, backdoor={
       **metrics, "trigger": os.path.abspath(backdoor.trigger_location(source)),
       "original": None if original is None else {"model": original_path, **original}})
-  _write_scalars(rundir.logs_dir(out_dir, "backdoor"),
-                 {k: metrics[k] for k in ("c_acc", "asr", "r_acc", "der") if k in metrics},
-                 "backdoor")
+  tb_records.write_run_metadata(out_dir, "backdoor", config.to_dict(), splits.info.class_names,
+                                command_line, session=False)
+  tb_records.write_final_metrics(out_dir, "backdoor", {k: metrics.get(k) for k in (
+      "c_acc", "asr", "r_acc", "der")})
   console.print_backdoor(metrics, f"model {path}", original)
   return metrics
 
@@ -588,13 +585,21 @@ def run_detect(config: config_lib.RunConfig, command_line=()):
       print(f"the backdoor's target {trigger.target} is {'flagged' if hit else 'NOT flagged'}; "
             f"clean labels flagged: {payload['clean_labels_flagged'] or 'none'}")
   rundir.write_json(os.path.join(out_dir, "detection.json"), payload)
-  figure = detection.norms_figure_png(found.l1_norms, found.anomaly_index, found.flagged,
-                                      nc.threshold, splits.info.class_names)
+  try:
+    from moth_tf import figures
+    figure = figures.anomaly_index_png(
+        np.nan_to_num(found.l1_norms), np.nan_to_num(found.anomaly_index, posinf=10, neginf=-10),
+        found.flagged, splits.info.class_names, title=f"Neural Cleanse on {path}",
+        threshold=nc.threshold)
+  except ImportError:
+    figure = None
   if figure is None:
     console.print_warning("matplotlib is not installed, so nc_norms.png was not drawn; install it "
                           "with pip install 'moth_tf[report]'")
   else:
     rundir.write_bytes(os.path.join(out_dir, "nc_norms.png"), figure)
+  tb_records.write_run_metadata(out_dir, "detect", config.to_dict(), splits.info.class_names,
+                                command_line, session=False)
   writer = tf.summary.create_file_writer(rundir.logs_dir(out_dir, "detect"))
   with writer.as_default():
     tf.summary.write("detect/l1_norms", tf.constant(found.l1_norms, tf.float32), step=0)

@@ -75,7 +75,8 @@ def run_identity(config: dict, phase: str, class_names: Sequence[str] = (),
     method = "external"
   # The model a run started from, where it is not the natural run of its workdir: another run
   # (`base_run`) or a user's file (`model_path`).
-  base = config.get("base_run") or config.get("model_path") or ""
+  base_run = config.get("base_run")
+  base = (base_run if base_run not in (None, "natural") else "") or config.get("model_path") or ""
   return {
       "dataset": data.get("dataset"),
       "model": config.get("model"),
