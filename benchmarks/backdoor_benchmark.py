@@ -68,8 +68,12 @@ class Bench:
   def measure(self, label):
     row = self.results["rows"].setdefault(label, {})
     if "backdoor" not in row:
-      self.cli("--phase=backdoor", *self.target_args(label))
-      row["backdoor"] = read_json(os.path.join(self.dir_of(label), "summary.json"))["backdoor"]
+      # A backdoor entry already in the run's summary (an interrupted benchmark, or the phase run
+      # by hand with the same flags) is reused.
+      summary_path = os.path.join(self.dir_of(label), "summary.json")
+      if "backdoor" not in read_json(summary_path):
+        self.cli("--phase=backdoor", *self.target_args(label))
+      row["backdoor"] = read_json(summary_path)["backdoor"]
       row["backdoor"].pop("original", None)
       self.save()
     if "distance" not in row:
@@ -77,9 +81,8 @@ class Bench:
           f"--compare_to={self.run_dir('poisoned')}"]
       path = os.path.join(self.dir_of(label), "distance.json")
       model = os.path.join(self.dir_of(label), "model.keras")
-      if label == "natural" and os.path.exists(path) and (
-          os.path.getmtime(path) > os.path.getmtime(model)):
-        wall = None  # The base model's measurement, copied in or left by an earlier run.
+      if os.path.exists(path) and os.path.getmtime(path) > os.path.getmtime(model):
+        wall = None  # A measurement of this very model file, left by an earlier or manual run.
       else:
         wall, _ = self.cli(*distance_args(self.dataset), "--phase=distance",
                            *self.target_args(label), *compare)
