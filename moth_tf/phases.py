@@ -320,6 +320,8 @@ def run_harden(config: config_lib.RunConfig, command_line=()):
   base_config = config if config.model_path else dataclasses.replace(config, method="natural")
   base_model, base_path = load_run_model(base_config)
   check_model_fits(base_model, splits, base_path)
+  if hasattr(method, "check_model"):  # A method's own demands on the model, before any output.
+    method.check_model(base_model, config.harden)
   strategy = distribute.get_strategy(config.strategy)
   final_dir = harden_output_dir(config)
   out_dir = distribute.worker_dir(strategy, final_dir)

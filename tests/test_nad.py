@@ -462,6 +462,15 @@ def test_cli_unknown_layer_is_a_one_line_error(workdir, capsys):
   assert "--nad_layers" in err and "'nope'" in err and "conv2" in err
 
 
+def test_unusable_layers_fail_before_anything_is_written(workdir, tmp_path, capsys):
+  other = tmp_path / "other"
+  base_path = os.path.join(workdir, "digits_lenet_natural", "model.keras")
+  err = run_cli_error(capsys, "--phase=harden", "--method=nad", f"--model_path={base_path}",
+                      f"--workdir={other}", "--nad_layers=nope")
+  assert "'nope'" in err
+  assert not other.exists()  # No run directory, no logs: the check runs before any output.
+
+
 def test_a_killed_run_reuses_its_finished_teacher(workdir, tmp_path, monkeypatch, capsys):
   base_path = os.path.join(workdir, "digits_lenet_natural", "model.keras")
   splits = data_lib.load_dataset("digits")

@@ -154,6 +154,11 @@ def _some(names, count=8):
   return ", ".join(shown) + (f" (and {len(names) - count} earlier)" if len(names) > count else "")
 
 
+def check_model(classifier, config: config_lib.HardenConfig):
+  """Raises the one-line ValueError of resolve_layers before the run writes anything."""
+  resolve_layers(classifier, config.nad_layers, config.nad_betas)
+
+
 def resolve_layers(classifier, layers: Optional[Sequence[str]] = None,
                    betas: Optional[Sequence[float]] = None):
   """The attention layers and their betas for `classifier`.

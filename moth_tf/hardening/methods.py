@@ -8,6 +8,8 @@ Every method is one module with the same two entry points:
   TensorBoard logs under `run_dir/logs/` and a resumable backup; `results` has at least the keys of
   `moth_tf.hardening.fitting.common_results` (wall, generation and training seconds, steps, ...).
 * `describe(config, num_train, pgd_settings) -> str`: the one line printed before the run starts.
+* optional `check_model(classifier, config)`: raises a one-line ValueError when the method cannot
+  work on this model (NAD without its attention layers), before the run writes anything.
 
 `moth_tf.phases` looks the method up here and does everything else (loading the base model,
 accuracy before and after, saving, summary.json) the same way for all of them. Adding a method is
