@@ -196,15 +196,7 @@ def main():
     bench.method(name)
     if name == "moth":
       bench.detect("moth")
-  bench.results["benchmark_seconds"] = bench.results.get("benchmark_seconds", 0) + (
-      time.time() - start)
-  bench.save()
-  text = tables(bench.results)
-  with open(out_path[:-len(".json")] + ".md", "w") as f:
-    f.write(text + "\n")
-  print(text)
-  print(f"benchmark wall time this invocation: {time.time() - start:.0f} s; "
-        f"{bench.results['machine']}")
+  common.finish(bench, tables(bench.results), out_path, start)
 
 
 if __name__ == "__main__":

@@ -219,15 +219,7 @@ def main():
       bench.moth_adv()
     else:
       bench.method(name)
-  bench.results["benchmark_seconds"] = bench.results.get("benchmark_seconds", 0) + (
-      time.time() - start)
-  bench.save()
-  text = table(bench.results)
-  with open(out_path[:-len(".json")] + ".md", "w") as f:
-    f.write(text + "\n")
-  print(text)
-  print(f"benchmark wall time this invocation: {time.time() - start:.0f} s; "
-        f"{bench.results['machine']}")
+  common.finish(bench, table(bench.results), out_path, start)
 
 
 if __name__ == "__main__":

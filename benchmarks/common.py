@@ -34,3 +34,16 @@ def machine_note():
   load = os.getloadavg()
   return (f"{os.cpu_count()} CPU cores, load average {load[0]:.2f} at start; "
           "figures vary with machine load")
+
+
+def finish(bench, text: str, out_path: str, start: float):
+  """Ends a benchmark invocation: adds its time to the results, saves them (`bench.save()`), writes
+  `text` (the Markdown table) beside the JSON and prints it with the wall time and machine note."""
+  bench.results["benchmark_seconds"] = bench.results.get("benchmark_seconds", 0) + (
+      time.time() - start)
+  bench.save()
+  with open(out_path[:-len(".json")] + ".md", "w") as f:
+    f.write(text + "\n")
+  print(text)
+  print(f"benchmark wall time this invocation: {time.time() - start:.0f} s; "
+        f"{bench.results['machine']}")

@@ -111,11 +111,7 @@ class DistributedInverter:
     Args and Returns: as engine.TriggerInverter.invert.
     """
     s = self.settings
-    k = len(images)
-    if not (k == len(targets) == len(seeds)):
-      raise ValueError("images, targets and seeds must have one entry per direction")
-    if not images or any(len(im) == 0 for im in images):
-      raise ValueError("every direction needs at least one image")
+    k = engine.check_directions(images, targets, seeds)
     steps = int(steps or s.steps)
     r = self.num_replicas
     images = [np.asarray(im, np.float32) for im in images]

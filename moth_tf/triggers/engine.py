@@ -144,6 +144,16 @@ _INIT_MASK_STREAM = 1
 _INIT_PATTERN_STREAM = 2
 
 
+def check_directions(images, targets, seeds) -> int:
+  """Checks an invert call's per-direction arguments; returns the number of directions K."""
+  k = len(images)
+  if not (k == len(targets) == len(seeds)):
+    raise ValueError("images, targets and seeds must have one entry per direction")
+  if not images or any(len(im) == 0 for im in images):
+    raise ValueError("every direction needs at least one image")
+  return k
+
+
 class TriggerInverter:
   """Optimises batches of trigger directions against one model (called in inference mode).
 
@@ -326,11 +336,7 @@ class TriggerInverter:
       InversionResult.
     """
     s = self.settings
-    k = len(images)
-    if not (k == len(targets) == len(seeds)):
-      raise ValueError("images, targets and seeds must have one entry per direction")
-    if not images or any(len(im) == 0 for im in images):
-      raise ValueError("every direction needs at least one image")
+    k = check_directions(images, targets, seeds)
     steps = int(steps or s.steps)
     image_shape = tuple(images[0].shape[1:])
     x = np.concatenate([np.asarray(im, np.float32) for im in images])
