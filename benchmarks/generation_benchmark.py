@@ -31,6 +31,7 @@ VARIANTS = {
     "cheap": ("--generations_per_period=1", "--warm_fast_start"),
     "two_generations_warm": ("--generations_per_period=2", "--warm_fast_start"),
     "cheap_3000_steps": ("--generations_per_period=1", "--warm_fast_start", "--harden_steps=3000"),
+    "cheap_3500_steps": ("--generations_per_period=1", "--warm_fast_start", "--harden_steps=3500"),
 }
 
 
