@@ -18,7 +18,6 @@ import logging
 import os
 from typing import Dict, List, Optional, Tuple
 
-import numpy as np
 
 from moth_tf import tb_records
 

@@ -50,6 +50,6 @@ def trained_workdir(tmp_path_factory, epochs: int, *more_runs):
   work = str(tmp_path_factory.mktemp("work"))
   with contextlib.redirect_stdout(io.StringIO()):
     run_cli("--phase=train", f"--epochs={epochs}", f"--workdir={work}")
-    for flags in more_runs:
-      run_cli(*flags, f"--workdir={work}")
+    for run_flags in more_runs:
+      run_cli(*run_flags, f"--workdir={work}")
   return work

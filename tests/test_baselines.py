@@ -12,7 +12,6 @@
 """
 
 import json
-import math
 import os
 import subprocess
 import sys

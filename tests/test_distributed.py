@@ -12,10 +12,8 @@ import sys
 import textwrap
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
-from moth_tf import distribute
 from moth_tf.triggers import distributed
 from moth_tf.triggers import engine
 

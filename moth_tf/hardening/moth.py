@@ -48,7 +48,6 @@ Differences from the authors' code, on purpose (see also the scheduler's module 
 * A resumed run continues at the epoch boundary of its last checkpoint and starts a fresh period.
 """
 
-import dataclasses
 import time
 from typing import Callable, Optional
 
