@@ -32,6 +32,12 @@ VARIANTS = {
     "two_generations_warm": ("--generations_per_period=2", "--warm_fast_start"),
     "cheap_3000_steps": ("--generations_per_period=1", "--warm_fast_start", "--harden_steps=3000"),
     "cheap_3500_steps": ("--generations_per_period=1", "--warm_fast_start", "--harden_steps=3500"),
+    "p3_cheap": ("--pairs_per_period=3", "--generations_per_period=1", "--warm_fast_start"),
+    "p5_cheap": ("--pairs_per_period=5", "--generations_per_period=1", "--warm_fast_start"),
+    "p5_cheap_first": ("--pairs_per_period=5", "--generations_per_period=1", "--warm_fast_start",
+                       "--fast_first_visit"),
+    "p5_two": ("--pairs_per_period=5", "--generations_per_period=2", "--warm_fast_start"),
+    "p5_warm_1000_steps": ("--pairs_per_period=5", "--warm_fast_start", "--harden_steps=1000"),
 }
 
 

@@ -131,6 +131,13 @@ def define_flags():
   flags.DEFINE_bool("warm_fast_start", None,
                     "MOTH: a pair chosen before starts its period in fast mode from its stored "
                     "triggers instead of a full generation.")
+  flags.DEFINE_bool("fast_first_visit", None,
+                    "MOTH, with --warm_fast_start: a pair's first period also starts in fast mode, "
+                    "from the warm-up's universal triggers.")
+  flags.DEFINE_integer("pairs_per_period", None,
+                       "MOTH: class pairs (with no class in common) hardened together in every "
+                       "period; their triggers are generated in one batched call (default 1, as "
+                       "published).", lower_bound=1)
   flags.DEFINE_integer("trigger_families", None,
                        "Independently initialised triggers kept, generated and stamped per "
                        "direction (ours; the reference has 1).", lower_bound=1)

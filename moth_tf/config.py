@@ -184,6 +184,13 @@ class HardenConfig:
   # chosen before starts its period in fast mode from its stored triggers, not at pair_steps.
   generations_per_period: Optional[int] = None
   warm_fast_start: bool = False
+  # `fast_first_visit` (with warm_fast_start): a pair's first period also starts in fast mode, from
+  # the warm-up's universal triggers toward its two classes (a failure falls back as above).
+  fast_first_visit: bool = False
+  # `pairs_per_period`: the scheduler picks that many pairs with no class in common for every
+  # period; their triggers are generated in one batched engine call and all of them are stamped
+  # in each step of the period (1 = as published).
+  pairs_per_period: int = 1
   # Baselines (moth_tf.baselines). adv_train: the share of each batch replaced by its PGD examples.
   adv_mix: float = 1.0
   # uap: the shared perturbation's L-inf radius and signed-gradient step (None: the data set's
@@ -227,7 +234,8 @@ class HardenConfig:
     if self.epochs is not None and self.epochs < 1:
       raise ValueError(f"epochs must be >= 1, got {self.epochs}")
     for name in ("steps", "batch_size", "period", "warmup_steps", "pair_steps", "fast_steps",
-                 "trigger_samples", "warmup_samples", "families", "pairwise_patience",
+                 "trigger_samples", "warmup_samples", "families", "pairs_per_period",
+                 "pairwise_patience",
                  "pairwise_max_periods"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -295,7 +303,9 @@ class HardenConfig:
 REFERENCE_HARDENING = HardenConfig(epochs=2, learning_rate=1e-3, lr_warmup_steps=0,
                                    lr_decay="constant", portion=0.1, replay=0.0,
                                    trigger_samples=13, families=1,
-                                   pair_ce_reduction="sum", store_largest=True)
+                                   pair_ce_reduction="sum", store_largest=True,
+                                   generations_per_period=None, warm_fast_start=False,
+                                   fast_first_visit=False, pairs_per_period=1)
 
 # Per-data-set hardening recipes of `--preset=default`, like the base training recipes: the
 # HardenConfig fields that differ from the defaults above (which were tuned on digits). The measured

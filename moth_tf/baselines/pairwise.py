@@ -19,6 +19,8 @@ The budget is therefore whatever the sweep needs (`--harden_steps` does not appl
 rate ramps up as in MOTH and then stays constant, since the run's length is not known in advance.
 """
 
+import dataclasses
+
 import numpy as np
 
 from moth_tf import config as config_lib
@@ -123,7 +125,11 @@ def describe(config: config_lib.HardenConfig, num_train: int, pgd_settings=None)
 
 def harden(classifier_factory, splits, config: config_lib.HardenConfig, run_dir: str,
            strategy=None, verbose: int = 1, pgd_settings=None):
-  """Hardens a copy of the classifier pair by pair; returns (classifier, results)."""
+  """Hardens a copy of the classifier pair by pair; returns (classifier, results).
+
+  Pairwise hardens one pair at a time by definition: `pairs_per_period` is taken as 1.
+  """
+  config = dataclasses.replace(config, pairs_per_period=1)
   sweep = SweepScheduler(splits.num_classes, config.pairwise_tol, config.pairwise_patience,
                          config.pairwise_max_periods, seed=config.seed)
   steps_per_epoch = config.steps_per_epoch_for(len(splits.x_train))

@@ -14,6 +14,7 @@ The universal triggers live in the trigger store's column g (every source class)
 checkpointed with the model and, with `replay` > 0, replayed on other images as in MOTH.
 """
 
+import dataclasses
 import time
 
 import numpy as np
@@ -115,7 +116,11 @@ def describe(config: config_lib.HardenConfig, num_train: int, pgd_settings=None)
 
 def harden(classifier_factory, splits, config: config_lib.HardenConfig, run_dir: str,
            strategy=None, verbose: int = 1, pgd_settings=None):
-  """Hardens a copy of the classifier with universal triggers; returns (classifier, results)."""
+  """Hardens a copy of the classifier with universal triggers; returns (classifier, results).
+
+  Universal hardens one target class per period: `pairs_per_period` does not apply (taken as 1).
+  """
+  config = dataclasses.replace(config, pairs_per_period=1)
   return moth.harden(
       classifier_factory, splits, config, run_dir, strategy=strategy, verbose=verbose,
       pgd_settings=pgd_settings, hardener_class=UniversalHardener, log_name="harden_universal")

@@ -6,7 +6,8 @@ triggers live in non-trainable variables that the host-side driver (moth_tf.hard
 between steps, so the step is one traced graph for the whole run:
 
 * pair triggers: direction 0 (s -> t) is stamped on a fraction of the batch's class-s images and
-  direction 1 (t -> s) on the same fraction of its class-t images; with several trigger *families*
+  direction 1 (t -> s) on the same fraction of its class-t images (with several pairs per period,
+  every pair's two directions; the pairs share no class); with several trigger *families*
   per direction (independently initialised triggers, see moth_tf.hardening.moth), each stamped
   image carries one enabled family drawn at random;
 * warm-up: the universal trigger toward class `warm_target` is stamped on `warm_ratio` of the batch's
@@ -161,16 +162,21 @@ class StampingModel(HardeningModel):
     replay: fraction of the remaining images (not stamped with the pair or warm-up trigger) that
       carry a stored trigger of their class toward a random other class (0 = MOTH as published).
     families: independently initialised triggers kept per direction (1 = MOTH as published).
+    pairs: class pairs stamped in every step, with no class in common (1 = MOTH as published).
     adversarial: PGD-perturb every batch first (MOTH on top of adversarial training).
     pgd_settings: (epsilon, steps, step_size) for adversarial mode.
   """
 
   def __init__(self, classifier, num_classes, portion=0.5, warm_ratio=0.5, replay=0.0,
-               families=1, adversarial=False, pgd_settings=(0.03, 8, 0.005), **kwargs):
+               families=1, pairs=1, adversarial=False, pgd_settings=(0.03, 8, 0.005),
+               **kwargs):
     kwargs.pop("tracker_name", None)
     super().__init__(classifier, num_classes, tracker_name="stamped", **kwargs)
     self.families = int(families)
+    self.pairs = int(pairs)
     r = self.families
+    # Directions stamped per step: 2 per pair (index 2 * pair + direction).
+    k = 2 * self.pairs
     self.adversarial = bool(adversarial)
     self.pgd_settings = tuple(pgd_settings)
     h, w, c = self.image_shape
@@ -181,10 +187,10 @@ class StampingModel(HardeningModel):
                              initializer="zeros")
 
     # What the step stamps (assigned by the driver between steps).
-    self.pair_classes = state("pair_classes", (2,), "int32")
-    self.pair_enabled = state("pair_enabled", (2, r))
-    self.pair_masks = state("pair_masks", (2, r, h, w, 1))
-    self.pair_patterns = state("pair_patterns", (2, r, h, w, c))
+    self.pair_classes = state("pair_classes", (k,), "int32")
+    self.pair_enabled = state("pair_enabled", (k, r))
+    self.pair_masks = state("pair_masks", (k, r, h, w, 1))
+    self.pair_patterns = state("pair_patterns", (k, r, h, w, c))
     self.warm_target = state("warm_target", (), "int32")
     self.warm_enabled = state("warm_enabled", ())
     self.warm_mask = state("warm_mask", (h, w, 1))
@@ -209,20 +215,22 @@ class StampingModel(HardeningModel):
     # DRIVER_STATE_FIELDS), and the trigger sizes of the period's steps so far, so that a resumed
     # run continues the period it was in and reports the counters of the whole run.
     self.driver_state = state("driver_state", (16,))
-    self.period_sizes = state("period_sizes", (MAX_CHECKPOINTED_PERIOD, 2))
+    self.period_sizes = state("period_sizes", (MAX_CHECKPOINTED_PERIOD, k))
 
   def stamp_batch(self, x, y, seed):
     """Returns (stamped x, number of stamped images) for one (per-replica) batch; labels unchanged."""
     y = tf.cast(tf.reshape(y, [-1]), tf.int32)
     stamped = tf.zeros_like(y, dtype=tf.bool)
-    # Pair triggers on a fraction of each of the two classes' images, one random enabled family
-    # per image.
-    for d in range(2):
+    # Pair triggers on a fraction of each pair class's images, one random enabled family per image.
+    for d in range(2 * self.pairs):
       enabled = self.pair_enabled[d] > 0
       member = tf.logical_and(tf.equal(y, self.pair_classes[d]), tf.reduce_any(enabled))
-      chosen = select_fraction(member, self.portion, seed + d + 1)
+      # The first pair keeps the seeds of the one-pair step; later pairs get offsets no other
+      # draw of the step uses.
+      offset = d if d < 2 else 100 + 10 * d
+      chosen = select_fraction(member, self.portion, seed + offset + 1)
       family = _random_true_index(
-          tf.broadcast_to(enabled[None, :], [tf.shape(y)[0], self.families]), seed + d + 7)
+          tf.broadcast_to(enabled[None, :], [tf.shape(y)[0], self.families]), seed + offset + 7)
       x = tf.where(chosen[:, None, None, None],
                    params.stamp(x, tf.gather(self.pair_masks[d], family),
                                 tf.gather(self.pair_patterns[d], family)), x)
@@ -261,7 +269,7 @@ class StampingModel(HardeningModel):
 
   def get_config(self):
     config = super().get_config()
-    config.update(families=self.families, adversarial=self.adversarial,
+    config.update(families=self.families, pairs=self.pairs, adversarial=self.adversarial,
                   pgd_settings=self.pgd_settings)
     return config
 
@@ -274,7 +282,15 @@ class StampingModel(HardeningModel):
     masks: [2, families, H, W(, 1)] (or [2, H, W(, 1)] with one family); patterns likewise with C
     channels; enabled: [2, families] (or [2]), 1 where that trigger may be stamped.
     """
-    self.pair_classes.assign(np.array([s, t], np.int32))
+    self.set_pairs([(s, t)], masks, patterns, enabled)
+
+  def set_pairs(self, pairs, masks, patterns, enabled):
+    """Makes the step stamp every pair (s, t) of `pairs`, as `set_pair` does one.
+
+    masks: [P, 2, families, H, W(, 1)]; patterns [P, 2, families, H, W, C]; enabled
+    [P, 2, families]; P = `self.pairs` (a one-pair model also takes set_pair's shapes).
+    """
+    self.pair_classes.assign(np.asarray(pairs, np.int32).reshape(self.pair_classes.shape))
     self.pair_masks.assign(np.asarray(masks, np.float32).reshape(self.pair_masks.shape))
     self.pair_patterns.assign(np.asarray(patterns, np.float32).reshape(self.pair_patterns.shape))
     self.pair_enabled.assign(np.asarray(enabled, np.float32).reshape(self.pair_enabled.shape))

@@ -68,7 +68,8 @@ from moth_tf.triggers import params
 # What StampingModel.driver_state holds (indices), checkpointed at every epoch end.
 DRIVER_STATE_FIELDS = ("fast", "rollback", "failed_directions", "generations",
                        "generation_seconds", "warmup_seconds", "period_pos", "in_period",
-                       "failed_last", "period_steps_done", "warm_fast", "reused")
+                       "failed_last", "period_steps_done", "warm_fast", "reused",
+                       "engine_calls", "inversion_steps")
 
 
 class MothHardener:
@@ -110,6 +111,14 @@ class MothHardener:
     self.warmup = bool(warmup)
     # Training steps that stamp the warm-up's universal triggers, one target class each.
     self.warmup_length = self.n if warmup else 0
+    # Pairs hardened together in every period (their classes disjoint).
+    self.num_pairs = int(config.pairs_per_period)
+    if self.num_pairs > 1 and not hasattr(self.scheduler, "choose_many"):
+      raise ValueError(f"pairs_per_period={self.num_pairs}: this method's scheduler hardens one "
+                       f"pair at a time; use pairs_per_period=1")
+    if 2 * self.num_pairs > self.n:
+      raise ValueError(f"pairs_per_period={self.num_pairs} needs {2 * self.num_pairs} classes (the "
+                       f"pairs share none); this model has {self.n}: use at most {self.n // 2}")
     # Under a strategy the directions of every generation are split across its replicas (the
     # model was built in its scope, so each replica calls its own copy).
     self.pair_inverter = distributed.make_inverter(
@@ -123,16 +132,24 @@ class MothHardener:
     self._period_reset()
     self.generation_seconds = 0.0
     self.warmup_seconds = 0.0
+    # Per pair and step: fast, rollback, warm_fast, reused (a step that generates nothing for the
+    # pair) and generations; failed_directions per direction; engine_calls and inversion_steps
+    # (the longest direction's steps, summed over calls) per batched engine call.
     self.events = {"fast": 0, "rollback": 0, "failed_directions": 0, "generations": 0,
-                   "warm_fast": 0, "reused": 0}
+                   "warm_fast": 0, "reused": 0, "engine_calls": 0, "inversion_steps": 0}
 
   def _period_reset(self):
     self.period_pos = 0
-    self.pair = None
-    self.cur_masks = None
-    self.cur_patterns = None
-    self.fails = np.zeros((2, self.config.families), np.int64)
-    self.period_sizes = []
+    self.pairs = None  # The period's pairs [(s, t)], P of them.
+    self.cur_masks = None  # [P, 2, families, H, W]: each pair's current s->t and t->s triggers.
+    self.cur_patterns = None  # [P, 2, families, H, W, C]
+    self.fails = np.zeros((self.num_pairs, 2, self.config.families), np.int64)
+    self.period_sizes = []  # Per step of the period: [P, 2] trigger sizes.
+
+  @property
+  def pair(self):
+    """The period's (first) pair, or None between periods."""
+    return self.pairs[0] if self.pairs else None
 
   def _rng(self, *salt):
     return np.random.default_rng([self.config.seed, self.step, *salt])
@@ -221,110 +238,157 @@ class MothHardener:
     return rng.random((h, w)).astype(np.float32), rng.random(
         (h, w, self.channels)).astype(np.float32)
 
+  def _has_stored(self, s, t) -> bool:
+    """Whether the store holds a trigger for every family of both directions of {s, t}."""
+    return bool(all(self.store_masks[a, b, f].sum() > 0 for a, b in ((s, t), (t, s))
+                    for f in range(self.config.families)))
+
+  def _start_period(self, rng):
+    """Chooses the period's pairs, loads their warm starts and returns each pair's first mode."""
+    cfg = self.config
+    post = self.step - self.warmup_length
+    self.pairs = (self.scheduler.choose_many(post, self.num_pairs) if self.num_pairs > 1
+                  else [self.scheduler.choose(post)])
+    self.cur_masks = np.stack([np.stack([self.store_masks[s, t], self.store_masks[t, s]])
+                               for s, t in self.pairs])
+    self.cur_patterns = np.stack([np.stack([self.store_patterns[s, t], self.store_patterns[t, s]])
+                                  for s, t in self.pairs])
+    for p in range(self.num_pairs):
+      for d in range(2):
+        for f in range(cfg.families):
+          if self.cur_masks[p, d, f].sum() <= 0:  # No trigger yet: start from a random one.
+            self.cur_masks[p, d, f], self.cur_patterns[p, d, f] = self._random_trigger(rng)
+    self.fails[:] = 0
+    self.period_sizes = []
+    modes = []
+    for s, t in self.pairs:
+      # A pair hardened in an earlier period (the scheduler has counted this choice already)
+      # starts from its stored triggers in fast mode when warm_fast_start: they reached the bound
+      # on a slightly older model; with fast_first_visit so does a first visit, from the warm-up's
+      # universal triggers. A failure falls back to the full generation next step.
+      revisit = self.scheduler.count[s, t] >= 2
+      if cfg.warm_fast_start and (revisit or (cfg.fast_first_visit and self._has_stored(s, t))):
+        modes.append("warm_fast")
+      else:
+        modes.append("start")
+    return modes
+
   def _orthogonalisation_step(self):
     cfg = self.config
     start = time.time()
     rng = self._rng(2)
-    if self.period_pos == 0:
-      s, t = self.scheduler.choose(self.step - self.warmup_length)
-      self.pair = (s, t)
-      self.cur_masks = np.stack([self.store_masks[s, t], self.store_masks[t, s]])
-      self.cur_patterns = np.stack([self.store_patterns[s, t], self.store_patterns[t, s]])
-      for d in range(2):
-        for f in range(cfg.families):
-          if self.cur_masks[d, f].sum() <= 0:  # No trigger yet: start from a random one.
-            self.cur_masks[d, f], self.cur_patterns[d, f] = self._random_trigger(rng)
-      self.fails[:] = 0
-      self.period_sizes = []
-      # A pair hardened in an earlier period (the scheduler has counted this choice already)
-      # starts from its stored triggers in fast mode when warm_fast_start: they reached the bound
-      # on a slightly older model. A failure falls back to the full generation next step.
-      if cfg.warm_fast_start and self.scheduler.count[s, t] >= 2:
-        steps, cost, mode = cfg.fast_steps, cfg.fast_cost, "warm_fast"
-        self.events["warm_fast"] += 1
-      else:
-        steps, cost, mode = cfg.pair_steps, cfg.pair_cost, "start"
-    elif self.fails.any():
-      steps, cost, mode = cfg.pair_steps, cfg.pair_cost, "rollback"
-      self.fails[:] = 0
-      self.events["rollback"] += 1
-    elif self.period_pos >= (cfg.generations_per_period or cfg.period):
-      # The rest of the period stamps the triggers of its last (successful) generation.
-      self._stamp_reused()
-      return
-    else:
-      steps, cost, mode = cfg.fast_steps, cfg.fast_cost, "fast"
-      self.events["fast"] += 1
-    s, t = self.pair
     families = cfg.families
-    images = []
-    for c in (s, t):
-      idx = self.by_class[c]
-      if len(idx) > cfg.trigger_samples:
-        idx = rng.choice(idx, cfg.trigger_samples, replace=False)
-      images.append(self.x[idx])
-    # One engine call optimises every family of both directions: 2 * families batched directions
-    # (index d * families + f), each family warm-started from its own latest trigger.
-    seeds = [distance.stable_seed(cfg.seed, self.step, d, *([f] if f else []))
-             for d in range(2) for f in range(families)]
-    result = self.pair_inverter.invert(
-        [images[d] for d in range(2) for _ in range(families)],
-        [target for target in (t, s) for _ in range(families)], seeds, init_cost=cost, steps=steps,
-        init_mask=self.cur_masks.reshape(2 * families, *self.cur_masks.shape[2:]),
-        init_pattern=self.cur_patterns.reshape(2 * families, *self.cur_patterns.shape[2:]))
-    self.events["generations"] += 1
-    success = result.success.reshape(2, families)
-    for d, (a, b) in enumerate(((s, t), (t, s))):
-      for f in range(families):
-        k = d * families + f
-        if success[d, f]:
-          self.cur_masks[d, f] = result.mask[k]
-          self.cur_patterns[d, f] = result.pattern[k]
+    if self.period_pos == 0:
+      modes = self._start_period(rng)
+    else:
+      modes = []
+      for p in range(self.num_pairs):
+        if self.fails[p].any():
+          modes.append("rollback")
+          self.fails[p] = 0
+        elif self.period_pos >= (cfg.generations_per_period or cfg.period):
+          # The rest of the period stamps the triggers of the pair's last (successful) generation.
+          modes.append("reused")
+        else:
+          modes.append("fast")
+    for mode in modes:
+      if mode in self.events:
+        self.events[mode] += 1
+    generated = [p for p, mode in enumerate(modes) if mode != "reused"]
+    if not generated:
+      self._end_step(np.array(self.period_sizes[-1]), modes, 0, start)
+      return
+    images = {}
+    for p in generated:
+      images[p] = []
+      for c in self.pairs[p]:
+        idx = self.by_class[c]
+        if len(idx) > cfg.trigger_samples:
+          idx = rng.choice(idx, cfg.trigger_samples, replace=False)
+        images[p].append(self.x[idx])
+    # One engine call per (steps, cost) setting optimises every family of both directions of the
+    # pairs that use it: direction (p, d, f) is pair p's s->t (d=0) or t->s (d=1) trigger of
+    # family f, each warm-started from its own latest trigger.
+    settings = {"start": (cfg.pair_steps, cfg.pair_cost), "rollback": (cfg.pair_steps, cfg.pair_cost),
+                "fast": (cfg.fast_steps, cfg.fast_cost),
+                "warm_fast": (cfg.fast_steps, cfg.fast_cost)}
+    groups = {}
+    for p in generated:
+      groups.setdefault(settings[modes[p]], []).append(p)
+    success = np.zeros((self.num_pairs, 2, families), bool)
+    failures = 0
+    for (steps, cost), members in groups.items():
+      directions = [(p, d, f) for p in members for d in range(2) for f in range(families)]
+      seeds = [distance.stable_seed(cfg.seed, self.step, d, *([f] if f or p else []),
+                                    *([1000 + p] if p else []))
+               for p, d, f in directions]
+      result = self.pair_inverter.invert(
+          [images[p][d] for p, d, _ in directions],
+          [self.pairs[p][1 - d] for p, d, _ in directions], seeds, init_cost=cost, steps=steps,
+          init_mask=np.stack([self.cur_masks[p, d, f] for p, d, f in directions]),
+          init_pattern=np.stack([self.cur_patterns[p, d, f] for p, d, f in directions]))
+      self.events["engine_calls"] += 1
+      self.events["inversion_steps"] += int(result.steps_run.max())
+      failures += int((~result.success).sum())
+      for k, (p, d, f) in enumerate(directions):
+        a, b = self.pairs[p] if d == 0 else self.pairs[p][::-1]
+        if result.success[k]:
+          success[p, d, f] = True
+          self.cur_masks[p, d, f] = result.mask[k]
+          self.cur_patterns[p, d, f] = result.pattern[k]
           # The store keeps the latest successful trigger (or, as the reference, the largest).
           if (not self.config.store_largest or
               result.mask[k].sum() > self.store_masks[a, b, f].sum()):
             self.store_masks[a, b, f] = result.mask[k]
             self.store_patterns[a, b, f] = result.pattern[k]
         else:
-          self.fails[d, f] += 1
+          self.fails[p, d, f] += 1
           self.events["failed_directions"] += 1
+    self.events["generations"] += len(generated)
     if self.config.replay > 0:
       self._push_store()
     # Stamp a trigger only if it once succeeded: this step's, or the store's (which only ever holds
     # successful triggers); never the random start of a family that failed.
-    enabled = np.array([[success[d, f] or self.store_masks[a, b, f].sum() > 0
-                         for f in range(families)] for d, (a, b) in enumerate(((s, t), (t, s)))])
+    enabled = np.array([[[success[p, d, f] or self.store_masks[a, b, f].sum() > 0
+                          for f in range(families)]
+                         for d, (a, b) in enumerate((pair, pair[::-1]))]
+                        for p, pair in enumerate(self.pairs)])
     # A direction's size is its smallest usable family: the class distance the model still has.
-    family_sizes = params.trigger_size(self.cur_masks, self.channels)
-    sizes = np.array([family_sizes[d][enabled[d]].min() if enabled[d].any()
-                      else family_sizes[d].min() for d in range(2)])
-    self.model.set_pair(s, t, self.cur_masks[..., None], self.cur_patterns,
-                        enabled.astype(np.float32))
-    self._end_step(sizes, mode, int((~result.success).sum()), start)
+    # A pair that reused its triggers this step keeps its last sizes.
+    sizes = np.array(self.period_sizes[-1]) if self.period_sizes else np.zeros(
+        (self.num_pairs, 2))
+    for p in generated:
+      family_sizes = params.trigger_size(self.cur_masks[p], self.channels)
+      sizes[p] = [family_sizes[d][enabled[p, d]].min() if enabled[p, d].any()
+                  else family_sizes[d].min() for d in range(2)]
+    self.model.set_pairs(self.pairs, self.cur_masks[..., None], self.cur_patterns,
+                         enabled.astype(np.float32))
+    self._end_step(sizes, modes, failures, start)
 
-  def _stamp_reused(self):
-    """A step that generates nothing: the pair's triggers stay stamped, its sizes count again."""
-    start = time.time()
-    self.events["reused"] += 1
-    self._end_step(np.array(self.period_sizes[-1]), "reused", 0, start)
+  def _end_step(self, sizes, modes, failures: int, start: float):
+    """Period bookkeeping (the scheduler's update at the period's end) and the step's logs.
 
-  def _end_step(self, sizes, mode: str, failures: int, start: float):
-    """Period bookkeeping (the scheduler's update at the period's end) and the step's logs."""
+    sizes: [P, 2], each pair's two trigger sizes at this step; modes: each pair's mode.
+    """
     cfg = self.config
-    s, t = self.pair
     self.period_sizes.append(sizes)
     self.period_pos += 1
     if self.period_pos == cfg.period:
       avg = np.mean(self.period_sizes, axis=0)
-      self.scheduler.update(s, t, float(avg[0]), float(avg[1]))
+      for p, (s, t) in enumerate(self.pairs):
+        self.scheduler.update(s, t, float(avg[p, 0]), float(avg[p, 1]))
       self.period_pos = 0
     self.generation_seconds += time.time() - start
     if self.writer is not None:
+      s, t = self.pairs[0]
+      mode = modes[0]
       with self.writer.as_default():
         tf.summary.scalar("moth/pair_source", s, step=self.step)
         tf.summary.scalar("moth/pair_target", t, step=self.step)
-        tf.summary.scalar("moth/trigger_size_st", sizes[0], step=self.step)
-        tf.summary.scalar("moth/trigger_size_ts", sizes[1], step=self.step)
+        tf.summary.scalar("moth/trigger_size_st", sizes[0][0], step=self.step)
+        tf.summary.scalar("moth/trigger_size_ts", sizes[0][1], step=self.step)
+        if self.num_pairs > 1:
+          tf.summary.scalar("moth/mean_trigger_size", float(np.mean(sizes)), step=self.step)
         tf.summary.scalar("moth/fast_mode", float(mode in ("fast", "warm_fast")), step=self.step)
         tf.summary.scalar("moth/rollback", float(mode == "rollback"), step=self.step)
         tf.summary.scalar("moth/generation_failures", float(failures), step=self.step)
@@ -366,7 +430,7 @@ class MothHardener:
     sizes = np.zeros(m.period_sizes.shape, np.float32)
     done = self.period_sizes[:len(sizes)]
     if done:
-      sizes[:len(done)] = np.asarray(done, np.float32)
+      sizes[:len(done)] = np.asarray(done, np.float32).reshape(len(done), -1)
     m.period_sizes.assign(sizes)
 
   def load_state(self):
@@ -399,11 +463,15 @@ class MothHardener:
     if values["in_period"] and done <= m.period_sizes.shape[0]:
       # Continue the period the checkpoint was taken in, as the uninterrupted run does.
       self.period_pos = int(values["period_pos"])
-      self.pair = tuple(int(c) for c in m.pair_classes.numpy())
-      self.cur_masks = m.pair_masks.numpy()[..., 0]
-      self.cur_patterns = m.pair_patterns.numpy()
+      p, r = self.num_pairs, self.config.families
+      self.pairs = [tuple(int(c) for c in pair)
+                    for pair in m.pair_classes.numpy().reshape(p, 2)]
+      self.cur_masks = m.pair_masks.numpy()[..., 0].reshape(p, 2, r, *self.store_masks.shape[-2:])
+      self.cur_patterns = m.pair_patterns.numpy().reshape(
+          p, 2, r, *self.store_patterns.shape[-3:])
       self.fails[:] = int(values["failed_last"])
-      self.period_sizes = [row.astype(np.float64) for row in m.period_sizes.numpy()[:done]]
+      self.period_sizes = [row.astype(np.float64).reshape(p, 2)
+                           for row in m.period_sizes.numpy()[:done]]
     if self.verbose:
       print(f"MOTH: resumed at step {self.step} from the backup checkpoint", flush=True)
 
@@ -422,9 +490,9 @@ class MothHardener:
       tb_records.write_matrix("moth/pair_count_matrix", self.scheduler.count, step=epoch)
       if self.cur_masks is not None:
         tf.summary.image("moth/current_masks", self.cur_masks.reshape(
-            -1, *self.cur_masks.shape[2:], 1), step=epoch, max_outputs=8)
+            -1, *self.cur_masks.shape[-2:], 1), step=epoch, max_outputs=8)
         tf.summary.image("moth/current_patterns", self.cur_patterns.reshape(
-            -1, *self.cur_patterns.shape[2:]), step=epoch, max_outputs=8)
+            -1, *self.cur_patterns.shape[-3:]), step=epoch, max_outputs=8)
     self.writer.flush()
 
 
@@ -498,7 +566,7 @@ def harden(classifier_factory: Callable[[], keras.Model], splits,
     return model_lib.StampingModel(
         classifier_factory(), splits.num_classes, portion=config.portion,
         warm_ratio=config.warm_ratio, replay=config.replay, families=config.families,
-        adversarial=config.mode == "adv", pgd_settings=pgd_settings or (0.03, 8, 0.005))
+        pairs=config.pairs_per_period, adversarial=config.mode == "adv", pgd_settings=pgd_settings or (0.03, 8, 0.005))
 
   stamping = fitting.build_hardening_model(
       strategy, make_model, config, num_train, splits.x_train[:1],

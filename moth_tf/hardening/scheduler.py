@@ -204,28 +204,61 @@ class PairScheduler:
     # independently of NumPy's bit-generator state format.
     return np.random.default_rng([self.seed, self.num_choices])
 
-  def choose(self, step: int) -> Tuple[int, int]:
+  def choose(self, step: int, exclude: Sequence[int] = ()) -> Tuple[int, int]:
     """Picks the pair for the next period and counts it.
 
     Args:
       step: post-warm-up training step (0 at the first); sets alpha.
+      exclude: classes that may not be part of the pair (those of pairs already chosen for the
+        same period, see `choose_many`).
 
     Returns:
       (s, t), two distinct class indices. Greedy picks are the first maximum of `scores(step)` in
       row-major order, hence s < t. Random picks (probability epsilon) are a uniformly random
       ordered pair, so s > t is possible.
+
+    Raises:
+      ValueError: if fewer than two classes are left once `exclude` is removed.
     """
+    excluded = sorted({int(c) for c in exclude})
+    free = np.setdiff1d(np.arange(self.num_classes), excluded)
+    if len(free) < 2:
+      raise ValueError(f"no pair is left: {len(excluded)} of {self.num_classes} classes excluded")
     rng = self._rng()
     if rng.random() < self.epsilon:
-      s, t = rng.choice(self.num_classes, size=2, replace=False)
+      s, t = rng.choice(free, size=2, replace=False) if excluded else rng.choice(
+          self.num_classes, size=2, replace=False)
     else:
       score = self.scores(step)
+      score[excluded, :] = -np.inf
+      score[:, excluded] = -np.inf
       s, t = np.unravel_index(np.argmax(score), score.shape)
     s, t = int(s), int(t)
     self.count[s, t] += 1.0
     self.count[t, s] += 1.0
     self.num_choices += 1
     return s, t
+
+  def choose_many(self, step: int, count: int):
+    """Picks `count` pairs with no class in common for one period (several pairs per period).
+
+    The pairs are chosen one after another by `choose`, each excluding the classes of those before
+    it: the greedy picks are the best disjoint pairs in score order, and each pick still explores
+    with probability epsilon. count=1 is exactly `choose`.
+
+    Returns:
+      A list of `count` (s, t) tuples.
+
+    Raises:
+      ValueError: if 2 * count exceeds the number of classes.
+    """
+    if not 1 <= count <= self.num_classes // 2:
+      raise ValueError(f"{count} disjoint pairs per period need at least {2 * count} classes; "
+                       f"this model has {self.num_classes}")
+    pairs = []
+    for _ in range(count):
+      pairs.append(self.choose(step, exclude=[c for pair in pairs for c in pair]))
+    return pairs
 
   def update(self, s: int, t: int, avg_size_st: Optional[float],
              avg_size_ts: Optional[float]) -> None:
