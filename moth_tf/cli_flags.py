@@ -138,6 +138,9 @@ def define_flags():
                        "MOTH: class pairs (with no class in common) hardened together in every "
                        "period; their triggers are generated in one batched call (default 1, as "
                        "published).", lower_bound=1)
+  flags.DEFINE_bool("fixed_trigger_images", None,
+                    "MOTH: generate each class's triggers on the same seeded sample of its "
+                    "training images all run long, instead of a fresh sample per generation.")
   flags.DEFINE_integer("trigger_families", None,
                        "Independently initialised triggers kept, generated and stamped per "
                        "direction (ours; the reference has 1).", lower_bound=1)

@@ -191,6 +191,10 @@ class HardenConfig:
   # period; their triggers are generated in one batched engine call and all of them are stamped
   # in each step of the period (1 = as published).
   pairs_per_period: int = 1
+  # `fixed_trigger_images`: every generation of class c's triggers uses the same seeded sample of
+  # `trigger_samples` class-c training images, not a fresh one (False: a fresh one, as the
+  # reference's current-batch images).
+  fixed_trigger_images: bool = False
   # Baselines (moth_tf.baselines). adv_train: the share of each batch replaced by its PGD examples.
   adv_mix: float = 1.0
   # uap: the shared perturbation's L-inf radius and signed-gradient step (None: the data set's
@@ -305,7 +309,8 @@ REFERENCE_HARDENING = HardenConfig(epochs=2, learning_rate=1e-3, lr_warmup_steps
                                    trigger_samples=13, families=1,
                                    pair_ce_reduction="sum", store_largest=True,
                                    generations_per_period=None, warm_fast_start=False,
-                                   fast_first_visit=False, pairs_per_period=1)
+                                   fast_first_visit=False, pairs_per_period=1,
+                                   fixed_trigger_images=False)
 
 # Per-data-set hardening recipes of `--preset=default`, like the base training recipes: the
 # HardenConfig fields that differ from the defaults above (which were tuned on digits). The measured

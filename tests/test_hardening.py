@@ -205,10 +205,15 @@ class _Interrupted(Exception):
   pass
 
 
+@pytest.mark.parametrize("cheap", [False, True], ids=["published", "three_pairs_cheap"])
 def test_resume_after_an_interruption_equals_the_uninterrupted_run(base, tmp_path, capsys,
-                                                                   monkeypatch):
+                                                                   monkeypatch, cheap):
   splits, model, _, _ = base
   config = dataclasses.replace(_TINY, epochs=3, batch_size=64)  # 20 steps per epoch.
+  pairs = 3 if cheap else 1
+  if cheap:  # Three pairs per period, generated in the period's first step only.
+    config = dataclasses.replace(config, pairs_per_period=pairs, generations_per_period=1,
+                                 warm_fast_start=True, fast_first_visit=True)
   spe = math.ceil(len(splits.x_train) / config.batch_size)
   whole, whole_results = moth.harden(_copy_factory(model), splits, config,
                                      str(tmp_path / "whole"), verbose=0)
@@ -248,9 +253,12 @@ def test_resume_after_an_interruption_equals_the_uninterrupted_run(base, tmp_pat
   # (epoch 1 ends inside the period that started at step 19), so they equal the uninterrupted
   # run's: 17 periods (steps 10, 13, ..., 58), one generation per step after the warm-up.
   assert results["events"] == whole_results["events"]
-  assert results["events"]["generations"] == 60 - splits.num_classes
+  events = results["events"]
+  assert events["generations"] + events["reused"] == pairs * (60 - splits.num_classes)
+  if not cheap:
+    assert events["generations"] == 60 - splits.num_classes
   np.testing.assert_array_equal(results["pair_count"], whole_results["pair_count"])
-  assert np.asarray(results["pair_count"]).sum() == 2 * 17
+  assert np.asarray(results["pair_count"]).sum() == 2 * 17 * pairs
   # The time of the first process's completed epoch is in the total.
   assert results["wall_seconds"] > results["warmup_seconds"] + results["generation_seconds"] - 1e-6
   # Same batches, same triggers, same optimizer state: the same model.
@@ -504,6 +512,75 @@ def test_generations_per_period_and_warm_fast_start(base):
   assert calls[1][1:] == (config.fast_steps, pytest.approx(config.fast_cost))
   assert calls[2][1:] == (config.pair_steps, config.pair_cost)
   assert hardener.events["warm_fast"] == 1
+
+
+def test_several_pairs_per_period_are_generated_in_one_call_and_stamped_together(base):
+  """pairs_per_period=3: every period hardens three pairs with no class in common; their six
+  directions are generated in one engine call per mode (fast_first_visit: the first periods start
+  fast from the universal triggers), and all of them are stamped in every step."""
+  splits, _, path, _ = base
+  from moth_tf.hardening import model as model_lib
+  config = config_lib.HardenConfig(warmup_steps=20, pair_steps=30, fast_steps=5,
+                                   trigger_samples=8, warmup_samples=4, pairs_per_period=3,
+                                   generations_per_period=1, warm_fast_start=True,
+                                   fast_first_visit=True)
+  stamping = model_lib.StampingModel(model_io.load_model(path), 10, pairs=3)
+  hardener = moth.MothHardener(stamping, splits.x_train, splits.y_train, config, verbose=False)
+  calls = []
+  original_invert = hardener.pair_inverter.invert
+
+  def invert(images, targets, seeds, **kwargs):
+    calls.append((hardener.step, len(targets), kwargs["steps"]))
+    return original_invert(images, targets, seeds, **kwargs)
+
+  hardener.pair_inverter.invert = invert
+  periods = 4
+  stamped_classes = []
+  for _ in range(10 + periods * config.period):
+    hardener.before_step()
+    if hardener.step >= 10:
+      classes = stamping.pair_classes.numpy().reshape(3, 2)
+      assert [tuple(p) for p in classes] == hardener.pairs
+      stamped_classes.append(tuple(classes.ravel()))
+    hardener.after_step()
+  for classes in stamped_classes:
+    assert len(set(classes)) == 6  # Three pairs, no class shared.
+  for start in range(0, len(stamped_classes), config.period):  # Kept for the whole period.
+    assert len(set(stamped_classes[start:start + config.period])) == 1
+  events = hardener.events
+  # Every pair, every step: generated or reused; the first step of each period generates.
+  assert events["generations"] + events["reused"] == 3 * periods * config.period
+  assert events["generations"] >= 3 * periods
+  assert events["engine_calls"] == len(calls) >= periods
+  assert {c[0] for c in calls} >= {10 + p * config.period for p in range(periods)}
+  # A call optimises whole pairs (2 directions each), and at most all three of them.
+  assert all(c[1] in (2, 4, 6) for c in calls)
+  assert sum(c[1] for c in calls) == 2 * events["generations"]
+  # A pair starts fast when it was chosen before or, on a first visit, when the warm-up found the
+  # universal triggers toward both of its classes; otherwise it starts with a full generation.
+  found = [hardener.universal_masks[t].sum() > 0 for t in range(10)]
+  seen, expected_fast = set(), 0
+  for period in range(periods):
+    step = 10 + period * config.period
+    fast = [frozenset(p) in seen or (found[p[0]] and found[p[1]])
+            for p in map(tuple, np.reshape(stamped_classes[period * config.period], (3, 2)))]
+    expected_fast += sum(fast)
+    steps_used = {c[2] for c in calls if c[0] == step}
+    assert steps_used == ({config.fast_steps} if any(fast) else set()) | (
+        {config.pair_steps} if not all(fast) else set())
+    seen |= {frozenset(p) for p in np.reshape(stamped_classes[period * config.period], (3, 2))}
+  assert events["warm_fast"] == expected_fast > 0
+  np.testing.assert_array_equal(hardener.scheduler.count, hardener.scheduler.count.T)
+  assert hardener.scheduler.count.sum() == 2 * 3 * periods
+
+
+def test_more_pairs_per_period_than_the_classes_allow_is_refused(base):
+  splits, _, path, _ = base
+  from moth_tf.hardening import model as model_lib
+  config = config_lib.HardenConfig(pairs_per_period=6)
+  stamping = model_lib.StampingModel(model_io.load_model(path), 10, pairs=1)
+  with pytest.raises(ValueError, match="pairs_per_period=6 needs 12 classes.*at most 5"):
+    moth.MothHardener(stamping, splits.x_train, splits.y_train, config, verbose=False)
 
 
 def test_generations_per_period_must_fit_the_period():

@@ -149,6 +149,31 @@ def test_pair_orientation_follows_set_pair_and_enabled():
   assert count == 0
 
 
+def test_several_pairs_stamp_each_class_with_its_own_direction():
+  clf, _ = _classifier()
+  model = _stamping(clf, portion=0.5, pairs=2)
+  pixels = {(2, 0): ((0, 0), 0.9), (0, 2): ((3, 3), 0.05), (1, 3): ((0, 3), 0.7),
+            (3, 1): ((3, 0), 0.15)}
+  pairs = [(2, 0), (1, 3)]
+  masks, patterns = zip(*(_trigger(*pixels[(a, b)]) for s, t in pairs
+                          for a, b in ((s, t), (t, s))))
+  model.set_pairs(pairs, np.stack(masks).reshape(2, 2, 1, *_SHAPE),
+                  np.stack(patterns).reshape(2, 2, 1, *_SHAPE), np.ones((2, 2, 1)))
+  x = _images()
+  xs, count = _stamp(model, x, _LABELS)
+  changed = _changed_pixels(x, xs)
+  partner = {2: 0, 0: 2, 1: 3, 3: 1}
+  # Half of every class (rounded half up): 4 of the 7 class-0 images, 3 of 5, 2 of 4, 2 of 4.
+  for cls, expected in ((0, 4), (1, 3), (2, 2), (3, 2)):
+    hit = [i for i in np.flatnonzero(_LABELS == cls) if changed[i]]
+    assert len(hit) == expected
+    pixel, value = pixels[(cls, partner[cls])]
+    for i in hit:
+      assert changed[i] == [pixel]
+      assert xs[i][pixel][0] == pytest.approx(value, abs=1e-7)
+  assert count == 11
+
+
 def test_selection_is_random_but_its_size_is_fixed():
   clf, _ = _classifier()
   model = _stamping(clf, portion=0.5)

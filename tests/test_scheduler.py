@@ -6,6 +6,7 @@ import itertools
 from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
+import pytest
 
 from moth_tf.hardening import scheduler as scheduler_lib
 
@@ -288,6 +289,42 @@ class PairSchedulerTest(parameterized.TestCase):
   def test_constructor_rejects_bad_arguments(self, **kwargs):
     with self.assertRaises(ValueError):
       scheduler_lib.PairScheduler(**kwargs)
+
+
+def test_choose_many_picks_disjoint_pairs_and_counts_each():
+  scheduler = scheduler_lib.PairScheduler(10, epsilon=0.3, seed=3)
+  rng = np.random.default_rng(0)
+  prior = rng.random((10, 10))
+  scheduler.set_prior(prior, [1.0] * 10)
+  for step in range(50):
+    pairs = scheduler.choose_many(step, 5)
+    classes = [c for pair in pairs for c in pair]
+    assert len(pairs) == 5 and sorted(classes) == list(range(10))  # 5 pairs cover 10 classes.
+  np.testing.assert_array_equal(scheduler.count, scheduler.count.T)
+  assert scheduler.count.sum() == 2 * 5 * 50
+  assert scheduler.num_choices == 5 * 50
+
+
+def test_choose_many_greedy_takes_the_best_disjoint_pairs():
+  scheduler = scheduler_lib.PairScheduler(6, epsilon=0.0)
+  prior = np.zeros((6, 6))
+  prior[0, 1] = 5.0  # Best pair {0, 1}; {1, 2} is second best but shares class 1.
+  prior[1, 2] = 4.0
+  prior[3, 4] = 3.0
+  scheduler.set_prior(prior, [1.0] * 6)
+  assert scheduler.choose_many(0, 2) == [(0, 1), (3, 4)]
+
+
+def test_choose_many_with_one_pair_is_choose():
+  a, b = scheduler_lib.PairScheduler(10, seed=7), scheduler_lib.PairScheduler(10, seed=7)
+  for step in range(30):
+    assert a.choose_many(step, 1) == [b.choose(step)]
+  np.testing.assert_array_equal(a.count, b.count)
+
+
+def test_choose_many_rejects_more_pairs_than_the_classes_allow():
+  with pytest.raises(ValueError, match="3 disjoint pairs per period need at least 6 classes"):
+    scheduler_lib.PairScheduler(5).choose_many(0, 3)
 
 
 if __name__ == "__main__":

@@ -243,6 +243,22 @@ class MothHardener:
     return bool(all(self.store_masks[a, b, f].sum() > 0 for a, b in ((s, t), (t, s))
                     for f in range(self.config.families)))
 
+  def _trigger_image_indices(self, c, rng):
+    """Training-image indices of class c that a generation optimises its triggers on.
+
+    A fresh random sample for every generation; with `fixed_trigger_images`, the same seeded
+    sample of the class for the whole run, so that a stored trigger is warm-started on the images
+    it was found on (a near-minimal trigger that just reaches the ASR bound on one sample often
+    misses it on another, and fast mode at its high cost cannot grow it back).
+    """
+    idx = self.by_class[c]
+    if len(idx) <= self.config.trigger_samples:
+      return idx
+    if self.config.fixed_trigger_images:
+      fixed = np.random.default_rng([self.config.seed, 11, c])
+      return np.sort(fixed.choice(idx, self.config.trigger_samples, replace=False))
+    return rng.choice(idx, self.config.trigger_samples, replace=False)
+
   def _start_period(self, rng):
     """Chooses the period's pairs, loads their warm starts and returns each pair's first mode."""
     cfg = self.config
@@ -302,10 +318,7 @@ class MothHardener:
     for p in generated:
       images[p] = []
       for c in self.pairs[p]:
-        idx = self.by_class[c]
-        if len(idx) > cfg.trigger_samples:
-          idx = rng.choice(idx, cfg.trigger_samples, replace=False)
-        images[p].append(self.x[idx])
+        images[p].append(self.x[self._trigger_image_indices(c, rng)])
     # One engine call per (steps, cost) setting optimises every family of both directions of the
     # pairs that use it: direction (p, d, f) is pair p's s->t (d=0) or t->s (d=1) trigger of
     # family f, each warm-started from its own latest trigger.
