@@ -140,9 +140,10 @@ class DistributedInverter:
     image_shape = blocks[0].x.shape[1:]
     if len(blocks) < r and not self._warned_idle:
       self._warned_idle = True
-      logging.warning("%d blocks of directions for %d replicas: %d replicas stay idle (raise "
-                      "InversionSettings.direction_blocks to share the work more widely).",
-                      len(blocks), r, r - len(blocks))
+      hint = (" (InversionSettings.direction_blocks would share them more widely)"
+              if k > len(blocks) else "")
+      logging.warning("%d directions in %d blocks for %d replicas: %d replicas stay idle%s.",
+                      k, len(blocks), r, r - len(blocks), hint)
 
     # Per replica: its run of whole blocks, then padding blocks up to the longest run.
     spans = replica_blocks(len(blocks), r)
