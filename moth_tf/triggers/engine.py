@@ -41,8 +41,10 @@ and dy @ W^T, the input gradient of every Dense) comes out differently for batch
 16 or more rows, and a one-channel Conv2D for 1 row against more; with oneDNN off, Eigen's MatMul
 changes at other sizes (13, 49 rows for K = 1024). Element-wise `exp` and `atanh` (softmax, the
 trigger encoding) round the last elements of a tensor, those after its last full SIMD packet,
-differently from the others, so even a direction's position in a state tensor matters.
-`enable_op_determinism()` changes none of this; it makes runs repeatable, not shape-independent.
+differently from the others, so even a direction's position in a state tensor matters. Grappler's
+arithmetic optimizer and constant folding rewrite a graph with static shapes differently from one
+traced with relaxed shapes. `enable_op_determinism()` changes none of this; it makes runs
+repeatable, not shape-independent.
 So the K directions of a call are cut into `min(K, settings.direction_blocks)` contiguous blocks,
 a partition that depends only on the call, and every block has its own tensors and its own model
 call: a direction meets the same shapes, batch-mates and positions whoever runs its block. One
