@@ -79,6 +79,11 @@ def define_flags():
   flags.DEFINE_integer("batch_directions", 0,
                        "Directions optimised together in one graph (0: all pairs at once; 1: one "
                        "at a time like the reference).", lower_bound=0)
+  flags.DEFINE_integer("direction_blocks", 8,
+                       "Blocks the directions of a graph call are cut into, each with its own "
+                       "model call; under --strategy the replicas take whole blocks, so at most "
+                       "this many get work. The result depends on it, never on the devices.",
+                       lower_bound=1)
   flags.DEFINE_string("compare_to", None,
                       "A baseline run directory or distance.json to report the enlargement "
                       "against.")

@@ -72,6 +72,8 @@ class DistanceConfig:
   early_stop_tol: float = 0.01
   # Directions optimised in one graph call; 0 = all at once.
   batch_directions: int = 0
+  # Blocks per graph call (moth_tf.triggers.engine, "Blocks"): the most replicas that share a call.
+  direction_blocks: int = 8
   compare_to: Optional[str] = None
 
   def __post_init__(self):
@@ -81,6 +83,7 @@ class DistanceConfig:
     _check(0.0 < self.asr_bound <= 1.0, f"asr_bound must be in (0, 1], got {self.asr_bound}")
     _check(self.early_stop_patience >= 0, "early_stop_patience must be >= 0")
     _check(self.batch_directions >= 0, "batch_directions must be >= 0")
+    _check(self.direction_blocks >= 1, "direction_blocks must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)

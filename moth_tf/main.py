@@ -51,6 +51,7 @@ def config_from_flags(flag_values) -> config_lib.RunConfig:
       pair=cli_flags.parse_pair(flag_values.pair),
       early_stop_patience=flag_values.early_stop_patience,
       batch_directions=flag_values.batch_directions,
+      direction_blocks=flag_values.direction_blocks,
       compare_to=flag_values.compare_to)
   preset = config_lib.hardening_preset(flag_values.preset, dataset)
   overrides = {field: getattr(flag_values, flag) for field, flag in (

@@ -171,7 +171,8 @@ def inversion_settings(dist: config_lib.DistanceConfig):
   return engine.InversionSettings(steps=dist.steps, asr_bound=dist.asr_bound,
                                   init_cost=dist.init_cost,
                                   early_stop_patience=dist.early_stop_patience,
-                                  early_stop_tol=dist.early_stop_tol)
+                                  early_stop_tol=dist.early_stop_tol,
+                                  direction_blocks=dist.direction_blocks)
 
 
 def load_distance_json(path: str) -> dict:

@@ -78,8 +78,8 @@ def test_multi_worker_train_distance_harden(tmp_path):
   single = json.load(open(os.path.join(single_dir, "digits_external_model", "distance.json")))
   matrix = np.array(chief["matrix"], np.float64)
   expected = np.array(single["matrix"], np.float64)
-  np.testing.assert_array_equal(np.isnan(matrix), np.isnan(expected))
-  np.testing.assert_allclose(matrix, expected, rtol=1e-3)
+  # The same blocks of directions, whoever runs them: the same bits (NaN where both failed).
+  np.testing.assert_array_equal(matrix, expected)
 
   _, results = _run_workers(["--phase=harden", "--dataset=digits", "--harden_steps=12",
                              "--warmup_steps=20", "--pair_steps=20", "--fast_steps=5",

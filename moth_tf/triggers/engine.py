@@ -31,11 +31,32 @@ from there. Deliberate differences from the authors' code, each for a reason:
 
 The step loop runs inside the graph (`tf.while_loop`); a call runs up to `chunk_steps` steps and
 returns its state, so the host can show progress between chunks. Changing values (steps, costs,
-bounds, targets) are tensors, so nothing is retraced between calls of the same shapes.
+bounds, targets) are tensors, so nothing is retraced between calls of the same shapes; calls of new
+shapes are traced anew, with their shapes static (see TriggerInverter.__init__ for why).
+
+Blocks. A direction's random numbers never depend on the other directions of a call, but on CPU its
+arithmetic would: the kernels pick their algorithm from a tensor's shape, not only its values.
+Measured with TensorFlow 2.21 on x86 (oneDNN on, the default): a row of a MatMul (Dense forward,
+and dy @ W^T, the input gradient of every Dense) comes out differently for batches of 1, 2-15 and
+16 or more rows, and a one-channel Conv2D for 1 row against more; with oneDNN off, Eigen's MatMul
+changes at other sizes (13, 49 rows for K = 1024). Element-wise `exp` and `atanh` (softmax, the
+trigger encoding) round the last elements of a tensor, those after its last full SIMD packet,
+differently from the others, so even a direction's position in a state tensor matters. Grappler's
+arithmetic optimizer and constant folding rewrite a graph with static shapes differently from one
+traced with relaxed shapes. `enable_op_determinism()` changes none of this; it makes runs
+repeatable, not shape-independent.
+So the K directions of a call are cut into `min(K, settings.direction_blocks)` contiguous blocks,
+a partition that depends only on the call, and every block has its own tensors and its own model
+call: a direction meets the same shapes, batch-mates and positions whoever runs its block. One
+device runs all blocks in one `tf.while_loop` (TensorFlow runs independent blocks concurrently);
+moth_tf.triggers.distributed hands whole blocks to the replicas of a tf.distribute strategy, so one
+device and N replicas give the same bits. A block whose directions are all done skips its step.
+The price on one device is one model call per block instead of one for the whole call
+(README, "Several devices").
 """
 
 import dataclasses
-from typing import Callable, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -63,12 +84,18 @@ class InversionSettings:
   early_stop_patience: int = 0
   early_stop_tol: float = 0.01
   chunk_steps: int = 100
+  # The directions of a call are cut into at most this many contiguous blocks, each computed by its
+  # own ops (see "Blocks" in the module docstring). It fixes the arithmetic of every direction
+  # whatever the number of replicas, and caps how many replicas get work.
+  direction_blocks: int = 8
 
   def __post_init__(self):
     if self.ce_reduction not in ("mean", "sum"):
       raise ValueError(f"ce_reduction must be mean or sum, got {self.ce_reduction!r}")
     if self.steps < 1 or self.chunk_steps < 1:
       raise ValueError("steps and chunk_steps must be >= 1")
+    if self.direction_blocks < 1:
+      raise ValueError(f"direction_blocks must be >= 1, got {self.direction_blocks}")
 
 
 @dataclasses.dataclass
@@ -154,6 +181,81 @@ def check_directions(images, targets, seeds) -> int:
   return k
 
 
+def contiguous_blocks(count: int, parts: int) -> List[Tuple[int, int]]:
+  """`parts` contiguous, as-even-as-possible [start, stop) ranges of range(count).
+
+  The first count % parts ranges get one element more (np.array_split's rule).
+  Example: contiguous_blocks(10, 4) -> [(0, 3), (3, 6), (6, 8), (8, 10)].
+  """
+  base, extra = divmod(count, parts)
+  starts = [r * base + min(r, extra) for r in range(parts + 1)]
+  return [(starts[r], starts[r + 1]) for r in range(parts)]
+
+
+def direction_blocks(num_directions: int, max_blocks: int) -> List[Tuple[int, int]]:
+  """The blocks of an invert call: min(K, max_blocks) contiguous direction ranges.
+
+  Depends only on the call and the settings, never on the devices, so that every direction is
+  computed with the same shapes on one device and on any number of replicas.
+  """
+  return contiguous_blocks(num_directions, min(num_directions, max_blocks))
+
+
+@dataclasses.dataclass
+class DirectionBlock:
+  """The inputs of one block of directions (NumPy), indexed from the block's first direction.
+
+  Attributes:
+    x: [N, H, W, C] the block's images, direction after direction.
+    sample_dir: [N] direction (within the block) of each image.
+    targets, seeds, costs: [B] per direction.
+    mask, pattern: optional warm start, [B, H, W] and [B, H, W, C]; None draws it from the seeds.
+    done: [B] directions that start finished (padding blocks of the distributed engine).
+  """
+  x: np.ndarray
+  sample_dir: np.ndarray
+  targets: np.ndarray
+  seeds: np.ndarray
+  costs: np.ndarray
+  mask: Optional[np.ndarray]
+  pattern: Optional[np.ndarray]
+  done: np.ndarray
+
+  @property
+  def num_directions(self) -> int:
+    return len(self.targets)
+
+
+def split_directions(images, targets, seeds, init_cost, init_mask, init_pattern,
+                     max_blocks: int) -> List[DirectionBlock]:
+  """Checks an invert call's arguments and cuts them into `direction_blocks(K, max_blocks)`."""
+  k = check_directions(images, targets, seeds)
+  images = [np.asarray(im, np.float32) for im in images]
+  h, w, c = images[0].shape[1:]
+  targets = np.asarray(targets, np.int32)
+  seeds = np.asarray(seeds, np.int32)
+  costs = np.broadcast_to(np.asarray(init_cost, np.float32), (k,))
+  masks = None if init_mask is None else np.reshape(np.asarray(init_mask, np.float32), (k, h, w))
+  patterns = None if init_pattern is None else np.reshape(np.asarray(init_pattern, np.float32),
+                                                          (k, h, w, c))
+  blocks = []
+  for start, stop in direction_blocks(k, max_blocks):
+    ims = images[start:stop]
+    blocks.append(DirectionBlock(
+        x=np.concatenate(ims),
+        sample_dir=np.concatenate([np.full(len(im), d, np.int32) for d, im in enumerate(ims)]),
+        targets=targets[start:stop], seeds=seeds[start:stop], costs=costs[start:stop].copy(),
+        mask=None if masks is None else masks[start:stop],
+        pattern=None if patterns is None else patterns[start:stop],
+        done=np.zeros(stop - start, bool)))
+  return blocks
+
+
+def concat_states(states: Sequence[dict]) -> dict:
+  """Block states (NumPy or tensors) joined along their first axis, block after block."""
+  return {key: np.concatenate([np.asarray(st[key]) for st in states]) for key in states[0]}
+
+
 class TriggerInverter:
   """Optimises batches of trigger directions against one model (called in inference mode).
 
@@ -165,154 +267,191 @@ class TriggerInverter:
   def __init__(self, model: Callable, settings: InversionSettings = InversionSettings()):
     self.model = model
     self.settings = settings
-    self._run_chunk = tf.function(self._chunk, reduce_retracing=True)
+    # Every new set of block shapes gets a trace of its own (no reduce_retracing): Grappler's
+    # arithmetic optimizer and constant folding rewrite (and so round) a graph differently when it
+    # knows its shapes, so a trace with relaxed shapes would change a block's bits depending on
+    # which calls came before. Calls with the same shapes reuse their trace.
+    self._run_chunk = tf.function(self._chunk)
 
   # ----------------------------------------------------------------------------------------------
   # Graph code.
 
-  def _chunk(self, state, x, sample_dir, targets, seeds, asr_bound, total_steps, chunk_end,
-             early_stop_patience):
-    """Runs steps [state['step'], min(chunk_end, total_steps)) for the directions not yet done."""
+  def _block_step(self, st, step, x, sample_dir, targets, seeds, asr_bound, total_steps,
+                  early_stop_patience):
+    """One step of the directions of one block not yet done; returns the block's new state."""
     s = self.settings
     num_dirs = targets.shape[0] if targets.shape[0] is not None else tf.shape(targets)[0]
     sample_target = tf.gather(targets, sample_dir)
     image_shape = x.shape[1:]
     mask_shape = image_shape[:-1] + [1]
 
-    def cond(st):
-      return tf.logical_and(st["step"] < tf.minimum(chunk_end, total_steps),
-                            tf.logical_not(tf.reduce_all(st["done"])))
+    active = tf.logical_not(st["done"])
+    active_f = tf.cast(active, tf.float32)
+    # Only images of directions still running go through the model.
+    sel = tf.where(tf.gather(active, sample_dir))[:, 0]
+    xs = tf.gather(x, sel)
+    ds = tf.gather(sample_dir, sel)
+    ts = tf.gather(sample_target, sel)
+    mask_var, pattern_var = st["mask_var"], st["pattern_var"]
+    with tf.GradientTape() as tape:
+      tape.watch([mask_var, pattern_var])
+      mask = params.decode(mask_var)  # [K, H, W, 1]
+      pattern = params.decode(pattern_var)  # [K, H, W, C]
+      m = tf.gather(mask, ds)
+      stamped = (1.0 - m) * xs + m * tf.gather(pattern, ds)
+      logits = self.model(stamped, training=False)
+      ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=ts, logits=logits)
+      ce_dir = tf.math.unsorted_segment_sum(ce, ds, num_dirs)
+      count = tf.math.unsorted_segment_sum(tf.ones_like(ce), ds, num_dirs)
+      if s.ce_reduction == "mean":
+        ce_dir = ce_dir / tf.maximum(count, 1.0)
+      reg = tf.reduce_sum(mask, axis=[1, 2, 3])  # 2-D L1 of each mask.
+      loss = tf.reduce_sum((ce_dir + st["cost"] * reg) * active_f)
+    g_mask, g_pattern = tape.gradient(loss, [mask_var, pattern_var])
 
-    def body(st):
-      step = st["step"]
-      active = tf.logical_not(st["done"])
-      active_f = tf.cast(active, tf.float32)
-      # Only images of directions still running go through the model.
-      sel = tf.where(tf.gather(active, sample_dir))[:, 0]
-      xs = tf.gather(x, sel)
-      ds = tf.gather(sample_dir, sel)
-      ts = tf.gather(sample_target, sel)
-      mask_var, pattern_var = st["mask_var"], st["pattern_var"]
-      with tf.GradientTape() as tape:
-        tape.watch([mask_var, pattern_var])
-        mask = params.decode(mask_var)  # [K, H, W, 1]
-        pattern = params.decode(pattern_var)  # [K, H, W, C]
-        m = tf.gather(mask, ds)
-        stamped = (1.0 - m) * xs + m * tf.gather(pattern, ds)
-        logits = self.model(stamped, training=False)
-        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=ts, logits=logits)
-        ce_dir = tf.math.unsorted_segment_sum(ce, ds, num_dirs)
-        count = tf.math.unsorted_segment_sum(tf.ones_like(ce), ds, num_dirs)
-        if s.ce_reduction == "mean":
-          ce_dir = ce_dir / tf.maximum(count, 1.0)
-        reg = tf.reduce_sum(mask, axis=[1, 2, 3])  # 2-D L1 of each mask.
-        loss = tf.reduce_sum((ce_dir + st["cost"] * reg) * active_f)
-      g_mask, g_pattern = tape.gradient(loss, [mask_var, pattern_var])
+    hit = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), ts), tf.float32)
+    asr = tf.math.unsorted_segment_sum(hit, ds, num_dirs) / tf.maximum(count, 1.0)
+    reached = tf.logical_and(active, asr >= asr_bound)
 
-      hit = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), ts), tf.float32)
-      asr = tf.math.unsorted_segment_sum(hit, ds, num_dirs) / tf.maximum(count, 1.0)
-      reached = tf.logical_and(active, asr >= asr_bound)
+    # New best: the measured (pre-update) trigger reached the bound with a smaller mask.
+    new_best = tf.logical_and(reached, reg < st["best_reg"])
+    nb4 = new_best[:, None, None, None]
+    best_reg = tf.where(new_best, reg, st["best_reg"])
+    best_mask = tf.where(nb4, mask, st["best_mask"])
+    best_pattern = tf.where(nb4, pattern, st["best_pattern"])
 
-      # New best: the measured (pre-update) trigger reached the bound with a smaller mask.
-      new_best = tf.logical_and(reached, reg < st["best_reg"])
-      nb4 = new_best[:, None, None, None]
-      best_reg = tf.where(new_best, reg, st["best_reg"])
-      best_mask = tf.where(nb4, mask, st["best_mask"])
-      best_pattern = tf.where(nb4, pattern, st["best_pattern"])
+    # Per-image losses for the universal-trigger "speed" (first step, and at each new best).
+    loss_start = tf.cond(
+        tf.equal(step, 0),
+        lambda: tf.tensor_scatter_nd_update(st["loss_start"], sel[:, None], ce),
+        lambda: st["loss_start"])
+    loss_end = tf.tensor_scatter_nd_update(
+        st["loss_end"], sel[:, None],
+        tf.where(tf.gather(new_best, ds), ce, tf.gather(st["loss_end"], sel)))
 
-      # Per-image losses for the universal-trigger "speed" (first step, and at each new best).
-      loss_start = tf.cond(
-          tf.equal(step, 0),
-          lambda: tf.tensor_scatter_nd_update(st["loss_start"], sel[:, None], ce),
-          lambda: st["loss_start"])
-      loss_end = tf.tensor_scatter_nd_update(
-          st["loss_end"], sel[:, None],
-          tf.where(tf.gather(new_best, ds), ce, tf.gather(st["loss_end"], sel)))
+    # Adam (Keras' update rule), reset per call; inactive directions are frozen.
+    t = tf.cast(step + 1, tf.float32)
+    lr_t = s.learning_rate * tf.sqrt(1.0 - s.beta_2 ** t) / (1.0 - s.beta_1 ** t)
 
-      # Adam (Keras' update rule), reset per call; inactive directions are frozen.
-      t = tf.cast(step + 1, tf.float32)
-      lr_t = s.learning_rate * tf.sqrt(1.0 - s.beta_2 ** t) / (1.0 - s.beta_1 ** t)
+    def adam(var, grad, m1, m2):
+      m1n = m1 + (grad - m1) * (1.0 - s.beta_1)
+      m2n = m2 + (tf.square(grad) - m2) * (1.0 - s.beta_2)
+      varn = var - lr_t * m1n / (tf.sqrt(m2n) + s.adam_epsilon)
+      a4 = active[:, None, None, None]
+      return tf.where(a4, varn, var), tf.where(a4, m1n, m1), tf.where(a4, m2n, m2)
 
-      def adam(var, grad, m1, m2):
-        m1n = m1 + (grad - m1) * (1.0 - s.beta_1)
-        m2n = m2 + (tf.square(grad) - m2) * (1.0 - s.beta_2)
-        varn = var - lr_t * m1n / (tf.sqrt(m2n) + s.adam_epsilon)
-        a4 = active[:, None, None, None]
-        return tf.where(a4, varn, var), tf.where(a4, m1n, m1), tf.where(a4, m2n, m2)
+    mask_var, m_mask, v_mask = adam(mask_var, g_mask, st["m_mask"], st["v_mask"])
+    pattern_var, m_pat, v_pat = adam(pattern_var, g_pattern, st["m_pattern"], st["v_pattern"])
 
-      mask_var, m_mask, v_mask = adam(mask_var, g_mask, st["m_mask"], st["v_mask"])
-      pattern_var, m_pat, v_pat = adam(pattern_var, g_pattern, st["m_pattern"], st["v_pattern"])
+    # After a new best, perturb the trigger by +-perturbation to escape local minima (reference
+    # 1.4, which perturbs the post-update trigger it snapshots; the step's update is kept).
+    def perturbed():
+      noise_m = hashed_uniform(seeds, 16 + 2 * step, mask_shape) * 2.0 - 1.0
+      noise_p = hashed_uniform(seeds, 17 + 2 * step, image_shape) * 2.0 - 1.0
+      mv = params.encode(params.decode(mask_var) + s.perturbation * noise_m)
+      pv = params.encode(params.decode(pattern_var) + s.perturbation * noise_p)
+      return tf.where(nb4, mv, mask_var), tf.where(nb4, pv, pattern_var)
 
-      # After a new best, perturb the trigger by +-perturbation to escape local minima (reference
-      # 1.4, which perturbs the post-update trigger it snapshots; the step's update is kept).
-      def perturbed():
-        noise_m = hashed_uniform(seeds, 16 + 2 * step, mask_shape) * 2.0 - 1.0
-        noise_p = hashed_uniform(seeds, 17 + 2 * step, image_shape) * 2.0 - 1.0
-        mv = params.encode(params.decode(mask_var) + s.perturbation * noise_m)
-        pv = params.encode(params.decode(pattern_var) + s.perturbation * noise_p)
-        return tf.where(nb4, mv, mask_var), tf.where(nb4, pv, pattern_var)
+    mask_var, pattern_var = tf.cond(tf.reduce_any(new_best), perturbed,
+                                    lambda: (mask_var, pattern_var))
 
-      mask_var, pattern_var = tf.cond(tf.reduce_any(new_best), perturbed,
-                                      lambda: (mask_var, pattern_var))
+    # Cost schedule with patience, per direction.
+    up = tf.where(reached, st["up"] + 1, 0)
+    down = tf.where(tf.logical_and(active, tf.logical_not(reached)), st["down"] + 1, 0)
+    raise_cost = up >= s.patience
+    lower_cost = tf.logical_and(tf.logical_not(raise_cost), down >= s.patience)
+    cost = st["cost"]
+    # A zero cost restarts at 1e-3, as the reference.
+    cost = tf.where(raise_cost, tf.where(cost == 0.0, 1e-3, cost * s.cost_multiplier_up), cost)
+    cost = tf.where(lower_cost, cost / s.cost_multiplier_down, cost)
+    up = tf.where(raise_cost, 0, up)
+    down = tf.where(lower_cost, 0, down)
 
-      # Cost schedule with patience, per direction.
-      up = tf.where(reached, st["up"] + 1, 0)
-      down = tf.where(tf.logical_and(active, tf.logical_not(reached)), st["down"] + 1, 0)
-      raise_cost = up >= s.patience
-      lower_cost = tf.logical_and(tf.logical_not(raise_cost), down >= s.patience)
-      cost = st["cost"]
-      # A zero cost restarts at 1e-3, as the reference.
-      cost = tf.where(raise_cost, tf.where(cost == 0.0, 1e-3, cost * s.cost_multiplier_up), cost)
-      cost = tf.where(lower_cost, cost / s.cost_multiplier_down, cost)
-      up = tf.where(raise_cost, 0, up)
-      down = tf.where(lower_cost, 0, down)
+    # Early stop: no relative improvement of early_stop_tol for early_stop_patience steps.
+    significant = tf.logical_and(new_best, reg < st["anchor_reg"] * (1.0 - s.early_stop_tol))
+    anchor_reg = tf.where(significant, reg, st["anchor_reg"])
+    last_significant = tf.where(significant, step, st["last_significant"])
+    stalled = tf.logical_and(tf.math.is_finite(best_reg),
+                             step - last_significant >= early_stop_patience)
+    stop = tf.logical_and(active, tf.logical_and(early_stop_patience > 0, stalled))
+    finished = tf.logical_or(stop, tf.fill([num_dirs], step + 1 >= total_steps))
+    done = tf.logical_or(st["done"], tf.logical_and(active, finished))
+    steps_run = tf.where(active, step + 1, st["steps_run"])
 
-      # Early stop: no relative improvement of early_stop_tol for early_stop_patience steps.
-      significant = tf.logical_and(new_best, reg < st["anchor_reg"] * (1.0 - s.early_stop_tol))
-      anchor_reg = tf.where(significant, reg, st["anchor_reg"])
-      last_significant = tf.where(significant, step, st["last_significant"])
-      stalled = tf.logical_and(tf.math.is_finite(best_reg),
-                               step - last_significant >= early_stop_patience)
-      stop = tf.logical_and(active, tf.logical_and(early_stop_patience > 0, stalled))
-      finished = tf.logical_or(stop, tf.fill([num_dirs], step + 1 >= total_steps))
-      done = tf.logical_or(st["done"], tf.logical_and(active, finished))
-      steps_run = tf.where(active, step + 1, st["steps_run"])
+    return dict(st, mask_var=mask_var, pattern_var=pattern_var, m_mask=m_mask, v_mask=v_mask,
+                m_pattern=m_pat, v_pattern=v_pat, cost=cost, up=up, down=down,
+                best_reg=best_reg, best_mask=best_mask, best_pattern=best_pattern,
+                anchor_reg=anchor_reg, last_significant=last_significant, done=done,
+                steps_run=steps_run, loss_start=loss_start, loss_end=loss_end)
 
-      return [dict(st, step=step + 1, mask_var=mask_var, pattern_var=pattern_var, m_mask=m_mask,
-                   v_mask=v_mask, m_pattern=m_pat, v_pattern=v_pat, cost=cost, up=up, down=down,
-                   best_reg=best_reg, best_mask=best_mask, best_pattern=best_pattern,
-                   anchor_reg=anchor_reg, last_significant=last_significant, done=done,
-                   steps_run=steps_run, loss_start=loss_start, loss_end=loss_end)]
+  def _chunk(self, step, states, inputs, asr_bound, total_steps, chunk_end, early_stop_patience):
+    """Runs steps [step, min(chunk_end, total_steps)) of every block not yet done.
 
-    return tf.while_loop(cond, body, [state])[0]
+    Args:
+      step: scalar int32, the next step.
+      states: one state dict per block.
+      inputs: one (x, sample_dir, targets, seeds) tuple per block.
+      asr_bound, total_steps, chunk_end, early_stop_patience: scalar tensors.
+
+    Returns:
+      (step, states) after the chunk.
+    """
+
+    def all_done(sts):
+      return tf.reduce_all(tf.stack([tf.reduce_all(st["done"]) for st in sts]))
+
+    def cond(step, sts):
+      return tf.logical_and(step < tf.minimum(chunk_end, total_steps),
+                            tf.logical_not(all_done(sts)))
+
+    def body(step, sts):
+      new = []
+      for st, (x, sample_dir, targets, seeds) in zip(sts, inputs):
+        # Every block has its own ops; a finished block costs nothing. The blocks do not depend
+        # on one another, so TensorFlow may run them concurrently.
+        new.append(tf.cond(
+            tf.reduce_all(st["done"]), lambda st=st: st,
+            lambda st=st, x=x, d=sample_dir, t=targets, sd=seeds: self._block_step(
+                st, step, x, d, t, sd, asr_bound, total_steps, early_stop_patience)))
+      return [step + 1, new]
+
+    return tf.while_loop(cond, body, [step, list(states)])
 
   # ----------------------------------------------------------------------------------------------
   # Host code.
 
-  def _initial_state(self, num_samples, image_shape, seeds, init_cost, init_mask, init_pattern):
-    k = len(seeds)
-    h, w, c = image_shape
-    seeds_t = tf.constant(seeds, tf.int32)
-    if init_mask is None:
+  @staticmethod
+  def block_inputs(block: DirectionBlock):
+    """The (x, sample_dir, targets, seeds) tensors of a block, as `_chunk` takes them."""
+    return (tf.constant(block.x), tf.constant(block.sample_dir), tf.constant(block.targets),
+            tf.constant(block.seeds))
+
+  @staticmethod
+  def initial_state(block: DirectionBlock) -> dict:
+    """The optimisation state of a block before its first step (tensors)."""
+    k = block.num_directions
+    h, w, c = block.x.shape[1:]
+    seeds_t = tf.constant(block.seeds, tf.int32)
+    if block.mask is None:
       init_mask = hashed_uniform(seeds_t, _INIT_MASK_STREAM, [h, w, 1])
     else:
-      init_mask = tf.reshape(tf.constant(init_mask, tf.float32), [k, h, w, 1])
-    if init_pattern is None:
+      init_mask = tf.reshape(tf.constant(block.mask, tf.float32), [k, h, w, 1])
+    if block.pattern is None:
       init_pattern = hashed_uniform(seeds_t, _INIT_PATTERN_STREAM, [h, w, c])
     else:
-      init_pattern = tf.reshape(tf.constant(init_pattern, tf.float32), [k, h, w, c])
+      init_pattern = tf.reshape(tf.constant(block.pattern, tf.float32), [k, h, w, c])
     zeros_m = tf.zeros([k, h, w, 1])
     zeros_p = tf.zeros([k, h, w, c])
     inf = tf.fill([k], np.float32(np.inf))
+    num_samples = len(block.x)
     return {
-        "step": tf.constant(0, tf.int32),
         "mask_var": params.encode(init_mask), "pattern_var": params.encode(init_pattern),
         "m_mask": zeros_m, "v_mask": zeros_m, "m_pattern": zeros_p, "v_pattern": zeros_p,
-        "cost": tf.constant(init_cost, tf.float32),
+        "cost": tf.constant(block.costs, tf.float32),
         "up": tf.zeros([k], tf.int32), "down": tf.zeros([k], tf.int32),
         "best_reg": inf, "best_mask": zeros_m, "best_pattern": zeros_p,
         "anchor_reg": inf, "last_significant": tf.zeros([k], tf.int32),
-        "done": tf.zeros([k], tf.bool), "steps_run": tf.zeros([k], tf.int32),
+        "done": tf.constant(block.done), "steps_run": tf.zeros([k], tf.int32),
         "loss_start": tf.zeros([num_samples]), "loss_end": tf.zeros([num_samples]),
     }
 
@@ -321,6 +460,9 @@ class TriggerInverter:
              asr_bound: Optional[float] = None, progress: Optional[Callable] = None
              ) -> InversionResult:
     """Optimises one trigger per direction.
+
+    The directions are cut into `settings.direction_blocks` blocks (module docstring, "Blocks"),
+    all run in one graph on this device.
 
     Args:
       images: K arrays [N_k, H, W, C] in [0,1]: the images each direction stamps.
@@ -336,42 +478,39 @@ class TriggerInverter:
       InversionResult.
     """
     s = self.settings
-    k = check_directions(images, targets, seeds)
     steps = int(steps or s.steps)
-    image_shape = tuple(images[0].shape[1:])
-    x = np.concatenate([np.asarray(im, np.float32) for im in images])
-    sample_dir = np.concatenate([np.full(len(im), d, np.int32) for d, im in enumerate(images)])
-    costs = np.broadcast_to(np.asarray(s.init_cost if init_cost is None else init_cost,
-                                       np.float32), (k,)).copy()
-    state = self._initial_state(len(x), image_shape, [int(v) for v in seeds], costs, init_mask,
-                                init_pattern)
-    args = (tf.constant(x), tf.constant(sample_dir), tf.constant(np.asarray(targets, np.int32)),
-            tf.constant(np.asarray(seeds, np.int32)),
-            tf.constant(s.asr_bound if asr_bound is None else asr_bound, tf.float32),
-            tf.constant(steps, tf.int32))
+    blocks = split_directions(images, targets, seeds,
+                              s.init_cost if init_cost is None else init_cost, init_mask,
+                              init_pattern, s.direction_blocks)
+    k = sum(b.num_directions for b in blocks)
+    states = [self.initial_state(b) for b in blocks]
+    inputs = [self.block_inputs(b) for b in blocks]
+    scalars = (tf.constant(s.asr_bound if asr_bound is None else asr_bound, tf.float32),
+               tf.constant(steps, tf.int32))
     es = tf.constant(s.early_stop_patience, tf.int32)
-    step = 0
-    while step < steps:
-      chunk_end = min(steps, step + s.chunk_steps)
-      state = self._run_chunk(state, *args, tf.constant(chunk_end, tf.int32), es)
-      step = int(state["step"])
-      done = int(tf.reduce_sum(tf.cast(state["done"], tf.int32)))
+    step = tf.constant(0, tf.int32)
+    while int(step) < steps:
+      chunk_end = min(steps, int(step) + s.chunk_steps)
+      step, states = self._run_chunk(step, states, inputs, *scalars,
+                                     tf.constant(chunk_end, tf.int32), es)
+      done = sum(int(tf.reduce_sum(tf.cast(st["done"], tf.int32))) for st in states)
       if progress is not None:
-        progress(step, done, k)
+        progress(int(step), done, k)
       if done == k:
         break
-    return self._result(state, image_shape, sample_dir)
+    sample_dir = np.concatenate([np.full(len(im), d, np.int32) for d, im in enumerate(images)])
+    return self.result(concat_states(states), blocks[0].x.shape[1:], sample_dir)
 
   @staticmethod
-  def _result(state, image_shape, sample_dir) -> InversionResult:
-    best_reg = state["best_reg"].numpy()
+  def result(state: dict, image_shape, sample_dir) -> InversionResult:
+    """The InversionResult of a final state (all blocks joined, NumPy) of K directions."""
+    best_reg = state["best_reg"]
     success = np.isfinite(best_reg)
-    mask = state["best_mask"].numpy()[..., 0]
-    loss_start = state["loss_start"].numpy()
-    loss_end = state["loss_end"].numpy()
-    loss_end = np.where(success[sample_dir], loss_end, loss_start)
+    mask = state["best_mask"][..., 0]
+    loss_start = state["loss_start"]
+    loss_end = np.where(success[sample_dir], state["loss_end"], loss_start)
     size = np.where(success, params.trigger_size(mask, image_shape[-1]), np.nan)
-    return InversionResult(mask=mask, pattern=state["best_pattern"].numpy(), size=size,
-                           success=success, steps_run=state["steps_run"].numpy(),
-                           final_cost=state["cost"].numpy(), loss_start=loss_start,
+    return InversionResult(mask=mask, pattern=state["best_pattern"], size=size,
+                           success=success, steps_run=state["steps_run"],
+                           final_cost=state["cost"], loss_start=loss_start,
                            loss_end=loss_end, sample_direction=sample_dir)
