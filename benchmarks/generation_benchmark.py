@@ -90,6 +90,9 @@ def main():
         shutil.copytree(args.base_dir, base, dirs_exist_ok=True)
       else:
         common.ensure_base_model(workdir, dataset, model)
+    if not os.path.exists(os.path.join(base, "distance.json")):  # The base's own measurement.
+      common.run_cli(f"--dataset={dataset}", f"--model={model}", *distance_args(dataset),
+                     "--phase=distance", "--method=natural", workdir=workdir)
     run_dir = os.path.join(workdir, f"{dataset}_{model}_moth")
     cli = lambda *a, w=workdir: common.run_cli(f"--dataset={dataset}", f"--model={model}", *a,
                                                 workdir=w)

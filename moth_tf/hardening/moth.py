@@ -72,6 +72,18 @@ DRIVER_STATE_FIELDS = ("fast", "rollback", "failed_directions", "generations",
                        "engine_calls", "inversion_steps")
 
 
+def hardening_blocks(model) -> int:
+  """Direction blocks of the hardening's engine calls: one per replica.
+
+  The distance measurement cuts its directions into a fixed number of blocks (8) so that one
+  device and N replicas give the same bits (moth_tf.triggers.engine, "Blocks"). The hardening's
+  generations are not measurements, and each block is a model call of its own, which costs most on
+  small models: they use as few blocks as the replicas need.
+  """
+  strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+  return max(1, int(strategy.num_replicas_in_sync))
+
+
 class MothHardener:
   """Host-side state of one MOTH run: trigger store, scheduler, period bookkeeping, timing."""
 
@@ -125,7 +137,8 @@ class MothHardener:
         model.classifier, engine.InversionSettings(
             steps=config.pair_steps, asr_bound=config.pair_asr, init_cost=config.pair_cost,
             ce_reduction=config.pair_ce_reduction,
-            chunk_steps=max(config.pair_steps, config.fast_steps)),
+            chunk_steps=max(config.pair_steps, config.fast_steps),
+            direction_blocks=hardening_blocks(model)),
         getattr(model, "distribute_strategy", None))
     self.step = 0
     self.ready = False
@@ -176,7 +189,8 @@ class MothHardener:
     rng = self._rng(1)
     images, origin = map(list, zip(*(self.universal_images(rng, t) for t in range(self.n))))
     inverter = distributed.make_inverter(self.model.classifier, engine.InversionSettings(
-        steps=cfg.warmup_steps, asr_bound=cfg.warmup_asr, init_cost=cfg.pair_cost),
+        steps=cfg.warmup_steps, asr_bound=cfg.warmup_asr, init_cost=cfg.pair_cost,
+        direction_blocks=hardening_blocks(self.model)),
                                          getattr(self.model, "distribute_strategy", None))
     if self.verbose:
       print(f"MOTH warm-up: {self.n} universal triggers ({cfg.warmup_steps} steps, ASR "
