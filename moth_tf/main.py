@@ -53,7 +53,9 @@ def config_from_flags(flag_values) -> config_lib.RunConfig:
       batch_directions=flag_values.batch_directions,
       direction_blocks=flag_values.direction_blocks,
       compare_to=flag_values.compare_to)
-  preset = config_lib.hardening_preset(flag_values.preset, dataset)
+  # A measuring phase on a method's run (--phase=distance --method=moth) records that method's
+  # settings too.
+  preset = config_lib.hardening_preset(flag_values.preset, dataset, flag_values.method or "moth")
   overrides = {field: getattr(flag_values, flag) for field, flag in (
       ("mode", "mode"), ("epochs", "harden_epochs"), ("steps", "harden_steps"),
       ("batch_size", "harden_batch_size"),

@@ -181,7 +181,10 @@ def test_cli_harden_changes_the_weights_and_writes_the_outputs(method, workdir, 
     assert pw["finished"] and pw["pairs"] == pw["pairs_finished"] == 45
     assert pw["periods_per_pair_min"] == pw["periods_per_pair_max"] == 1
     assert sorted(map(tuple, pw["order"])) == [(s, t) for s in range(10) for t in range(s + 1, 10)]
-    assert harden["events"]["generations"] == 135
+    # MOTH's default generation: the period's first step generates (a failure is retried at the
+    # next), the others reuse its triggers.
+    events = harden["events"]
+    assert events["generations"] >= 45 and events["generations"] + events["reused"] == 135
 
 
 # -------------------------------------------------------------------------------------------------

@@ -27,9 +27,12 @@ from moth_tf.hardening import moth
 from moth_tf.models import io as model_io
 
 # learning_rate 1e-3 (the reference's): the default 0.01 is tuned for a 2,000-step budget; with the
-# default 100-step ramp this 20-step run trains at a small rate either way.
+# default 100-step ramp this 20-step run trains at a small rate either way. The published generation
+# schedule (one pair per period, a generation in every step), which these tests follow step by
+# step; the default schedule (several pairs, one generation per period) has its own tests below.
+_PUBLISHED = config_lib.PUBLISHED_GENERATION
 _TINY = config_lib.HardenConfig(epochs=2, batch_size=128, learning_rate=1e-3, warmup_steps=20,
-                                pair_steps=20, fast_steps=5, trigger_samples=8)
+                                pair_steps=20, fast_steps=5, trigger_samples=8, **_PUBLISHED)
 
 
 def _sha256(path):
@@ -285,7 +288,7 @@ def test_a_direction_without_any_successful_trigger_is_not_stamped(base):
   clf.layers[-1].set_weights([np.zeros((64, 10), np.float32), bias])
   stamping = model_lib.StampingModel(clf, 10)
   config = config_lib.HardenConfig(warmup_steps=5, pair_steps=5, fast_steps=2, trigger_samples=4,
-                                   warmup_samples=2, epsilon=0.0)
+                                   warmup_samples=2, epsilon=0.0, **_PUBLISHED)
   hardener = moth.MothHardener(stamping, splits.x_train, splits.y_train, config, verbose=False)
   for _ in range(11):  # 10 warm-up steps, then the first pair step.
     hardener.before_step()
@@ -342,7 +345,8 @@ def test_two_families_are_generated_stored_and_stamped(base):
   _, model, path, _ = base
   clf = model_io.load_model(path)
   config = config_lib.HardenConfig(warmup_steps=20, pair_steps=30, fast_steps=5,
-                                   trigger_samples=8, warmup_samples=4, families=2, epsilon=0.0)
+                                   trigger_samples=8, warmup_samples=4, families=2, epsilon=0.0,
+                                   **_PUBLISHED)
   stamping = model_lib.StampingModel(clf, 10, families=2)
   hardener = moth.MothHardener(stamping, splits.x_train, splits.y_train, config, verbose=False)
   for _ in range(11):  # 10 warm-up steps, then the first pair step.
@@ -424,7 +428,8 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
     base = model_io.load_model(model_path)
     out["accuracy_before"] = evaluation.accuracy(base, splits.x_test, splits.y_test)
     config = config_lib.HardenConfig(epochs=1, batch_size=64, learning_rate=1e-3, warmup_steps=20,
-                                     pair_steps=20, fast_steps=5, trigger_samples=8)
+                                     pair_steps=20, fast_steps=5, trigger_samples=8,
+                                     **config_lib.PUBLISHED_GENERATION)
     classifier, results = moth.harden(lambda: model_io.load_model(model_path), splits, config,
                                       run_dir, strategy=strategy, verbose=0)
     out["accuracy_after"] = evaluation.accuracy(classifier, splits.x_test, splits.y_test)
@@ -475,7 +480,8 @@ def test_generations_per_period_and_warm_fast_start(base):
   _, _, path, _ = base
   config = config_lib.HardenConfig(warmup_steps=20, pair_steps=30, fast_steps=5,
                                    trigger_samples=8, warmup_samples=4,
-                                   generations_per_period=1, warm_fast_start=True)
+                                   **dict(_PUBLISHED, generations_per_period=1,
+                                          warm_fast_start=True))
   stamping = model_lib.StampingModel(model_io.load_model(path), 10)
   hardener = moth.MothHardener(stamping, splits.x_train, splits.y_train, config, verbose=False)
   calls = []

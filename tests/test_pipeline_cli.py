@@ -82,7 +82,11 @@ def test_harden_writes_model_summary_and_logs(trained, hardened):
   assert summary["test_accuracy"] == harden["test_accuracy_after"]
   assert harden["wall_seconds"] > 0 and harden["generation_seconds"] > 0  # One pair period ran.
   assert harden["steps"] == harden["steps_per_epoch"] == 13
-  assert harden["events"]["generations"] == 3
+  # The default schedule: 5 disjoint pairs in the one period, generated in its first step (and
+  # again after a failure), their triggers reused in the other two.
+  events = harden["events"]
+  assert harden["pairs_per_period"] == 5
+  assert events["generations"] >= 5 and events["generations"] + events["reused"] == 5 * 3
   assert harden["replicas"] == 1 and harden["strategy"] == "default"
   # The flags reached the hardening configuration.
   config = harden["config"]
@@ -227,9 +231,13 @@ def test_pipeline_runs_every_stage_and_prints_the_summary(tmp_path, capsys):
 # Presets and flag overrides (config only, nothing runs).
 
 
-def test_default_preset_is_the_default_harden_config():
-  config = parsed_config("--phase=harden")
-  assert config.harden == config_lib.HardenConfig()
+def test_default_preset_is_the_default_harden_config_with_the_methods_recipe():
+  moth_recipe = config_lib.METHOD_RECIPES["moth"]
+  assert parsed_config("--phase=harden").harden == config_lib.HardenConfig(**moth_recipe)
+  assert parsed_config("--phase=harden").harden.steps == 1300
+  # A method without a recipe hardens with the defaults; a flag still wins over a recipe.
+  assert parsed_config("--phase=harden", "--method=finetune").harden == config_lib.HardenConfig()
+  assert parsed_config("--phase=harden", "--harden_steps=500").harden.steps == 500
 
 
 def test_reference_preset():
@@ -297,10 +305,11 @@ def test_fashion_mnist_flagfiles_cpu_and_reference_distance_settings():
 def test_fashion_mnist_default_preset_is_its_recipe_and_flags_still_override_it():
   recipe = config_lib.HARDENING_RECIPES["fashion_mnist"]
   harden = parsed_config("--phase=harden", "--dataset=fashion_mnist").harden
-  assert harden == config_lib.HardenConfig(**recipe)
-  assert harden != config_lib.HardenConfig()  # The digits-tuned defaults over-harden it.
+  moth_recipe = config_lib.METHOD_RECIPES["moth"]
+  assert harden == config_lib.HardenConfig(**{**moth_recipe, **recipe})
+  assert harden != config_lib.HardenConfig(**moth_recipe)  # The digits-tuned defaults over-harden.
   # Digits keeps the defaults; the reference preset is the same for every data set.
-  assert parsed_config("--phase=harden").harden == config_lib.HardenConfig()
+  assert parsed_config("--phase=harden").harden == config_lib.HardenConfig(**moth_recipe)
   assert parsed_config("--phase=harden", "--dataset=fashion_mnist",
                        "--preset=reference").harden == config_lib.REFERENCE_HARDENING
   overridden = parsed_config("--phase=harden", "--dataset=fashion_mnist", "--portion=0.7").harden

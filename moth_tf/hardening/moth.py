@@ -124,7 +124,7 @@ class MothHardener:
     # Training steps that stamp the warm-up's universal triggers, one target class each.
     self.warmup_length = self.n if warmup else 0
     # Pairs hardened together in every period (their classes disjoint).
-    self.num_pairs = int(config.pairs_per_period)
+    self.num_pairs = int(config.pairs_for(self.n))
     if self.num_pairs > 1 and not hasattr(self.scheduler, "choose_many"):
       raise ValueError(f"pairs_per_period={self.num_pairs}: this method's scheduler hardens one "
                        f"pair at a time; use pairs_per_period=1")
@@ -504,7 +504,7 @@ class MothHardener:
 
   def extra_results(self) -> dict:
     """The driver's own entries of the results dict."""
-    return {"pair_count": self.scheduler.count}
+    return {"pair_count": self.scheduler.count, "pairs_per_period": self.num_pairs}
 
   def log_epoch(self, epoch):
     if self.writer is None:
@@ -593,7 +593,7 @@ def harden(classifier_factory: Callable[[], keras.Model], splits,
     return model_lib.StampingModel(
         classifier_factory(), splits.num_classes, portion=config.portion,
         warm_ratio=config.warm_ratio, replay=config.replay, families=config.families,
-        pairs=config.pairs_per_period, adversarial=config.mode == "adv", pgd_settings=pgd_settings or (0.03, 8, 0.005))
+        pairs=config.pairs_for(splits.num_classes), adversarial=config.mode == "adv", pgd_settings=pgd_settings or (0.03, 8, 0.005))
 
   stamping = fitting.build_hardening_model(
       strategy, make_model, config, num_train, splits.x_train[:1],
