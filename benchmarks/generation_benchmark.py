@@ -31,6 +31,8 @@ PUBLISHED = ("--pairs_per_period=1", "--generations_per_period=3", "--nowarm_fas
 VARIANTS = {
     "published": PUBLISHED,
     "default": (),
+    "default_1600_steps": ("--harden_steps=1600",),
+    "fashion_lean": ("--fast_steps=20", "--pair_steps=100", "--warmup_steps=200"),
     "one_generation": ("--generations_per_period=1",),
     "warm_fast": ("--warm_fast_start",),
     "cheap": ("--generations_per_period=1", "--warm_fast_start"),

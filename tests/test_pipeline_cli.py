@@ -232,7 +232,7 @@ def test_pipeline_runs_every_stage_and_prints_the_summary(tmp_path, capsys):
 
 
 def test_default_preset_is_the_default_harden_config_with_the_methods_recipe():
-  moth_recipe = config_lib.METHOD_RECIPES["moth"]
+  moth_recipe = config_lib.METHOD_RECIPES[("moth", None)]
   assert parsed_config("--phase=harden").harden == config_lib.HardenConfig(**moth_recipe)
   assert parsed_config("--phase=harden").harden.steps == 1300
   # A method without a recipe hardens with the defaults; a flag still wins over a recipe.
@@ -305,8 +305,13 @@ def test_fashion_mnist_flagfiles_cpu_and_reference_distance_settings():
 def test_fashion_mnist_default_preset_is_its_recipe_and_flags_still_override_it():
   recipe = config_lib.HARDENING_RECIPES["fashion_mnist"]
   harden = parsed_config("--phase=harden", "--dataset=fashion_mnist").harden
-  moth_recipe = config_lib.METHOD_RECIPES["moth"]
-  assert harden == config_lib.HardenConfig(**{**moth_recipe, **recipe})
+  moth_recipe = config_lib.METHOD_RECIPES[("moth", None)]
+  fashion_moth = config_lib.METHOD_RECIPES[("moth", "fashion_mnist")]
+  assert harden == config_lib.HardenConfig(**{**moth_recipe, **recipe, **fashion_moth})
+  assert harden.pairs_per_period == 1 and harden.fixed_trigger_images and harden.steps == 2000
+  # Another method on Fashion-MNIST gets the data set's recipe only.
+  assert parsed_config("--phase=harden", "--dataset=fashion_mnist", "--method=universal"
+                       ).harden == config_lib.HardenConfig(**recipe)
   assert harden != config_lib.HardenConfig(**moth_recipe)  # The digits-tuned defaults over-harden.
   # Digits keeps the defaults; the reference preset is the same for every data set.
   assert parsed_config("--phase=harden").harden == config_lib.HardenConfig(**moth_recipe)
