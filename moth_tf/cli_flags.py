@@ -143,6 +143,9 @@ def define_flags():
                        "MOTH: class pairs (with no class in common) hardened together in every "
                        "period; their triggers are generated in one batched call (default 1, as "
                        "published).", lower_bound=1)
+  flags.DEFINE_integer("rollback_steps", None,
+                       "MOTH: steps of the full-cost generation after a failed one (default: "
+                       "--pair_steps).", lower_bound=1)
   flags.DEFINE_bool("fixed_trigger_images", None,
                     "MOTH: generate each class's triggers on the same seeded sample of its "
                     "training images all run long, instead of a fresh sample per generation.")

@@ -176,6 +176,8 @@ class HardenConfig:
   pair_steps: int = 200
   pair_cost: float = 1e-3
   fast_steps: int = 40
+  # Steps of the generation at pair_cost that follows a failed one (None: pair_steps, as published).
+  rollback_steps: Optional[int] = None
   fast_cost: float = 0.2
   trigger_samples: int = 20
   # Independently initialised triggers kept and stamped per direction (ours; 1 = as published).
@@ -236,6 +238,8 @@ class HardenConfig:
   seed: int = 0
 
   def __post_init__(self):
+    if self.rollback_steps is not None and self.rollback_steps < 1:
+      raise ValueError(f"rollback_steps must be >= 1, got {self.rollback_steps}")
     if self.pairs_per_period is not None and self.pairs_per_period < 1:
       raise ValueError(f"pairs_per_period must be >= 1, got {self.pairs_per_period}")
     if self.generations_per_period is not None and not (

@@ -65,6 +65,7 @@ def config_from_flags(flag_values) -> config_lib.RunConfig:
       ("families", "trigger_families"), ("generations_per_period", "generations_per_period"),
       ("warm_fast_start", "warm_fast_start"), ("fast_first_visit", "fast_first_visit"),
       ("pairs_per_period", "pairs_per_period"), ("fixed_trigger_images", "fixed_trigger_images"),
+      ("rollback_steps", "rollback_steps"),
       ("lr_warmup_steps", "lr_warmup_steps"),
       ("lr_decay", "lr_decay"), ("adv_mix", "adv_mix"), ("uap_epsilon", "uap_epsilon"),
       ("uap_step_size", "uap_step_size"), ("pairwise_tol", "pairwise_tol"),

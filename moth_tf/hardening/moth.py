@@ -349,7 +349,8 @@ class MothHardener:
     # One engine call per (steps, cost) setting optimises every family of both directions of the
     # pairs that use it: direction (p, d, f) is pair p's s->t (d=0) or t->s (d=1) trigger of
     # family f, each warm-started from its own latest trigger.
-    settings = {"start": (cfg.pair_steps, cfg.pair_cost), "rollback": (cfg.pair_steps, cfg.pair_cost),
+    settings = {"start": (cfg.pair_steps, cfg.pair_cost),
+                "rollback": (cfg.rollback_steps or cfg.pair_steps, cfg.pair_cost),
                 "fast": (cfg.fast_steps, cfg.fast_cost),
                 "warm_fast": (cfg.fast_steps, cfg.fast_cost)}
     groups = {}
