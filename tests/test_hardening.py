@@ -587,6 +587,10 @@ def test_more_pairs_per_period_than_the_classes_allow_is_refused(base):
   stamping = model_lib.StampingModel(model_io.load_model(path), 10, pairs=1)
   with pytest.raises(ValueError, match="pairs_per_period=6 needs 12 classes.*at most 5"):
     moth.MothHardener(stamping, splits.x_train, splits.y_train, config, verbose=False)
+  # The method's check, which phases.run_harden calls before it writes anything.
+  with pytest.raises(ValueError, match="pairs_per_period=6 needs 12 classes.*at most 5"):
+    moth.check_model(stamping.classifier, config)
+  moth.check_model(stamping.classifier, config_lib.HardenConfig(pairs_per_period=5))
 
 
 def test_generations_per_period_must_fit_the_period():

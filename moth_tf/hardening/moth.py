@@ -85,6 +85,21 @@ DRIVER_STATE_FIELDS = ("fast", "rollback", "failed_directions", "generations",
                        "engine_calls", "inversion_steps")
 
 
+def pairs_per_period(config: config_lib.HardenConfig, num_classes: int) -> int:
+  """The pairs per period of a run on an n-class model; a one-line ValueError if they cannot be
+  disjoint."""
+  pairs = int(config.pairs_for(num_classes))
+  if 2 * pairs > num_classes:
+    raise ValueError(f"pairs_per_period={pairs} needs {2 * pairs} classes (the pairs share none); "
+                     f"this model has {num_classes}: use at most {num_classes // 2}")
+  return pairs
+
+
+def check_model(classifier, config: config_lib.HardenConfig):
+  """Raises pairs_per_period's one-line ValueError before the run writes anything."""
+  pairs_per_period(config, int(classifier.output_shape[-1]))
+
+
 def hardening_blocks(model) -> int:
   """Direction blocks of the hardening's engine calls: one per replica.
 
@@ -137,13 +152,10 @@ class MothHardener:
     # Training steps that stamp the warm-up's universal triggers, one target class each.
     self.warmup_length = self.n if warmup else 0
     # Pairs hardened together in every period (their classes disjoint).
-    self.num_pairs = int(config.pairs_for(self.n))
+    self.num_pairs = pairs_per_period(config, self.n)
     if self.num_pairs > 1 and not hasattr(self.scheduler, "choose_many"):
       raise ValueError(f"pairs_per_period={self.num_pairs}: this method's scheduler hardens one "
                        f"pair at a time; use pairs_per_period=1")
-    if 2 * self.num_pairs > self.n:
-      raise ValueError(f"pairs_per_period={self.num_pairs} needs {2 * self.num_pairs} classes (the "
-                       f"pairs share none); this model has {self.n}: use at most {self.n // 2}")
     # Under a strategy the directions of every generation are split across its replicas (the
     # model was built in its scope, so each replica calls its own copy).
     self.pair_inverter = distributed.make_inverter(
@@ -633,6 +645,11 @@ def describe(config: config_lib.HardenConfig, num_train: int, pgd_settings=None)
   h = config
   adv = (f", PGD eps {pgd_settings[0]:g} first ({h.mode} mode)" if h.mode == "adv" and pgd_settings
          else "")
-  return (f"{fitting.describe_schedule(h, num_train)}, {h.portion:.0%} of each pair class "
+  pairs = (h.pairs_per_period if h.pairs_per_period is not None
+           else f"up to {config_lib.AUTO_PAIRS_PER_PERIOD}")
+  generations = ("a generation every step" if h.generations_per_period is None
+                 else f"{h.generations_per_period} generation(s) per period")
+  return (f"{fitting.describe_schedule(h, num_train)}, {pairs} class pair(s) per period with "
+          f"{generations}, {h.portion:.0%} of each pair class "
           f"stamped, replay {h.replay:.0%}, {h.families} trigger famil"
           f"{'y' if h.families == 1 else 'ies'} per direction{adv}")
