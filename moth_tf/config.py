@@ -208,7 +208,8 @@ class HardenConfig:
   # reference's current-batch images). A near-minimal trigger that just reaches the ASR bound on
   # one sample often misses it on the next, and a fast generation cannot grow it back: on
   # Fashion-MNIST a fresh sample made 706 of 714 warm fast starts fail, a fixed one 112 (its
-  # recipe). On digits fresh samples harden more (+61.8% against +55.1%, 1,300 steps).
+  # recipe). On digits fresh samples harden more (+61.8% against +55.1% at 1,300 steps, both
+  # measured with the engine before its direction blocks).
   fixed_trigger_images: bool = False
   # Baselines (moth_tf.baselines). adv_train: the share of each batch replaced by its PGD examples.
   adv_mix: float = 1.0
@@ -363,14 +364,16 @@ HARDENING_RECIPES = {
 METHOD_RECIPES = {
     # MOTH hardens AUTO_PAIRS_PER_PERIOD pairs in every step: 1,300 steps (130 epochs on digits)
     # give each pair ~3x the periods of the published one-pair schedule at 2,000 steps
-    # (benchmarks/generation_benchmark.py: digits +61.8% at 1,300 steps, +63.2% at 2,000).
+    # (benchmarks/generation_benchmark.py, digits: +58.9% in 70 s, against +57.7% in 190 s for the
+    # published schedule).
     ("moth", None): dict(steps=1300),
     # Fashion-MNIST's generation is compute-bound (small_cnn on 28x28: an engine call costs in
     # proportion to its directions), so several pairs per call save nothing: one pair per period,
     # its data set's budget, and the generation made cheap instead: fixed trigger images (with
     # fresh ones 706 of 714 warm fast starts failed), 20 fast steps, 100 full ones, a 200-step
-    # warm-up. Measured: +176.6% at 0.9107, 0.34x the published schedule's wall time, generation
-    # still ~3x the training (benchmarks/generation_benchmark.py --dataset=fashion_mnist).
+    # warm-up. Measured: +176.6% at 0.9107 in 173 s (the published schedule: +191.3% at 0.9122,
+    # 1,006 s under load); generation still 5x the training (benchmarks/generation_benchmark.py
+    # --dataset=fashion_mnist).
     ("moth", "fashion_mnist"): dict(steps=2000, pairs_per_period=1, fixed_trigger_images=True,
                                     fast_steps=20, pair_steps=100, warmup_steps=200),
 }
