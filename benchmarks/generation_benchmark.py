@@ -72,6 +72,10 @@ VARIANTS = {
     "p5_cheap_first": ("--pairs_per_period=5", "--generations_per_period=1", "--warm_fast_start",
                        "--fast_first_visit"),
     "p5_two": ("--pairs_per_period=5", "--generations_per_period=2", "--warm_fast_start"),
+    "es10": ("--generation_early_stop=10",),
+    "period6": ("--period=6",),
+    "es10_period6": ("--generation_early_stop=10", "--period=6"),
+    "es10_period9_wu100": ("--generation_early_stop=10", "--period=9", "--warmup_steps=100"),
     "p5_warm_1000_steps": ("--pairs_per_period=5", "--warm_fast_start", "--harden_steps=1000"),
 }
 

@@ -143,6 +143,12 @@ def define_flags():
                        "MOTH: class pairs (with no class in common) hardened together in every "
                        "period; their triggers are generated in one batched call (default 1, as "
                        "published).", lower_bound=1)
+  flags.DEFINE_integer("period", None,
+                       "MOTH: training steps per period, each period on the scheduler's pairs "
+                       "(reference 3).", lower_bound=1)
+  flags.DEFINE_integer("generation_early_stop", None,
+                       "MOTH: a pair generation's direction stops after this many steps without a "
+                       "1% smaller successful trigger (0 = never, as published).", lower_bound=0)
   flags.DEFINE_integer("rollback_steps", None,
                        "MOTH: steps of the full-cost generation after a failed one (default: "
                        "--pair_steps).", lower_bound=1)

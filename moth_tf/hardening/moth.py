@@ -379,7 +379,8 @@ class MothHardener:
           [images[p][d] for p, d, _ in directions],
           [self.pairs[p][1 - d] for p, d, _ in directions], seeds, init_cost=cost, steps=steps,
           init_mask=np.stack([self.cur_masks[p, d, f] for p, d, f in directions]),
-          init_pattern=np.stack([self.cur_patterns[p, d, f] for p, d, f in directions]))
+          init_pattern=np.stack([self.cur_patterns[p, d, f] for p, d, f in directions]),
+          early_stop_patience=cfg.generation_early_stop)
       self.events["engine_calls"] += 1
       self.events["inversion_steps"] += int(result.steps_run.max())
       failures += int((~result.success).sum())

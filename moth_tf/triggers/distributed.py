@@ -124,8 +124,8 @@ class DistributedInverter:
 
   def invert(self, images: Sequence[np.ndarray], targets: Sequence[int], seeds: Sequence[int],
              init_cost=None, steps: Optional[int] = None, init_mask=None, init_pattern=None,
-             asr_bound: Optional[float] = None, progress: Optional[Callable] = None
-             ) -> engine.InversionResult:
+             asr_bound: Optional[float] = None, progress: Optional[Callable] = None,
+             early_stop_patience: Optional[int] = None) -> engine.InversionResult:
     """Optimises one trigger per direction, the engine's blocks split across the replicas.
 
     Args and Returns: as engine.TriggerInverter.invert.
@@ -162,7 +162,8 @@ class DistributedInverter:
     step = distribute(lambda bs: tf.constant(0, tf.int32))
     scalars = (tf.constant(s.asr_bound if asr_bound is None else asr_bound, tf.float32),
                tf.constant(steps, tf.int32))
-    es = tf.constant(s.early_stop_patience, tf.int32)
+    es = tf.constant(s.early_stop_patience if early_stop_patience is None
+                     else early_stop_patience, tf.int32)
     chunk_end = 0
     while chunk_end < steps:
       chunk_end = min(steps, chunk_end + s.chunk_steps)

@@ -457,8 +457,8 @@ class TriggerInverter:
 
   def invert(self, images: Sequence[np.ndarray], targets: Sequence[int], seeds: Sequence[int],
              init_cost=None, steps: Optional[int] = None, init_mask=None, init_pattern=None,
-             asr_bound: Optional[float] = None, progress: Optional[Callable] = None
-             ) -> InversionResult:
+             asr_bound: Optional[float] = None, progress: Optional[Callable] = None,
+             early_stop_patience: Optional[int] = None) -> InversionResult:
     """Optimises one trigger per direction.
 
     The directions are cut into `settings.direction_blocks` blocks (module docstring, "Blocks"),
@@ -473,6 +473,7 @@ class TriggerInverter:
       init_mask, init_pattern: optional warm start, [K, H, W] (or [K,H,W,1]) and [K, H, W, C].
       asr_bound: attack success rate to reach (default settings.asr_bound).
       progress: optional callback(step, directions_done, K) called between chunks.
+      early_stop_patience: this call's early stop (default settings.early_stop_patience).
 
     Returns:
       InversionResult.
@@ -487,7 +488,8 @@ class TriggerInverter:
     inputs = [self.block_inputs(b) for b in blocks]
     scalars = (tf.constant(s.asr_bound if asr_bound is None else asr_bound, tf.float32),
                tf.constant(steps, tf.int32))
-    es = tf.constant(s.early_stop_patience, tf.int32)
+    es = tf.constant(s.early_stop_patience if early_stop_patience is None
+                     else early_stop_patience, tf.int32)
     step = tf.constant(0, tf.int32)
     while int(step) < steps:
       chunk_end = min(steps, int(step) + s.chunk_steps)
