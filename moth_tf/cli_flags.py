@@ -121,6 +121,9 @@ def define_flags():
   flags.DEFINE_integer("fast_steps", None,
                        "Inversion steps of the fast generations while both directions succeed "
                        "(reference 40).", lower_bound=1)
+  flags.DEFINE_float("fast_cost", None,
+                     "Initial L1 cost of the fast generations (reference 0.2, on its summed "
+                     "cross-entropy).", lower_bound=0.0)
   flags.DEFINE_integer("trigger_samples", None,
                        "Training images per class used to generate each pair trigger.",
                        lower_bound=1)

@@ -62,6 +62,7 @@ def config_from_flags(flag_values) -> config_lib.RunConfig:
       ("learning_rate", "harden_learning_rate"), ("portion", "portion"),
       ("warm_ratio", "warm_ratio"), ("replay", "replay"), ("trigger_samples", "trigger_samples"),
       ("warmup_steps", "warmup_steps"), ("pair_steps", "pair_steps"), ("fast_steps", "fast_steps"),
+      ("fast_cost", "fast_cost"),
       ("families", "trigger_families"), ("generations_per_period", "generations_per_period"),
       ("warm_fast_start", "warm_fast_start"), ("fast_first_visit", "fast_first_visit"),
       ("pairs_per_period", "pairs_per_period"), ("fixed_trigger_images", "fixed_trigger_images"),

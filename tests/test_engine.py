@@ -127,6 +127,24 @@ def test_finds_the_known_minimal_trigger(patch_model, patch_model_result):
   assert r.steps_run.tolist() == [300]  # early_stop_patience=0 runs every step.
 
 
+
+def test_a_call_can_set_its_own_early_stop(patch_model, patch_model_result):
+  """invert(early_stop_patience=...) overrides the settings for one call (MOTH's
+  --generation_early_stop): the direction stops once it has a successful trigger that has not
+  shrunk by 1% for that many steps, with the same bits as an inverter built with that patience."""
+  inverter = engine.TriggerInverter(patch_model, engine.InversionSettings(steps=300))
+  r = inverter.invert([_dark_images(20)], targets=[1], seeds=[7], early_stop_patience=10)
+  assert r.success.tolist() == [True]
+  assert 10 < r.steps_run[0] < 300
+  assert r.size[0] >= patch_model_result.size[0]  # It stopped before the last shavings.
+  same = engine.TriggerInverter(patch_model, engine.InversionSettings(
+      steps=300, early_stop_patience=10)).invert([_dark_images(20)], targets=[1], seeds=[7])
+  np.testing.assert_array_equal(r.mask, same.mask)
+  assert r.steps_run.tolist() == same.steps_run.tolist()
+  # And a call without it keeps the settings' patience (0: every step).
+  again = inverter.invert([_dark_images(20)], targets=[1], seeds=[7])
+  assert again.steps_run.tolist() == [300]
+
 def test_single_direction_on_a_fresh_inverter():
   """Regression: the first trace with K = 1 used to fail in tf.while_loop ("enters the loop with
   shape (1,), but has shape (None,) after one iteration"): a dynamic direction count broadcast the

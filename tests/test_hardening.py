@@ -520,6 +520,42 @@ def test_generations_per_period_and_warm_fast_start(base):
   assert hardener.events["warm_fast"] == 1
 
 
+
+def test_period_length_and_generation_early_stop(base):
+  """--period sets the steps per period (a generation at each period's start, the rest reused);
+  --generation_early_stop reaches every pair generation as the engine call's early stop, and the
+  inversion_steps event counts the steps the calls really ran."""
+  splits, _, path, _ = base
+  from moth_tf.hardening import model as model_lib
+  config = config_lib.HardenConfig(warmup_steps=20, pair_steps=60, fast_steps=5,
+                                   trigger_samples=8, warmup_samples=4, period=4,
+                                   generation_early_stop=3,
+                                   **dict(_PUBLISHED, generations_per_period=1))
+  stamping = model_lib.StampingModel(model_io.load_model(path), 10)
+  hardener = moth.MothHardener(stamping, splits.x_train, splits.y_train, config, verbose=False)
+  calls = []
+  original_invert = hardener.pair_inverter.invert
+
+  def invert(*args, **kwargs):
+    result = original_invert(*args, **kwargs)
+    calls.append((hardener.step, kwargs["early_stop_patience"], int(result.steps_run.max()),
+                  bool(result.success.all())))
+    return result
+
+  hardener.pair_inverter.invert = invert
+  for _ in range(10 + 3 * config.period):
+    hardener.before_step()
+    hardener.after_step()
+  assert all(c[1] == 3 for c in calls)
+  starts = [10 + p * config.period for p in range(3)]
+  assert [c[0] for c in calls if c[0] in starts] == starts
+  # Other steps generate only to retry a failure; successful periods reuse for 3 steps.
+  assert hardener.events["generations"] + hardener.events["reused"] == 3 * config.period
+  assert hardener.events["inversion_steps"] == sum(c[2] for c in calls)
+  assert any(c[3] and c[2] < config.pair_steps for c in calls)  # Stopped early on success.
+  with pytest.raises(ValueError, match="generation_early_stop must be >= 0"):
+    config_lib.HardenConfig(generation_early_stop=-1)
+
 def test_several_pairs_per_period_are_generated_in_one_call_and_stamped_together(base):
   """pairs_per_period=3: every period hardens three pairs with no class in common; their six
   directions are generated in one engine call per mode (fast_first_visit: the first periods start
