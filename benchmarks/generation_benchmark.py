@@ -79,6 +79,9 @@ VARIANTS = {
     "fc015": ("--fast_cost=0.015",),
     "fc015_es10": ("--fast_cost=0.015", "--generation_early_stop=10"),
     "fc015_es10_period6": ("--fast_cost=0.015", "--generation_early_stop=10", "--period=6"),
+    "fc015_period6": ("--fast_cost=0.015", "--period=6"),
+    "fc015_period9_wu100": ("--fast_cost=0.015", "--period=9", "--warmup_steps=100"),
+    "fc015_period6_wu100": ("--fast_cost=0.015", "--period=6", "--warmup_steps=100"),
     "p5_warm_1000_steps": ("--pairs_per_period=5", "--warm_fast_start", "--harden_steps=1000"),
 }
 
