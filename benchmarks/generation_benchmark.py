@@ -84,6 +84,8 @@ VARIANTS = {
     "fc015_period6_wu100": ("--fast_cost=0.015", "--period=6", "--warmup_steps=100"),
     "fc015_2000_steps": ("--fast_cost=0.015", "--harden_steps=2000"),
     "fc015_fast20_2000_steps": ("--fast_cost=0.015", "--fast_steps=20", "--harden_steps=2000"),
+    "period6_2000_steps": ("--period=6", "--harden_steps=2000"),
+    "period6_2600_steps": ("--period=6", "--harden_steps=2600"),
     "p5_warm_1000_steps": ("--pairs_per_period=5", "--warm_fast_start", "--harden_steps=1000"),
 }
 
