@@ -270,6 +270,18 @@ def test_family_and_learning_rate_flags():
       1, 0, "constant")
 
 
+def test_generation_schedule_flags():
+  harden = parsed_config("--phase=harden", "--period=6", "--fast_cost=0.05",
+                         "--generation_early_stop=12", "--rollback_steps=30").harden
+  assert (harden.period, harden.fast_cost, harden.generation_early_stop, harden.rollback_steps) == (
+      6, 0.05, 12, 30)
+  # The published schedule (the reference preset) keeps the reference's period and fast cost.
+  reference = parsed_config("--phase=harden", "--preset=reference").harden
+  assert (reference.period, reference.fast_cost, reference.generation_early_stop) == (3, 0.2, 0)
+  # Fashion-MNIST's MOTH recipe rescales the fast cost to its mean cross-entropy.
+  fashion = parsed_config("--phase=harden", "--dataset=fashion_mnist").harden
+  assert fashion.fast_cost < 0.2 and fashion.period > 3
+
 def test_step_budget_flag():
   harden = parsed_config("--phase=harden", "--harden_steps=50").harden
   assert harden.epochs is None and harden.steps == 50
