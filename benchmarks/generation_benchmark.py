@@ -90,6 +90,12 @@ VARIANTS = {
     "fc015_fast20_2000_steps": ("--fast_cost=0.015", "--fast_steps=20", "--harden_steps=2000"),
     "period6_2000_steps": ("--period=6", "--harden_steps=2000"),
     "period6_2600_steps": ("--period=6", "--harden_steps=2600"),
+    # The same schedules with other hardening seeds (the base model and distance seeds unchanged):
+    # how much of an accuracy or enlargement difference is run-to-run spread.
+    "published_seed1": PUBLISHED + ("--seed=1",),
+    "published_seed2": PUBLISHED + ("--seed=2",),
+    "default_seed1": ("--seed=1",),
+    "default_seed2": ("--seed=2",),
     "p5_warm_1000_steps": ("--pairs_per_period=5", "--warm_fast_start", "--harden_steps=1000"),
 }
 
