@@ -90,6 +90,9 @@ VARIANTS = {
     "fc015_fast20_2000_steps": ("--fast_cost=0.015", "--fast_steps=20", "--harden_steps=2000"),
     "period6_2000_steps": ("--period=6", "--harden_steps=2000"),
     "period6_2600_steps": ("--period=6", "--harden_steps=2600"),
+    "period12": ("--period=12",),
+    "samples10": ("--trigger_samples=10",),
+    "fast10": ("--fast_steps=10",),
     # The same schedules with other hardening seeds (the base model and distance seeds unchanged):
     # how much of an accuracy or enlargement difference is run-to-run spread.
     "published_seed1": PUBLISHED + ("--seed=1",),
