@@ -6,8 +6,12 @@ fashion_mnist: flags/fashion_mnist.flags) and reports enlargement, accuracy, and
 generation and training seconds with the generation events (generations, fast, rollbacks, reused
 steps, warm fast starts).
 
-    python benchmarks/generation_benchmark.py --dataset=digits
-    python benchmarks/generation_benchmark.py --dataset=fashion_mnist --variants=default,cheap
+    python benchmarks/generation_benchmark.py --dataset=digits --variants=published,default
+    python benchmarks/generation_benchmark.py --dataset=fashion_mnist \
+        --variants=previous_recipe,default --timing_repeats=2
+
+`--timing_repeats=N` hardens each variant N more times in a scratch folder (the runs are
+deterministic, only their times differ) and reports the median generation and training seconds.
 
 Finished runs are reused (delete the variant's folder under benchmarks/results/generation_<dataset>/
 to redo it). The table goes to benchmarks/results/generation_<dataset>.{json,md}.
@@ -103,13 +107,37 @@ VARIANTS = {
 }
 
 
+def _timing(harden: dict) -> dict:
+  """One hardening run's wall, generation (warm-up included) and training seconds."""
+  return {"wall_seconds": harden["wall_seconds"],
+          "generation_seconds": harden["generation_seconds"] + harden["warmup_seconds"],
+          "training_seconds": harden["training_seconds"]}
+
+
+def _median(values):
+  values = sorted(values)
+  mid = len(values) // 2
+  return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def _medians(row) -> str:
+  if "median_generation_seconds" not in row:
+    return "-"
+  return (f"{row['median_generation_seconds']:.1f} / {row['median_training_seconds']:.1f}, "
+          f"{len(row['timings'])}")
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--dataset", default="digits", choices=sorted(DEFAULT_MODELS))
-  parser.add_argument("--variants", default="default,cheap")
+  parser.add_argument("--variants", default="published,default")
   parser.add_argument("--base_dir", default=None,
                       help="a finished natural run directory to copy (default: train one)")
+  parser.add_argument("--timing_repeats", type=int, default=0,
+                      help="harden each variant this many more times in a scratch folder and "
+                           "report the median generation and training seconds of all its runs "
+                           "(this machine's timings vary by up to 2x from run to run)")
   args = parser.parse_args()
   dataset, model = args.dataset, DEFAULT_MODELS[args.dataset]
   root = os.path.join(common.REPO, "benchmarks", "results", f"generation_{dataset}")
@@ -140,7 +168,20 @@ def main():
       cli(*distance_args(dataset), "--phase=distance", "--method=moth", f"--compare_to={base}")
     h = read_json(summary_path)["harden"]
     d = read_json(os.path.join(run_dir, "distance.json"))
+    timings = results["rows"].get(name, {}).get("timings") or [_timing(h)]
+    for _ in range(args.timing_repeats):
+      # The same hardening again (it is deterministic: only its times differ), then thrown away.
+      scratch = os.path.join(root, "_timing", name)
+      shutil.rmtree(scratch, ignore_errors=True)
+      shutil.copytree(base, os.path.join(scratch, natural))
+      cli("--phase=harden", "--method=moth", *VARIANTS[name], w=scratch)
+      timings.append(_timing(read_json(os.path.join(scratch, f"{dataset}_{model}_moth",
+                                                    "summary.json"))["harden"]))
+      shutil.rmtree(scratch)
     results["rows"][name] = {
+        "timings": timings,
+        "median_generation_seconds": _median([t["generation_seconds"] for t in timings]),
+        "median_training_seconds": _median([t["training_seconds"] for t in timings]),
         "flags": list(VARIANTS[name]), "test_accuracy_before": h["test_accuracy_before"],
         "test_accuracy_after": h["test_accuracy_after"], "wall_seconds": h["wall_seconds"],
         "generation_seconds": h["generation_seconds"] + h["warmup_seconds"],
@@ -155,9 +196,9 @@ def main():
   ref_name = "published" if "published" in rows else "default"
   ref = rows.get(ref_name, {}).get("wall_seconds")
   lines = ["| variant | flags | test acc | enlargement (mean of per-pair / ratio of means) | "
-           f"wall (s) | generation (s) | training (s) | wall vs {ref_name} | engine calls | "
-           "inversion steps | events |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           f"wall (s) | generation (s) | training (s) | median generation / training (s), runs | "
+           f"wall vs {ref_name} | engine calls | inversion steps | events |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for name, r in rows.items():
     relative = f"{r['wall_seconds'] / ref:.2f}x" if ref else "-"
     events = r["events"] or {}
@@ -166,7 +207,7 @@ def main():
         f"{r['test_accuracy_after']:.4f} | {100 * r['enlargement_mean_relative']:+.1f}% / "
         f"{100 * r['enlargement_ratio_of_means']:+.1f}% | {r['wall_seconds']:.0f} | "
         f"{r['generation_seconds']:.0f} | {r['training_seconds']:.0f} | "
-        f"{relative} | {events.get('engine_calls', '-')} | {events.get('inversion_steps', '-')} | "
+        f"{_medians(r)} | {relative} | {events.get('engine_calls', '-')} | {events.get('inversion_steps', '-')} | "
         f"{events} |")
   text = "\n".join(lines)
   with open(root + ".md", "w") as f:
