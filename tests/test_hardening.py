@@ -528,9 +528,9 @@ def test_period_length_and_generation_early_stop(base):
   splits, _, path, _ = base
   from moth_tf.hardening import model as model_lib
   config = config_lib.HardenConfig(warmup_steps=20, pair_steps=60, fast_steps=5,
-                                   trigger_samples=8, warmup_samples=4, period=4,
-                                   generation_early_stop=3,
-                                   **dict(_PUBLISHED, generations_per_period=1))
+                                   trigger_samples=8, warmup_samples=4,
+                                   **dict(_PUBLISHED, generations_per_period=1, period=4,
+                                          generation_early_stop=3))
   stamping = model_lib.StampingModel(model_io.load_model(path), 10)
   hardener = moth.MothHardener(stamping, splits.x_train, splits.y_train, config, verbose=False)
   calls = []
