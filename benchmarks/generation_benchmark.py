@@ -102,6 +102,8 @@ VARIANTS = {
     "p2_2000_steps_seed1": ("--pairs_per_period=2", "--harden_steps=2000", "--seed=1"),
     "portion25_period6_2000_steps": ("--portion=0.25", "--period=6", "--harden_steps=2000"),
     "replay0_period6_2000_steps": ("--replay=0", "--period=6", "--harden_steps=2000"),
+    "replay0_period6_2000_steps_seed1": ("--replay=0", "--period=6", "--harden_steps=2000",
+                                         "--seed=1"),
     # The same schedules with other hardening seeds (the base model and distance seeds unchanged):
     # how much of an accuracy or enlargement difference is run-to-run spread.
     "published_seed1": PUBLISHED + ("--seed=1",),
