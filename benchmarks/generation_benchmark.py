@@ -37,6 +37,8 @@ PUBLISHED = ("--pairs_per_period=1", "--generations_per_period=3", "--nowarm_fas
 VARIANTS = {
     "published": PUBLISHED,
     "default": (),
+    # The digits default before replay was dropped and periods lengthened (its recipe then).
+    "previous_default": ("--harden_steps=1300", "--period=3", "--replay=0.3"),
     # Fashion-MNIST's recipe before its fast cost was rescaled (the default until then).
     "previous_recipe": ("--fast_cost=0.2", "--period=3", "--warmup_steps=200"),
     "default_1600_steps": ("--harden_steps=1600",),

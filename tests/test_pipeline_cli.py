@@ -234,7 +234,7 @@ def test_pipeline_runs_every_stage_and_prints_the_summary(tmp_path, capsys):
 def test_default_preset_is_the_default_harden_config_with_the_methods_recipe():
   moth_recipe = config_lib.METHOD_RECIPES[("moth", None)]
   assert parsed_config("--phase=harden").harden == config_lib.HardenConfig(**moth_recipe)
-  assert parsed_config("--phase=harden").harden.steps == 1300
+  assert parsed_config("--phase=harden").harden.steps == 2000
   # A method without a recipe hardens with the defaults; a flag still wins over a recipe.
   assert parsed_config("--phase=harden", "--method=finetune").harden == config_lib.HardenConfig()
   assert parsed_config("--phase=harden", "--harden_steps=500").harden.steps == 500
