@@ -226,8 +226,8 @@ class PairScheduler:
       raise ValueError(f"no pair is left: {len(excluded)} of {self.num_classes} classes excluded")
     rng = self._rng()
     if rng.random() < self.epsilon:
-      s, t = rng.choice(free, size=2, replace=False) if excluded else rng.choice(
-          self.num_classes, size=2, replace=False)
+      # With nothing excluded `free` is arange(n): the same draw as choice(n) (checked).
+      s, t = rng.choice(free, size=2, replace=False)
     else:
       score = self.scores(step)
       score[excluded, :] = -np.inf
