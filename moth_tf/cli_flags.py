@@ -8,6 +8,7 @@ from absl import flags
 
 from moth_tf import config as config_lib
 from moth_tf import data as data_lib
+from moth_tf.data import augment as augment_lib
 from moth_tf import models
 from moth_tf.hardening import methods as hardening_methods
 
@@ -36,6 +37,14 @@ def define_flags():
                       "IDX files (searched alone when given).")
   flags.DEFINE_integer("image_size", None, "Resize images to this square size (bilinear).",
                        lower_bound=4)
+  flags.DEFINE_enum("augment", "default", ["default"] + list(augment_lib.RECIPES),
+                    "Training augmentation of every fit (base training, poisoning, hardening): "
+                    "default (the data set's: cifar10 shift_flip 4 px, fashion_mnist crop_flip "
+                    "2 px, the others none), none, flip, crop (zero padding + random crop), "
+                    "crop_flip, shift (continuous, bilinear), shift_flip.")
+  flags.DEFINE_integer("augment_pad", None,
+                       "Largest shift in pixels of the crop and shift recipes (default: the data "
+                       "set's, else an eighth of the image side).", lower_bound=1)
   flags.DEFINE_string("model_path", None,
                       "A user model to evaluate or harden instead of the run's own: a .keras "
                       "file or a TF SavedModel directory. It is never modified.")

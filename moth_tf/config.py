@@ -32,10 +32,16 @@ class DataConfig:
   dataset: str = "digits"
   data_dir: Optional[str] = None
   image_size: Optional[int] = None  # None: the data set's native size.
+  # Training augmentation of every fit (moth_tf.data.augment): a recipe name and its shift in
+  # pixels; None: the data set's default.
+  augment: Optional[str] = None
+  augment_pad: Optional[int] = None
 
   def __post_init__(self):
     _check(self.image_size is None or self.image_size >= 4,
            f"image_size must be >= 4, got {self.image_size}")
+    _check(self.augment_pad is None or self.augment_pad >= 0,
+           f"augment_pad must be >= 0, got {self.augment_pad}")
 
 
 @dataclasses.dataclass(frozen=True)

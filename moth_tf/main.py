@@ -110,8 +110,7 @@ def config_from_flags(flag_values) -> config_lib.RunConfig:
       overwrite=flag_values.overwrite,
       strategy=flag_values.strategy,
       seed=flag_values.seed,
-      data=config_lib.DataConfig(dataset=dataset, data_dir=flag_values.data_dir,
-                                 image_size=flag_values.image_size),
+      data=data_config(dataset, flag_values),
       train=train,
       distance=distance,
       harden=harden,
@@ -119,6 +118,19 @@ def config_from_flags(flag_values) -> config_lib.RunConfig:
       base_run=flag_values.base_run or (
           "poisoned" if flag_values.phase == "poison" else "natural"),
       trigger_path=flag_values.trigger_path)
+
+
+def data_config(dataset: str, flag_values) -> config_lib.DataConfig:
+  """The DataConfig of the flags, with the augmentation resolved to a concrete recipe (so that
+  summary.json and the HParams record what ran, not "default")."""
+  from moth_tf import data as data_lib
+  from moth_tf.data import augment as augment_lib
+  info = data_lib.dataset_info(dataset)
+  augmentation = augment_lib.resolve(info.augment, flag_values.augment, flag_values.augment_pad,
+                                     flag_values.image_size or info.image_shape[0])
+  return config_lib.DataConfig(dataset=dataset, data_dir=flag_values.data_dir,
+                               image_size=flag_values.image_size, augment=augmentation.recipe,
+                               augment_pad=augmentation.pad)
 
 
 def main(argv):

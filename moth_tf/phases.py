@@ -23,7 +23,8 @@ USER_ERRORS = (data_lib.DatasetUnavailableError, model_io.ModelLoadError, ValueE
 
 
 def load_splits(config: config_lib.RunConfig) -> data_lib.DatasetSplits:
-  return data_lib.load_dataset(config.data.dataset, config.data.data_dir, config.data.image_size)
+  return data_lib.load_dataset(config.data.dataset, config.data.data_dir, config.data.image_size,
+                               augment=config.data.augment, augment_pad=config.data.augment_pad)
 
 
 def make_run_command(config: config_lib.RunConfig, phase: str) -> str:
@@ -94,7 +95,8 @@ def run_train(config: config_lib.RunConfig, command_line=()):
   tb_records.write_run_metadata(run_dir, "train", {**config.to_dict(), "method": "natural"},
                                 splits.info.class_names, command_line)
   print(f"Training {config.model} on {config.data.dataset} ({len(splits.x_train)} train / "
-        f"{len(splits.x_val)} val / {len(splits.x_test)} test images) into {run_dir}")
+        f"{len(splits.x_val)} val / {len(splits.x_test)} test images; augmentation: "
+        f"{splits.augmentation.describe()}) into {run_dir}")
   _, results = training.train_natural(config.model, splits, config.train, run_dir, strategy,
                                       seed=config.seed)
   rundir.update_summary(
@@ -102,6 +104,7 @@ def run_train(config: config_lib.RunConfig, command_line=()):
       test_accuracy=results["test_accuracy"], val_accuracy=results["val_accuracy"],
       train={"wall_seconds": results["train_seconds"], "epochs": results["epochs"],
              "recipe": config.train.__dict__},
+      augmentation=splits.augmentation.to_json(),
       flags=list(command_line), config=config.to_dict())
   tb_records.write_final_metrics(run_dir, "train", {k: results[k] for k in (
       "test_accuracy", "val_accuracy", "epochs")} | {"wall_seconds": results["train_seconds"]})
@@ -339,7 +342,8 @@ def run_harden(config: config_lib.RunConfig, command_line=()):
   p = splits.info.train_pgd
   pgd_settings = (p.epsilon, p.steps, p.step_size)
   console.print_harden_start(config.method, base_path, out_dir,
-                             method.describe(config.harden, len(splits.x_train), pgd_settings))
+                             method.describe(config.harden, len(splits.x_train), pgd_settings)
+                             + f"; augmentation: {splits.augmentation.describe()}")
   tb_records.write_run_metadata(out_dir, "harden", config.to_dict(), splits.info.class_names,
                                 command_line)
   classifier, results = method.harden(
@@ -353,6 +357,7 @@ def run_harden(config: config_lib.RunConfig, command_line=()):
       harden={**results, "method": config.method, "test_accuracy_before": acc_before,
               "test_accuracy_after": acc_after, "strategy": config.strategy,
               "replicas": strategy.num_replicas_in_sync, "model_input": model_input},
+      augmentation=splits.augmentation.to_json(),
       flags=list(command_line), config=config.to_dict())
   tb_records.write_final_metrics(out_dir, "harden", {
       "test_accuracy": acc_after, "test_accuracy_before": acc_before, **{k: results[k] for k in (
@@ -491,6 +496,7 @@ def run_poison(config: config_lib.RunConfig, command_line=()):
               "natural_test_accuracy": natural_acc},
       train={"wall_seconds": results["train_seconds"], "epochs": results["epochs"],
              "recipe": config.train.__dict__},
+      augmentation=splits.augmentation.to_json(),
       flags=list(command_line), config=config.to_dict())
   tb_records.write_final_metrics(run_dir, "train", {k: results[k] for k in (
       "test_accuracy", "val_accuracy", "epochs")} | {"wall_seconds": results["train_seconds"]})

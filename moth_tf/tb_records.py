@@ -40,6 +40,8 @@ MATRIX_CONTENT = b"matrix"
 # whole config is in the metadata text; these are the ones that tell runs apart at a glance.
 _HPARAM_FIELDS = (
     ("seed", ("seed",)),
+    ("data.augment", ("data", "augment")),
+    ("data.augment_pad", ("data", "augment_pad")),
     ("harden.mode", ("harden", "mode")),
     ("harden.learning_rate", ("harden", "learning_rate")),
     ("harden.steps", ("harden", "steps")),

@@ -125,7 +125,7 @@ def train_natural(model_name: str, splits: data_lib.DatasetSplits,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"])
   train_ds = data_lib.make_pipeline(splits.x_train, splits.y_train, recipe.batch_size, shuffle=True,
-                                    augment=splits.info.augment, seed=seed)
+                                    augment=splits.augmentation, seed=seed)
   val_ds = data_lib.make_pipeline(splits.x_val, splits.y_val, 512)
   os.makedirs(run_dir, exist_ok=True)
   callbacks = [

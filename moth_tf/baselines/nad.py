@@ -325,10 +325,11 @@ def _schedule(config, num_train, epochs):
                                         total_steps=epochs * config.steps_per_epoch_for(num_train))
 
 
-def _teacher_key(config, num_clean):
+def _teacher_key(config, num_clean, augmentation):
   # What the teacher depends on: a record with another key (an earlier run with other settings in
   # the same directory) is not reused.
   return {"clean_share": config.nad_clean_share, "clean_images": num_clean,
+          "augmentation": augmentation.to_json(),
           "teacher_epochs": config.nad_teacher_epochs, "seed": config.seed,
           "batch_size": config.batch_size, "learning_rate": config.learning_rate,
           "lr_warmup_steps": config.lr_warmup_steps, "lr_decay": config.lr_decay,
@@ -340,7 +341,7 @@ def _trained_teacher(classifier_factory, clean, config, run_dir, strategy, verbo
   from moth_tf import rundir
 
   num_clean = len(clean.x_train)
-  key = _teacher_key(config, num_clean)
+  key = _teacher_key(config, num_clean, clean.augmentation)
   weights = os.path.join(run_dir, TEACHER_WEIGHTS)
   record_path = os.path.join(run_dir, TEACHER_RECORD)
   if os.path.exists(weights) and os.path.exists(record_path):

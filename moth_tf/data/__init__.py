@@ -2,7 +2,7 @@
 
     splits = moth_tf.data.load_dataset("digits")
     train_ds = moth_tf.data.make_pipeline(splits.x_train, splits.y_train, batch_size=128,
-                                          shuffle=True, augment=splits.info.augment)
+                                          shuffle=True, augment=splits.augmentation)
 
 All images are float32 in [0, 1], NHWC; labels are int64 class indices.
 """
@@ -12,6 +12,8 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+from moth_tf.data import augment as augment_lib
+from moth_tf.data.augment import Augmentation
 from moth_tf.data.base import DatasetInfo
 from moth_tf.data.base import DatasetSplits
 from moth_tf.data.base import DatasetUnavailableError
@@ -46,7 +48,8 @@ def dataset_info(name: str) -> DatasetInfo:
 
 
 def load_dataset(name: str, data_dir: Optional[str] = None,
-                 image_size: Optional[int] = None) -> DatasetSplits:
+                 image_size: Optional[int] = None, augment: Optional[str] = None,
+                 augment_pad: Optional[int] = None) -> DatasetSplits:
   """Loads a registered data set's train/val/test splits as arrays.
 
   Args:
@@ -54,21 +57,29 @@ def load_dataset(name: str, data_dir: Optional[str] = None,
     data_dir: where tfds data, prepared `.npz` files or the Fashion-MNIST IDX files live (None:
       each loader's default locations).
     image_size: if given, every split is resized (bilinear) to image_size x image_size.
+    augment: the training augmentation recipe (moth_tf.data.augment.RECIPES); None or "default":
+      the data set's own.
+    augment_pad: pixels of the crop/shift recipes (None: the data set's, else an eighth of the
+      image side).
 
   Returns:
-    DatasetSplits with float32 [0,1] NHWC images and int64 labels.
+    DatasetSplits with float32 [0,1] NHWC images, int64 labels, and the resolved `augmentation`.
 
   Raises:
     DatasetUnavailableError: the files are missing, or hold data no model should train on
       (non-finite or out-of-range pixels, bad labels or shapes); the message says what to do.
   """
-  _, loader = _entry(name)
+  info, loader = _entry(name)
+  # Resolved first: a bad recipe is refused before the data is read.
+  augmentation = augment_lib.resolve(info.augment, augment, augment_pad,
+                                     image_size or info.image_shape[0])
   splits = loader(data_dir) if name != "digits" else loader()
   # Checked before resizing: the resize clips to [0, 1], which would hide out-of-range values; a
   # resize of checked splits keeps them valid (same size everywhere, finite, clipped).
   check_splits(splits, f"{name} data set" + (f" in {data_dir}" if data_dir else ""))
   if image_size and tuple(splits.x_train.shape[1:3]) != (image_size, image_size):
     splits = resize_splits(splits, image_size)
+  splits.augmentation = augmentation
   return splits
 
 
@@ -85,38 +96,28 @@ def resize_splits(splits: DatasetSplits, image_size: int) -> DatasetSplits:
       return np.zeros((0, image_size, image_size, x.shape[-1]), np.float32)
     return np.concatenate(out).astype(np.float32)
 
-  return DatasetSplits(splits.info, resize(splits.x_train), splits.y_train, resize(splits.x_val),
-                       splits.y_val, resize(splits.x_test), splits.y_test)
-
-
-def augmentation_layers(seed: Optional[int] = None):
-  """The authors' CIFAR-10 augmentation as Keras preprocessing layers.
-
-  Horizontal flip and a uniform +-4 px (12.5%) translation with zero fill, bilinear, as their
-  `ImageDataGenerator(horizontal_flip, width/height_shift_range=0.125, cval=0)`.
-  """
-  import keras
-  return keras.Sequential([
-      keras.layers.RandomFlip("horizontal", seed=seed),
-      keras.layers.RandomTranslation(0.125, 0.125, fill_mode="constant", fill_value=0.0,
-                                     interpolation="bilinear", seed=seed),
-  ], name="augmentation")
+  import dataclasses
+  return dataclasses.replace(splits, x_train=resize(splits.x_train), x_val=resize(splits.x_val),
+                             x_test=resize(splits.x_test))
 
 
 def make_pipeline(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool = False,
-                  augment: bool = False, seed: Optional[int] = 0, repeat: bool = False,
-                  drop_remainder: bool = False, skip_batches: int = 0):
+                  augment: Optional[Augmentation] = None, seed: Optional[int] = 0,
+                  repeat: bool = False, drop_remainder: bool = False, skip_batches: int = 0):
   """A `tf.data` pipeline of (image, label) batches.
 
   Args:
     x, y: arrays from DatasetSplits.
     batch_size: the global batch size (under a distribution strategy Keras splits it per replica).
     shuffle: reshuffle every epoch (seeded).
-    augment: apply `augmentation_layers` to training batches.
+    augment: the training augmentation (moth_tf.data.augment), applied to each batch with a seed
+      of (seed, the batch's index in the stream); None applies none. Only training pipelines pass
+      one.
     seed: shuffle/augmentation seed.
     repeat: repeat forever (for step-counted training).
     drop_remainder: drop the last partial batch.
-    skip_batches: start after this many batches of the stream (a resumed run's finished epochs).
+    skip_batches: start after this many batches of the stream (a resumed run's finished epochs);
+      the batches after them are shuffled and augmented exactly as in an uninterrupted run.
   """
   import tensorflow as tf
   ds = tf.data.Dataset.from_tensor_slices((x, y))
@@ -125,11 +126,16 @@ def make_pipeline(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool =
   if repeat:
     ds = ds.repeat()
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+  if augment is not None and augment.active:
+    # Numbered before the skip, so a resumed stream keeps its batches' augmentation seeds.
+    ds = ds.enumerate()
   if skip_batches:
     ds = ds.skip(skip_batches)
-  if augment:
-    layers = augmentation_layers(seed)
-    ds = ds.map(lambda a, b: (layers(a, training=True), b), num_parallel_calls=tf.data.AUTOTUNE)
+  if augment is not None and augment.active:
+    base_seed = tf.constant(seed or 0, tf.int64)
+    ds = ds.map(lambda index, batch: (
+        augment_lib.augment_batch(batch[0], augment, tf.stack([base_seed, index])), batch[1]),
+                num_parallel_calls=tf.data.AUTOTUNE)
   options = tf.data.Options()
   # In-memory arrays have no files to shard by: under MultiWorkerMirroredStrategy every worker
   # takes its replicas' part of each global batch (no effect on one machine).
@@ -150,7 +156,7 @@ def samples_per_class(x: np.ndarray, y: np.ndarray, num_classes: int, per_class:
 
 
 __all__ = [
-    "DATASETS", "DatasetInfo", "DatasetSplits", "DatasetUnavailableError", "PGDSettings",
-    "augmentation_layers", "check_splits", "dataset_info", "load_dataset", "make_pipeline",
+    "Augmentation", "DATASETS", "DatasetInfo", "DatasetSplits", "DatasetUnavailableError",
+    "PGDSettings", "check_splits", "dataset_info", "load_dataset", "make_pipeline",
     "resize_splits", "samples_per_class",
 ]

@@ -10,6 +10,8 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
+from moth_tf.data import augment as augment_lib
+
 
 class DatasetUnavailableError(RuntimeError):
   """The data set's files are missing and cannot be fetched; the message says how to get them."""
@@ -34,7 +36,8 @@ class DatasetInfo:
     class_names: human-readable class names, one per label.
     normalization: optional ((mean per channel), (std per channel)) on the [0,1] scale, applied
       inside the model.
-    augment: whether training uses the authors' CIFAR-10 augmentation (flip + 4 px translation).
+    augment: the data set's training-time augmentation (moth_tf.data.augment), which every fit
+      of a run uses unless --augment says otherwise.
     train_pgd: PGD used while training/hardening in adversarial mode (reference 2.1).
     eval_pgd: PGD used by the robustness evaluation (reference 3.4).
     default_model: the model used when --model is not given.
@@ -44,7 +47,7 @@ class DatasetInfo:
   image_shape: Tuple[int, int, int]
   class_names: Tuple[str, ...]
   normalization: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None
-  augment: bool = False
+  augment: augment_lib.Augmentation = augment_lib.NONE
   train_pgd: PGDSettings = PGDSettings(0.03, 8, 0.005)
   eval_pgd: PGDSettings = PGDSettings(0.03, 100, 0.001)
   default_model: str = "lenet"
@@ -54,7 +57,9 @@ class DatasetInfo:
 class DatasetSplits:
   """Train/validation/test arrays of one data set.
 
-  Images are float32 [N, H, W, C] in [0, 1]; labels are int64 [N].
+  Images are float32 [N, H, W, C] in [0, 1]; labels are int64 [N]. `augmentation` is what every
+  fit on these splits applies to its training batches (the data set's default unless the run chose
+  another; `moth_tf.data.load_dataset`).
   """
   info: DatasetInfo
   x_train: np.ndarray
@@ -63,6 +68,7 @@ class DatasetSplits:
   y_val: np.ndarray
   x_test: np.ndarray
   y_test: np.ndarray
+  augmentation: augment_lib.Augmentation = augment_lib.NONE
 
   @property
   def image_shape(self) -> Tuple[int, int, int]:

@@ -21,6 +21,7 @@ import os
 
 import numpy as np
 
+from moth_tf.data import augment
 from moth_tf.data import base
 
 CIFAR10_INFO = base.DatasetInfo(
@@ -28,7 +29,8 @@ CIFAR10_INFO = base.DatasetInfo(
     class_names=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
                  "truck"),
     normalization=((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    augment=True,
+    # The authors' recipe: flip and a continuous +-4 px shift with zero fill.
+    augment=augment.Augmentation("shift_flip", 4),
     train_pgd=base.PGDSettings(8 / 255, 7, 2 / 255),
     eval_pgd=base.PGDSettings(8 / 255, 20, 2 / 255),
     default_model="resnet20")

@@ -154,7 +154,7 @@ def fit_hardening(model, splits, config: config_lib.HardenConfig, run_dir: str,
   # replayed and the batches of the finished epochs skipped. (Random augmentation, for the data
   # sets that have it, draws anew.)
   train_ds = data_lib.make_pipeline(splits.x_train, splits.y_train, config.batch_size,
-                                    shuffle=True, augment=splits.info.augment, seed=config.seed,
+                                    shuffle=True, augment=splits.augmentation, seed=config.seed,
                                     repeat=True,
                                     skip_batches=resume_epoch(run_dir, name) * steps_per_epoch)
   val_ds = data_lib.make_pipeline(splits.x_val, splits.y_val, 512)
