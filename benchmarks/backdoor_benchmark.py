@@ -14,6 +14,11 @@
 Distances: digits 3 seeds at the command line's defaults; fashion_mnist flags/fashion_mnist.flags.
 Steps already done are reused (JSON entries and finished run directories) unless --fresh. Tables go
 to benchmarks/results/backdoor_<dataset>.{json,md}.
+
+Augmented defences: `--defence_augment=crop` hardens every defence with that training augmentation
+(`--augment`), from the natural and poisoned runs of `--base_from=<an earlier benchmark workdir>`
+(copied, so both sets of rows start from the same poisoned model); the tables go to
+backdoor_<dataset>_<recipe>.{json,md}. `--skip_distance` measures the backdoor metrics only.
 """
 
 import argparse
@@ -32,9 +37,11 @@ ALL_METHODS = ("moth", "nc", "nad", "finetune", "adv_train")
 class Bench:
   """Runs one data set's backdoor scenario; every figure lands in `self.results`."""
 
-  def __init__(self, dataset, workdir, fresh, out_path, poison_args):
+  def __init__(self, dataset, workdir, fresh, out_path, poison_args, defence_args=(),
+               skip_distance=False):
     self.dataset, self.model, self.workdir = dataset, DEFAULT_MODELS[dataset], workdir
     self.out_path, self.poison_args = out_path, poison_args
+    self.defence_args, self.skip_distance = list(defence_args), skip_distance
     self.results = read_json(out_path) if os.path.exists(out_path) and not fresh else {}
     self.results.setdefault("rows", {})
     self.results.setdefault("detection", {})
@@ -76,7 +83,7 @@ class Bench:
       row["backdoor"] = read_json(summary_path)["backdoor"]
       row["backdoor"].pop("original", None)
       self.save()
-    if "distance" not in row:
+    if "distance" not in row and not self.skip_distance:
       compare = [] if label in ("natural", "poisoned") else [
           f"--compare_to={self.run_dir('poisoned')}"]
       path = os.path.join(self.dir_of(label), "distance.json")
@@ -113,7 +120,7 @@ class Bench:
       summary_path = os.path.join(self.dir_of(name), "summary.json")
       reused = os.path.exists(summary_path) and "harden" in read_json(summary_path)
       wall = None if reused else self.cli("--phase=harden", f"--method={name}",
-                                          "--base_run=poisoned")[0]
+                                          "--base_run=poisoned", *self.defence_args)[0]
       h = read_json(summary_path)["harden"]
       row["harden"] = {"wall_seconds": h["wall_seconds"], "cli_seconds": wall,
                        "steps": h["steps"], "reused_run": reused,
@@ -150,9 +157,9 @@ def tables(results) -> str:
             "per-pair / ratio of means) | defence wall (s) |", "|---|---|---|---|---|---|---|---|"]
   for name in ("natural", "poisoned") + ALL_METHODS:
     r = rows.get(name)
-    if not r or "backdoor" not in r or "distance" not in r:
+    if not r or "backdoor" not in r:
       continue
-    b, d, h = r["backdoor"], r["distance"], r.get("harden", {})
+    b, d, h = r["backdoor"], r.get("distance", {"mean": float("nan")}), r.get("harden", {})
     enl = (f"{100 * d['enlargement_mean_relative']:+.1f}% / "
            f"{100 * d['enlargement_ratio_of_means']:+.1f}%"
            if "enlargement_mean_relative" in d else "-")
@@ -181,20 +188,38 @@ def main():
                       help="extra flags of --phase=poison, space separated")
   parser.add_argument("--workdir", default=None)
   parser.add_argument("--fresh", action="store_true")
+  parser.add_argument("--defence_augment", default=None,
+                      help="harden every defence with this --augment recipe")
+  parser.add_argument("--base_from", default=None,
+                      help="copy the natural and poisoned runs from this benchmark workdir")
+  parser.add_argument("--skip_distance", action="store_true",
+                      help="measure the backdoor metrics only (no class distance)")
   args = parser.parse_args()
+  suffix = f"_{args.defence_augment}" if args.defence_augment else ""
   workdir = args.workdir or os.path.join(common.REPO, "benchmarks", "results",
-                                         f"backdoor_{args.dataset}")
-  out_path = os.path.join(common.REPO, "benchmarks", "results", f"backdoor_{args.dataset}.json")
-  bench = Bench(args.dataset, workdir, args.fresh, out_path, args.poison_args.split())
+                                         f"backdoor_{args.dataset}{suffix}")
+  out_path = os.path.join(common.REPO, "benchmarks", "results",
+                          f"backdoor_{args.dataset}{suffix}.json")
+  if args.base_from:
+    import shutil
+    model = DEFAULT_MODELS[args.dataset]
+    for run in ("natural", "poisoned"):
+      target = os.path.join(workdir, f"{args.dataset}_{model}_{run}")
+      if not os.path.exists(target):
+        shutil.copytree(os.path.join(args.base_from, f"{args.dataset}_{model}_{run}"), target)
+  defence_args = [f"--augment={args.defence_augment}"] if args.defence_augment else []
+  bench = Bench(args.dataset, workdir, args.fresh, out_path, args.poison_args.split(),
+                defence_args, args.skip_distance)
   start = time.time()
   bench.base_models()
-  bench.detect("natural")
-  bench.detect("poisoned")
+  if not args.skip_distance:  # Detection reads the distance matrices.
+    bench.detect("natural")
+    bench.detect("poisoned")
   for name in args.methods.split(","):
     if name not in ALL_METHODS:
       raise SystemExit(f"unknown method {name!r}; choose from {', '.join(ALL_METHODS)}")
     bench.method(name)
-    if name == "moth":
+    if name == "moth" and not args.skip_distance:
       bench.detect("moth")
   common.finish(bench, tables(bench.results), out_path, start)
 

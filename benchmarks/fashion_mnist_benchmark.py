@@ -22,6 +22,10 @@ the JSON file):
 
     python benchmarks/fashion_mnist_benchmark.py [--parts=base,moth] [--workdir=DIR]
 
+Another model: --model=resnet20 --flagfile=flags/fashion_mnist_resnet20.flags (the flagfile's
+training, augmentation and distance settings are used throughout). A sweep point may name another
+method (`--method=finetune`) or BatchNorm rule (`--batchnorm=frozen`) among its flags.
+
 Costs on the project's 2-core CPU: base ~2 min, cost ~2 min, fidelity ~6 min, moth ~13 min,
 fidelity_moth ~6 min, sweep ~4 min per epoch of hardening per point (~30 min for the default grid).
 """
@@ -42,6 +46,12 @@ MODEL = "small_cnn"
 FLAGFILE = os.path.join(common.REPO, "flags", "fashion_mnist.flags")
 # Ordered pairs for the fidelity comparison: the close clothing pairs (T-shirt/top 0, Pullover 2,
 # Coat 4, Shirt 6; Sandal 5, Sneaker 7, Ankle boot 9) in both directions, and far ones.
+# How many of them part fidelity measures, and with how many of the reference's seeds (--fixed_pairs,
+# --reference_seeds: the reference protocol on a larger model may not fit the machine).
+FIXED_PAIR_COUNT = 16
+REFERENCE_SEED_COUNT = 3
+# Images per direction of part cost (--cost_images).
+COST_IMAGES = (100, 30)
 FIXED_PAIRS = ((0, 6), (6, 0), (2, 4), (4, 2), (2, 6), (4, 6), (5, 7), (7, 9), (9, 7), (5, 9),
                (1, 3), (3, 1), (8, 0), (1, 8), (9, 2), (7, 4))
 # Each entry: (label, extra flags after the flagfile, which hardens with the data set's recipe:
@@ -81,7 +91,8 @@ def flagfile_distance_args():
 
 def part_base(workdir):
   shutil.rmtree(workdir, ignore_errors=True)
-  wall, _ = common.run_cli("--phase=train", f"--dataset={DATASET}", workdir=workdir)
+  wall, _ = common.run_cli(f"--flagfile={FLAGFILE}", "--phase=train", f"--model={MODEL}",
+                           workdir=workdir)
   s = load_json(workdir, f"{DATASET}_{MODEL}_natural")
   r = {"test_accuracy": s["test_accuracy"], "val_accuracy": s["val_accuracy"],
        "train_seconds": s["train"]["wall_seconds"], "command_seconds": wall}
@@ -105,7 +116,11 @@ def part_cost(base_model_path):
   for name in (MODEL, "lenet"):
     model = (model_io.load_model(base_model_path) if name == MODEL else
              models.build_model(name, splits.image_shape, splits.num_classes))
-    for per_direction in (100, 30):
+    if name == MODEL:
+      out[f"{name}_train_step_seconds"] = train_step_seconds(model, splits)
+      print(f"{name:10s} one training step of 128 images: "
+            f"{out[f'{name}_train_step_seconds']:.3f} s", flush=True)
+    for per_direction in COST_IMAGES:
       images = [splits.x_val[splits.y_val == d % 10][:per_direction] for d in range(90)]
       targets = [(d % 10 + 1 + d // 10 % 9) % 10 for d in range(90)]
       inverter = engine.TriggerInverter(model, engine.InversionSettings(steps=20, chunk_steps=20))
@@ -138,6 +153,22 @@ def part_cost(base_model_path):
   return out
 
 
+def train_step_seconds(model, splits, batch=128, steps=10):
+  """Seconds of one SGD training step of `batch` images (compiled, after a warm-up step)."""
+  import keras
+  import tensorflow as tf
+  from moth_tf.models import io as model_io
+  model = model_io.load_model(model) if isinstance(model, str) else keras.models.clone_model(model)
+  model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  x, y = tf.constant(splits.x_train[:batch]), tf.constant(splits.y_train[:batch])
+  model.train_on_batch(x, y)
+  start = time.time()
+  for _ in range(steps):
+    model.train_on_batch(x, y)
+  return (time.time() - start) / steps
+
+
 def part_fidelity(base_model_path, label="base model"):
   import numpy as np
   from moth_tf import config as config_lib
@@ -150,15 +181,16 @@ def part_fidelity(base_model_path, label="base model"):
   model = model_io.load_model(base_model_path)
   samples, steps, patience, seeds = flagfile_distance_args()
   settings = {
-      "reference": (100, engine.InversionSettings(steps=1000), config_lib.REFERENCE_SEEDS),
+      "reference": (100, engine.InversionSettings(steps=1000),
+                    config_lib.REFERENCE_SEEDS[:REFERENCE_SEED_COUNT]),
       "cpu": (samples, engine.InversionSettings(steps=steps, early_stop_patience=patience),
               config_lib.REFERENCE_SEEDS[:seeds]),
   }
   results = {}
   for protocol, (n, inv, seed_values) in settings.items():
     r = distance.measure_distance(model, splits.x_val, splits.y_val, splits.num_classes, inv,
-                                  seed_values, samples=n, pairs=FIXED_PAIRS, verbose=False)
-    results[protocol] = {"distances": [float(r.matrix[s, t]) for s, t in FIXED_PAIRS],
+                                  seed_values, samples=n, pairs=fixed_pairs(), verbose=False)
+    results[protocol] = {"distances": [float(r.matrix[s, t]) for s, t in fixed_pairs()],
                       "wall_seconds": r.wall_seconds, "samples": n, "steps": inv.steps,
                       "early_stop_patience": inv.early_stop_patience, "seeds": len(seed_values)}
   ref = np.array(results["reference"]["distances"])
@@ -166,10 +198,10 @@ def part_fidelity(base_model_path, label="base model"):
   rel = (cpu - ref) / ref
   names = splits.info.class_names
   print(f"{'pair':28s} {'reference':>10s} {'cpu':>8s} {'change':>8s}")
-  for (s, t), a, b, d in zip(FIXED_PAIRS, ref, cpu, rel):
+  for (s, t), a, b, d in zip(fixed_pairs(), ref, cpu, rel):
     print(f"{names[s] + ' -> ' + names[t]:28s} {a:10.2f} {b:8.2f} {100 * d:+7.1f}%")
   summary = {
-      "pairs": [list(p) for p in FIXED_PAIRS],
+      "pairs": [list(p) for p in fixed_pairs()],
       "mean_reference": float(np.nanmean(ref)), "mean_cpu": float(np.nanmean(cpu)),
       "mean_relative_difference": float(np.nanmean(rel)),
       "mean_absolute_relative_difference": float(np.nanmean(np.abs(rel))),
@@ -209,6 +241,10 @@ def _spearman(a, b):
   return np.corrcoef(ra, rb)[0, 1]
 
 
+def fixed_pairs():
+  return FIXED_PAIRS[:FIXED_PAIR_COUNT]
+
+
 def copy_base(base_workdir, workdir):
   shutil.rmtree(workdir, ignore_errors=True)
   os.makedirs(workdir)
@@ -242,7 +278,8 @@ def describe(label, r):
 
 def part_moth(base_workdir, workdir):
   copy_base(base_workdir, workdir)
-  wall, out = common.run_cli(f"--flagfile={FLAGFILE}", "--phase=pipeline", workdir=workdir)
+  wall, out = common.run_cli(f"--flagfile={FLAGFILE}", "--phase=pipeline", f"--model={MODEL}",
+                             workdir=workdir)
   r = moth_figures(workdir)
   r["command_seconds"] = wall
   print(out[out.find("per-pair distance change"):].strip() if "per-pair" in out else out[-2000:])
@@ -256,18 +293,21 @@ def part_sweep(base_workdir, workdir, sweep):
   """Each point: harden the base model with the flagfile + its flags, distance as the flagfile."""
   base_distance = os.path.join(base_workdir, f"{DATASET}_{MODEL}_natural", "distance.json")
   if not os.path.exists(base_distance):
-    common.run_cli(f"--flagfile={FLAGFILE}", "--phase=distance", "--method=natural",
-                   workdir=base_workdir)
+    common.run_cli(f"--flagfile={FLAGFILE}", "--phase=distance", f"--model={MODEL}",
+                   "--method=natural", workdir=base_workdir)
   results = []
   for i, (label, flags) in enumerate(sweep):
     point = os.path.join(workdir, f"point_{i}")
     copy_base(base_workdir, point)
-    common.run_cli(f"--flagfile={FLAGFILE}", "--phase=harden", *flags, workdir=point)
-    common.run_cli(f"--flagfile={FLAGFILE}", "--phase=distance", "--method=moth",
+    method = next((f.split("=", 1)[1] for f in flags if f.startswith("--method=")), "moth")
+    common.run_cli(f"--flagfile={FLAGFILE}", "--phase=harden", f"--model={MODEL}", *flags,
+                   workdir=point)
+    common.run_cli(f"--flagfile={FLAGFILE}", "--phase=distance", f"--model={MODEL}",
+                   f"--method={method}",
                    f"--compare_to={os.path.join(point, f'{DATASET}_{MODEL}_natural')}",
                    workdir=point)
-    s = load_json(point, f"{DATASET}_{MODEL}_moth")
-    d = load_json(point, f"{DATASET}_{MODEL}_moth", "distance.json")
+    s = load_json(point, f"{DATASET}_{MODEL}_{method}")
+    d = load_json(point, f"{DATASET}_{MODEL}_{method}", "distance.json")
     h = s["harden"]
     r = {"label": label, "flags": list(flags), "acc_before": h["test_accuracy_before"],
          "acc_after": h["test_accuracy_after"], "distance_after": d["mean"],
@@ -293,11 +333,25 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", default=os.path.join(common.DEFAULT_WORKDIR, "fashion_bench"))
   parser.add_argument("--parts", default="base,cost,fidelity,moth,fidelity_moth")
+  parser.add_argument("--model", default=MODEL, help="the architecture (default small_cnn)")
+  parser.add_argument("--flagfile", default=FLAGFILE,
+                      help="the pipeline's flagfile (training, augmentation, distance settings)")
+  parser.add_argument("--fixed_pairs", type=int, default=len(FIXED_PAIRS),
+                      help="how many of FIXED_PAIRS part fidelity measures (from the first)")
+  parser.add_argument("--reference_seeds", type=int, default=3,
+                      help="seeds of the reference protocol in part fidelity (it takes 3)")
+  parser.add_argument("--cost_images", default="100,30",
+                      help="images per direction measured by part cost")
   parser.add_argument("--sweep", default=None,
                       help="points as 'label:--flag=v --flag=v;label2:...' (default: the recipe)")
   parser.add_argument("--out", default=os.path.join(common.REPO, "benchmarks", "results",
                                                     "fashion_mnist_benchmark.json"))
   args = parser.parse_args()
+  global MODEL, FLAGFILE, FIXED_PAIR_COUNT, REFERENCE_SEED_COUNT  # pylint: disable=global-statement
+  MODEL, FLAGFILE = args.model, os.path.abspath(args.flagfile)
+  FIXED_PAIR_COUNT, REFERENCE_SEED_COUNT = args.fixed_pairs, args.reference_seeds
+  global COST_IMAGES  # pylint: disable=global-statement
+  COST_IMAGES = tuple(int(v) for v in args.cost_images.split(","))
   parts = args.parts.split(",")
   unknown = set(parts) - set(PARTS)
   if unknown:

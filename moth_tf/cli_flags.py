@@ -172,6 +172,12 @@ def define_flags():
                        "direction (ours; the reference has 1).", lower_bound=1)
 
   # Baselines (--method=adv_train, uap, pairwise).
+  flags.DEFINE_enum("batchnorm", None, list(config_lib.BATCHNORM_MODES),
+                    "How the BatchNorm layers of a model being hardened see the perturbed images "
+                    "of a batch: mixed (in the batch statistics, as the reference), clean_stats "
+                    "(clean images in training mode, perturbed ones normalised by the moving "
+                    "averages), frozen (all in inference mode), recalibrate (mixed, then the "
+                    "moving averages re-estimated from clean images). Default: the preset's.")
   flags.DEFINE_float("adv_mix", None,
                      "adv_train: share, in (0, 1], of each batch replaced by its PGD examples "
                      "(default 1: every image).")

@@ -15,6 +15,9 @@ from moth_tf.hardening import methods as _methods  # pylint: disable=g-import-no
 METHODS = ("natural",) + tuple(_methods.METHODS)
 HARDENING_METHODS = tuple(_methods.METHODS)
 STRATEGIES = ("default", "mirrored", "multi_worker")
+# How BatchNorm layers see a hardening batch's perturbed images (moth_tf.hardening.model, where
+# each rule is defined; kept here too so that the config does not import TensorFlow).
+BATCHNORM_MODES = ("mixed", "clean_stats", "frozen", "recalibrate")
 # Where run directories go unless --workdir says otherwise.
 DEFAULT_WORKDIR = "saved_models"
 # The authors' seed values (reference 3.1): --seeds=3 uses the first three.
@@ -248,9 +251,16 @@ class HardenConfig:
   nad_power: float = 2.0
   nad_layers: Optional[Tuple[str, ...]] = None
   nad_betas: Optional[Tuple[float, ...]] = None
+  # How BatchNorm layers see the perturbed (stamped, adversarial) images of a hardening batch:
+  # mixed | clean_stats | frozen | recalibrate (moth_tf.hardening.model.BATCHNORM_MODES). Only
+  # models with BatchNorm layers are affected.
+  batchnorm: str = "mixed"
   seed: int = 0
 
   def __post_init__(self):
+    if self.batchnorm not in BATCHNORM_MODES:
+      raise ValueError(f"batchnorm must be one of {', '.join(BATCHNORM_MODES)}, got "
+                       f"{self.batchnorm!r}")
     if self.generation_early_stop < 0:
       raise ValueError(f"generation_early_stop must be >= 0, got {self.generation_early_stop}")
     if self.rollback_steps is not None and self.rollback_steps < 1:

@@ -69,7 +69,7 @@ def config_from_flags(flag_values) -> config_lib.RunConfig:
       ("rollback_steps", "rollback_steps"), ("period", "period"),
       ("generation_early_stop", "generation_early_stop"),
       ("lr_warmup_steps", "lr_warmup_steps"),
-      ("lr_decay", "lr_decay"), ("adv_mix", "adv_mix"), ("uap_epsilon", "uap_epsilon"),
+      ("lr_decay", "lr_decay"), ("batchnorm", "batchnorm"), ("adv_mix", "adv_mix"), ("uap_epsilon", "uap_epsilon"),
       ("uap_step_size", "uap_step_size"), ("pairwise_tol", "pairwise_tol"),
       ("pairwise_patience", "pairwise_patience"),
       ("pairwise_max_periods", "pairwise_max_periods"))

@@ -338,12 +338,16 @@ def run_harden(config: config_lib.RunConfig, command_line=()):
   # A SavedModel without a training endpoint trains in inference mode; the method prints the
   # warning before it trains (moth_tf.hardening.fitting) and summary.json records it.
   model_input = model_io.describe_input(base_model, base_path)
+  from moth_tf.hardening import model as hardening_model
+  batchnorm = (config.harden.batchnorm if hardening_model.batchnorm_layers(base_model)
+               else "none (the model has no BatchNorm layer)")
   del base_model
   p = splits.info.train_pgd
   pgd_settings = (p.epsilon, p.steps, p.step_size)
   console.print_harden_start(config.method, base_path, out_dir,
                              method.describe(config.harden, len(splits.x_train), pgd_settings)
-                             + f"; augmentation: {splits.augmentation.describe()}")
+                             + f"; augmentation: {splits.augmentation.describe()}; BatchNorm: "
+                             + batchnorm)
   tb_records.write_run_metadata(out_dir, "harden", config.to_dict(), splits.info.class_names,
                                 command_line)
   classifier, results = method.harden(
@@ -356,7 +360,8 @@ def run_harden(config: config_lib.RunConfig, command_line=()):
       base_model=base_path, hardened_model=saved_path, test_accuracy=acc_after,
       harden={**results, "method": config.method, "test_accuracy_before": acc_before,
               "test_accuracy_after": acc_after, "strategy": config.strategy,
-              "replicas": strategy.num_replicas_in_sync, "model_input": model_input},
+              "replicas": strategy.num_replicas_in_sync, "model_input": model_input,
+              "batchnorm": batchnorm},
       augmentation=splits.augmentation.to_json(),
       flags=list(command_line), config=config.to_dict())
   tb_records.write_final_metrics(out_dir, "harden", {

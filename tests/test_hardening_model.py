@@ -87,8 +87,8 @@ def _changed_pixels(x, xs):
 
 
 def _stamp(model, x, y, seed=(5, 9)):
-  xs, count = model.stamp_batch(tf.constant(x), tf.constant(y), tf.constant(seed, tf.int32))
-  return xs.numpy(), float(count.numpy())
+  xs, stamped = model.stamp_batch(tf.constant(x), tf.constant(y), tf.constant(seed, tf.int32))
+  return xs.numpy(), float(stamped.numpy().sum())
 
 
 def _check_pair_stamps(x, xs, y, s, t, expected_s, expected_t):

@@ -37,12 +37,11 @@ class AdversarialTrainingModel(model_lib.HardeningModel):
     eps, steps, step_size = self.pgd_settings
     x_adv = pgd.pgd_attack(self.classifier, x, y, eps, int(steps), step_size, random_start=True,
                            seed=seed + 11, training=False)
-    if self.mix >= 1.0:
-      return x_adv, tf.cast(tf.shape(x)[0], tf.float32)
     everyone = tf.ones([tf.shape(x)[0]], tf.bool)
+    if self.mix >= 1.0:
+      return x_adv, everyone
     chosen = model_lib.select_fraction(everyone, self.mix, seed + 1)
-    return (tf.where(chosen[:, None, None, None], x_adv, x),
-            tf.reduce_sum(tf.cast(chosen, tf.float32)))
+    return tf.where(chosen[:, None, None, None], x_adv, x), chosen
 
   def get_config(self):
     config = super().get_config()

@@ -259,9 +259,10 @@ class NADModel(model_lib.HardeningModel):
              for beta, s, t in zip(self.betas, student_maps, teacher_maps)]
     return tf.add_n(terms)
 
-  def training_forward(self, x, y):
-    del y
-    *student_maps, y_pred = self.student_features(x, training=True)
+  def training_forward(self, x, y, perturbed):
+    del y, perturbed  # NAD trains on clean images only.
+    # The frozen BatchNorm rule holds here too; the others equal mixed on clean batches.
+    *student_maps, y_pred = self.student_features(x, training=self.batchnorm_rule != "frozen")
     teacher_maps = tf.nest.flatten(self.teacher_features(x, training=False))
     loss = self.distillation_loss(student_maps, teacher_maps)
     # A per-replica mean of means; the metric averages replicas, which is the global mean.

@@ -56,8 +56,7 @@ class TriggerUnlearningModel(model_lib.HardeningModel):
                                         dtype=tf.int32)
     mask = tf.gather(self.masks, which)
     stamped = tf.clip_by_value((1.0 - mask) * x + mask * tf.gather(self.patterns, which), 0.0, 1.0)
-    return (tf.where(chosen[:, None, None, None], stamped, x),
-            tf.reduce_sum(tf.cast(chosen, tf.float32)))
+    return tf.where(chosen[:, None, None, None], stamped, x), chosen
 
   def get_config(self):
     config = super().get_config()

@@ -58,7 +58,7 @@ class UniversalPerturbationModel(model_lib.HardeningModel):
       grad = replica.all_reduce(tf.distribute.ReduceOp.SUM, grad)
     delta = tf.clip_by_value(delta + self.step_size * tf.sign(grad), -self.epsilon, self.epsilon)
     self.delta.assign(delta)
-    return tf.clip_by_value(x + delta, 0.0, 1.0), tf.cast(tf.shape(x)[0], tf.float32)
+    return tf.clip_by_value(x + delta, 0.0, 1.0), tf.ones([tf.shape(x)[0]], tf.bool)
 
   def get_config(self):
     config = super().get_config()

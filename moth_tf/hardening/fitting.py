@@ -58,6 +58,7 @@ def build_hardening_model(strategy, make_model: Callable[[], keras.Model],
 
   with strategy.scope():
     model = make_model()
+    model.batchnorm = config.batchnorm
     # Said before any step: fine-tuning a SavedModel without a training endpoint silently leaves
     # BatchNorm statistics and dropout in inference mode.
     warning = model_io.inference_mode_warning(model.classifier)
@@ -170,7 +171,49 @@ def fit_hardening(model, splits, config: config_lib.HardenConfig, run_dir: str,
                       shuffle=False)  # The pipeline shuffles.
   training.check_finite_training(history, model.classifier, what, "--harden_learning_rate",
                                  config.learning_rate)
+  if model.batchnorm_rule == "recalibrate":
+    recalibrate_batchnorm(model.classifier, splits.x_train, seed=config.seed)
   return history, clock.total_seconds()
+
+
+def recalibrate_batchnorm(classifier, x, batch_size: int = 256, batches: int = 50, seed: int = 0):
+  """Re-estimates every BatchNorm layer's moving mean and variance from clean images.
+
+  Runs `batches` seeded random batches of `x` through the classifier in training mode with each
+  layer's momentum set so that its moving statistics become the plain average of the batches'
+  statistics (the k-th batch weighs 1/k), then restores the momenta. Nothing else changes: no
+  gradient is taken.
+
+  Args:
+    classifier: the Keras model (its variables may be distributed).
+    x: clean images, e.g. the un-augmented training images.
+    batch_size: images per batch.
+    batches: batches averaged (fewer if `x` holds fewer images).
+    seed: which images are drawn.
+
+  Returns:
+    The number of batches run (0 when the model has no BatchNorm layer).
+  """
+  import numpy as np
+
+  from moth_tf.hardening import model as model_lib
+
+  layers = model_lib.batchnorm_layers(classifier)
+  count = min(batches, -(-len(x) // batch_size))
+  if not layers or not count:
+    return 0
+  order = np.random.default_rng(seed).permutation(len(x))
+  momenta = [layer.momentum for layer in layers]
+  try:
+    for k in range(count):
+      for layer in layers:
+        # Keras: moving = moving * momentum + batch * (1 - momentum); k / (k + 1) averages.
+        layer.momentum = k / (k + 1)
+      classifier(x[order[k * batch_size:(k + 1) * batch_size]], training=True)
+  finally:
+    for layer, momentum in zip(layers, momenta):
+      layer.momentum = momentum
+  return count
 
 
 def common_results(history, wall_seconds: float, steps: int, config: config_lib.HardenConfig,

@@ -17,6 +17,11 @@ Randomness inside the step is stateless, seeded by (optimizer step, replica id),
 repeatable and a resumed run draws the same numbers. Fractions apply to each replica's own batch
 (shared/STYLE.md section 2: slicing in a train_step acts per replica).
 
+BatchNorm: stamped (or otherwise perturbed) images share the batch with clean ones, so in training mode
+they enter the batch statistics and the moving averages the model later uses at test time. The
+`batchnorm` rule (BATCHNORM_MODES) decides how BatchNorm layers see them; a classifier without
+BatchNorm layers always trains as "mixed" (the rules differ only in BatchNorm).
+
 The model also carries, as non-trainable weights, the driver's state (trigger store, scheduler
 matrices, step counter) so that `BackupAndRestore` checkpoints everything a resumed run needs.
 """
@@ -25,8 +30,34 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from moth_tf import config as config_lib
 from moth_tf.attacks import pgd
 from moth_tf.triggers import params
+
+
+# How BatchNorm layers see a hardening batch (HardenConfig.batchnorm):
+# * mixed: the whole batch in training mode, as the reference does: perturbed images enter the batch
+#   statistics and the moving averages.
+# * clean_stats: the clean images in training mode (their statistics normalise them and update the
+#   moving averages); the perturbed ones in inference mode (normalised by the moving averages, which
+#   they do not change).
+# * frozen: the whole batch in inference mode: the moving averages stay the base model's (the Keras
+#   fine-tuning advice for BatchNorm models; dropout is off too). BatchNorm's scale and offset still
+#   train.
+# * recalibrate: as mixed during training; at the end the moving averages are re-estimated from
+#   clean training images (moth_tf.hardening.fitting.recalibrate_batchnorm).
+BATCHNORM_MODES = config_lib.BATCHNORM_MODES
+
+
+def batchnorm_layers(model):
+  """Every BatchNormalization layer of a Keras model, nested models included."""
+  found = []
+  for layer in getattr(model, "layers", ()):
+    if isinstance(layer, keras.layers.BatchNormalization):
+      found.append(layer)
+    elif hasattr(layer, "layers"):
+      found.extend(batchnorm_layers(layer))
+  return found
 
 
 def select_fraction(member, fraction, seed):
@@ -59,10 +90,15 @@ class HardeningModel(keras.Model):
     classifier: the logits model being hardened (its weights are trained in place: pass a copy).
     num_classes: n.
     tracker_name: name of the logged per-batch count of perturbed images.
+    batchnorm: how BatchNorm layers see perturbed images (BATCHNORM_MODES).
   """
 
-  def __init__(self, classifier, num_classes, tracker_name="perturbed", **kwargs):
+  def __init__(self, classifier, num_classes, tracker_name="perturbed", batchnorm="mixed",
+               **kwargs):
     super().__init__(**kwargs)
+    if batchnorm not in BATCHNORM_MODES:
+      raise ValueError(f"batchnorm must be one of {', '.join(BATCHNORM_MODES)}, got {batchnorm!r}")
+    self.batchnorm = batchnorm
     self.classifier = classifier
     self.num_classes = int(num_classes)
     self.image_shape = tuple(classifier.input_shape[1:])
@@ -81,25 +117,57 @@ class HardeningModel(keras.Model):
     return super().metrics + [self.perturbed_tracker]
 
   def perturb_batch(self, x, y, seed):
-    """Returns (the batch to train on, number of changed images); identity here (fine-tuning).
+    """Returns (the batch to train on, bool [B]: which images were changed); identity here.
 
     Runs per replica on the replica's own batch; `seed` is a [2] int32 stateless seed that differs
     by optimizer step and replica.
     """
     del y, seed
-    return x, tf.constant(0.0)
+    return x, tf.zeros([tf.shape(x)[0]], tf.bool)
 
-  def training_forward(self, x, y):
-    """Returns (logits of the training-mode forward pass, extra loss); the extra loss is 0 here.
+  @property
+  def batchnorm_rule(self):
+    """The BatchNorm rule in force: `batchnorm`, or "mixed" for a classifier without BatchNorm."""
+    return self.batchnorm if batchnorm_layers(self.classifier) else "mixed"
+
+  def training_logits(self, x, perturbed):
+    """Logits of the training forward pass under the BatchNorm rule (see BATCHNORM_MODES)."""
+    rule = self.batchnorm_rule
+    if rule == "frozen":
+      return self(x, training=False)
+    if rule != "clean_stats":
+      return self(x, training=True)
+    clean = tf.logical_not(perturbed)
+
+    def split():
+      clean_index = tf.cast(tf.where(clean)[:, 0], tf.int32)
+      perturbed_index = tf.cast(tf.where(perturbed)[:, 0], tf.int32)
+      # Perturbed first: they are normalised by the moving averages as they were before this
+      # step's update (automatic control dependencies keep this order in the graph).
+      perturbed_logits = self(tf.gather(x, perturbed_index), training=False)
+      clean_logits = self(tf.gather(x, clean_index), training=True)
+      return tf.dynamic_stitch([clean_index, perturbed_index], [clean_logits, perturbed_logits])
+
+    # A batch without clean images has no statistics to take (an empty batch's mean is NaN): it
+    # runs in inference mode.
+    return tf.cond(tf.reduce_any(clean), split, lambda: self(x, training=False))
+
+  def training_forward(self, x, y, perturbed):
+    """Returns (logits of the training forward pass, extra loss); the extra loss is 0 here.
 
     A method that adds a term to the cross-entropy (NAD's attention distillation) overrides this
     and returns it as a mean over the (per-replica) batch: `train_step` adds it to
     `compute_loss`'s value with the same replica scaling, inside the gradient tape. Computing the
     logits here too lets such a method take them from the same forward pass as its features (one
     pass, so BatchNorm statistics update once per step).
+
+    Args:
+      x: the (perturbed) batch.
+      y: its labels.
+      perturbed: bool [B], the images `perturb_batch` changed.
     """
     del y
-    return self(x, training=True), tf.constant(0.0)
+    return self.training_logits(x, perturbed), tf.constant(0.0)
 
   def train_step(self, data):
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -107,10 +175,11 @@ class HardeningModel(keras.Model):
     replica_id = replica.replica_id_in_sync_group if replica is not None else 0
     seed = tf.stack([tf.cast(self.optimizer.iterations, tf.int32),
                      tf.cast(replica_id, tf.int32) * 7919])
-    x, num_perturbed = self.perturb_batch(x, y, seed)
+    x, perturbed = self.perturb_batch(x, y, seed)
+    num_perturbed = tf.reduce_sum(tf.cast(perturbed, tf.float32))
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     with tf.GradientTape() as tape:
-      y_pred, extra_loss = self.training_forward(x, y)
+      y_pred, extra_loss = self.training_forward(x, y, perturbed)
       # compute_loss adds the classifier's regularisation losses and, under tf.distribute, scales
       # by the replica count (Keras >= 3.8), so gradients sum to the global-batch mean.
       loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
@@ -135,7 +204,7 @@ class HardeningModel(keras.Model):
 
   def get_config(self):
     config = super().get_config()
-    config.update(num_classes=self.num_classes,
+    config.update(num_classes=self.num_classes, batchnorm=self.batchnorm,
                   classifier=keras.saving.serialize_keras_object(self.classifier))
     return config
 
@@ -218,7 +287,8 @@ class StampingModel(HardeningModel):
     self.period_sizes = state("period_sizes", (MAX_CHECKPOINTED_PERIOD, k))
 
   def stamp_batch(self, x, y, seed):
-    """Returns (stamped x, number of stamped images) for one (per-replica) batch; labels unchanged."""
+    """Returns (stamped x, bool [B]: which images carry a trigger) for one (per-replica) batch;
+    labels unchanged."""
     y = tf.cast(tf.reshape(y, [-1]), tf.int32)
     stamped = tf.zeros_like(y, dtype=tf.bool)
     # Pair triggers on a fraction of each pair class's images, one random enabled family per image.
@@ -258,7 +328,7 @@ class StampingModel(HardeningModel):
     x = tf.where(chosen[:, None, None, None],
                  params.stamp(x, masks, patterns), x)
     stamped = tf.logical_or(stamped, chosen)
-    return x, tf.reduce_sum(tf.cast(stamped, tf.float32))
+    return x, stamped
 
   def perturb_batch(self, x, y, seed):
     if self.adversarial:
