@@ -12,6 +12,8 @@ import json
 import math
 import os
 import shutil
+import subprocess
+import sys
 import zipfile
 
 import keras
@@ -358,6 +360,81 @@ def test_savedmodel_with_a_training_endpoint_trains_batchnorm(tmp_path, capsys):
   shutil.rmtree(source)
   loaded = model_io.load_model(saved_model)
   assert model_io.describe_input(loaded, saved_model)["training_endpoint"] == "call_training"
+
+
+# -------------------------------------------------------------------------------------------------
+# A SavedModel input under --strategy=mirrored: the model is loaded (and built with one batch) in
+# the strategy's scope; on 2 logical CPU devices, in a fresh process (the CPU must be split before
+# TensorFlow initialises its devices).
+
+_SPEC = tf.TensorSpec((None, 8, 8, 1), tf.float32)
+
+
+def _export_keras3(path):
+  _bn_dropout_model().export(path, verbose=False)
+
+
+def _export_archive(path):
+  model = _bn_dropout_model()
+  archive = keras.export.ExportArchive()
+  archive.track(model)
+  archive.add_endpoint("serve", lambda x: model(x, training=False), input_signature=[_SPEC])
+  archive.add_endpoint("call_training", lambda x: model(x, training=True), input_signature=[_SPEC])
+  archive.write_out(path, verbose=False)
+
+
+# kind -> (exporter, the endpoint that runs training=True or None for inference mode only).
+_EXPORTS = {
+    "keras3_export": (_export_keras3, None),
+    "export_archive": (_export_archive, "call_training"),
+}
+
+
+def _variables(saved_model_dir):
+  """{name: value} of a SavedModel's variables (their names survive fine-tuning and export)."""
+  loaded = tf.saved_model.load(saved_model_dir)
+  # Not every export lists them as `variables`: also collect its functions' own.
+  found = list(getattr(loaded, "variables", []))
+  call = getattr(loaded, "__call__", None)
+  for fn in [*loaded.signatures.values(), *getattr(call, "concrete_functions", [])]:
+    found.extend(fn.variables)
+  return {v.name: v.numpy() for v in found}
+
+
+def _moving(variables):
+  return {name: value for name, value in variables.items() if "moving" in name}
+
+
+_MOTH_TINY = ("--harden_steps=10", "--warmup_steps=5", "--pair_steps=5", "--fast_steps=2",
+              "--trigger_samples=4")
+
+
+@pytest.mark.parametrize("method, kind", [("finetune", "keras3_export"), ("moth", "keras3_export"),
+                                          ("finetune", "export_archive")])
+def test_savedmodel_hardens_under_mirrored_strategy(method, kind, tmp_path):
+  export, endpoint = _EXPORTS[kind]
+  source = str(tmp_path / "model")
+  export(source)
+  before = _moving(_variables(source))
+  workdir = str(tmp_path / "work")
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=os.pathsep.join(
+      p for p in (repo, os.environ.get("PYTHONPATH")) if p))
+  proc = subprocess.run(
+      [sys.executable, "-m", "moth_tf.main", "--phase=harden", f"--method={method}",
+       "--dataset=digits", "--harden_batch_size=256", f"--model_path={source}",
+       f"--workdir={workdir}", "--strategy=mirrored", "--cpu_devices=2",
+       *(_MOTH_TINY if method == "moth" else ("--harden_steps=5",))],
+      capture_output=True, text=True, timeout=300, env=env, cwd=str(tmp_path))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr
+  run_dir = os.path.join(workdir, f"digits_external_model_{method}")
+  harden = rundir.read_json(os.path.join(run_dir, rundir.SUMMARY_FILE))["harden"]
+  assert harden["replicas"] == 2 and harden["steps"] == (10 if method == "moth" else 5)
+  assert harden["model_input"]["training_endpoint"] == endpoint
+  after = _moving(_variables(os.path.join(run_dir, "saved_model")))
+  for name, value in before.items():
+    assert (np.abs(after[name] - value).max() > 1e-4) == (endpoint is not None), name
 
 
 # -------------------------------------------------------------------------------------------------

@@ -147,6 +147,23 @@ def _savedmodel_damage(path: str, error: Exception) -> str:
   return _short_reason(error)
 
 
+class _StrategyAwareTFSMLayer(keras.layers.TFSMLayer):
+  """A `TFSMLayer` that also runs when called eagerly in a tf.distribute strategy's cross-replica
+  context (as when a model is built with one batch inside `strategy.scope()`)."""
+
+  def call(self, inputs, training=False, **kwargs):
+    # Loaded inside a strategy's scope, the restored functions read distributed variables, which
+    # TF resolves only in a replica context: an eager call in the cross-replica context (building
+    # the hardening model with one batch inside the scope) runs a placeholder that fails on purpose.
+    # Run it on every replica instead: they hold the same values and get the same input, so any
+    # replica's result is the answer.
+    if tf.executing_eagerly() and tf.distribute.in_cross_replica_context():
+      strategy = tf.distribute.get_strategy()
+      results = strategy.run(super().call, args=(inputs, bool(training)), kwargs=kwargs)
+      return strategy.experimental_local_results(results)[0]
+    return super().call(inputs, training=training, **kwargs)
+
+
 def _wrap_savedmodel(path: str) -> keras.Model:
   endpoint, spec, output_key, training_endpoint = _savedmodel_signature(path)
   shape = tuple(spec.shape[1:])
@@ -154,9 +171,9 @@ def _wrap_savedmodel(path: str) -> keras.Model:
     raise ModelLoadError(f"SavedModel {path} has an input of unknown shape {spec.shape}; "
                          "re-export it with a fixed image shape")
   inputs = keras.Input(shape=shape, name="image")
-  layer = keras.layers.TFSMLayer(path, call_endpoint=endpoint,
-                                 call_training_endpoint=training_endpoint, trainable=True,
-                                 name="savedmodel")
+  layer = _StrategyAwareTFSMLayer(path, call_endpoint=endpoint,
+                                  call_training_endpoint=training_endpoint, trainable=True,
+                                  name="savedmodel")
   # SavedModel variables keep TF1-style names ("conv1_kernel:0"). Keras builds optimizer slot names
   # from the variable path without removing the ":", which then fails as a scope name when the
   # model is fine-tuned; use the sanitised name as the path (Keras 3.15).
