@@ -29,7 +29,9 @@ setuptools.setup(
         "gpu": ["tensorflow[and-cuda]>=2.16"],
         # The report's figures (python -m moth_tf.report) and the labelled distance heat map.
         "report": ["matplotlib>=3.6"],
-        "test": ["pytest>=7", "matplotlib>=3.6"],
+        # tf_keras makes the Keras 2 SavedModels that tests/test_model_io.py fine-tunes (those tests
+        # are skipped without it); each release requires the TensorFlow of the same version.
+        "test": ["pytest>=7", "matplotlib>=3.6", "tf_keras"],
     },
     entry_points={"console_scripts": ["moth_tf=moth_tf.main:run_main"]},
 )

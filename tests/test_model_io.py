@@ -12,6 +12,8 @@ import json
 import math
 import os
 import shutil
+import subprocess
+import sys
 import zipfile
 
 import keras
@@ -150,8 +152,8 @@ def test_legacy_serving_default_savedmodel(tmp_path):
       "format": "saved_model", "training_endpoint": None, "inference_mode_only": True,
       "warning": model_io.inference_mode_warning(loaded)}
   assert model_io.inference_mode_warning(loaded).startswith(
-      f"{path} is a SavedModel without a 'call_training' endpoint, so it is fine-tuned in "
-      "inference mode")
+      f"{path} is a SavedModel without a 'call_training' endpoint or a __call__ traced with "
+      "training=True, so it is fine-tuned in inference mode")
 
 
 def test_savedmodel_with_two_outputs_is_rejected(tmp_path):
@@ -284,10 +286,11 @@ def test_savedmodel_without_training_endpoint_warns_and_the_output_stands_alone(
   capsys.readouterr()
   run_cli(*_FINETUNE, f"--model_path={source}", f"--workdir={workdir}")
   captured = capsys.readouterr()
-  warning = (f"{source} is a SavedModel without a 'call_training' endpoint, so it is fine-tuned in "
-             "inference mode: BatchNorm moving statistics stay frozen and dropout is off while its "
-             "weights train; to fine-tune in training mode pass a .keras file, or export the model "
-             "with a 'call_training' endpoint (README: SavedModel inputs)")
+  warning = (f"{source} is a SavedModel without a 'call_training' endpoint or a __call__ traced "
+             "with training=True, so it is fine-tuned in inference mode: BatchNorm moving "
+             "statistics stay frozen and dropout is off while its weights train; to fine-tune in "
+             "training mode pass a .keras file, or export the model with a 'call_training' "
+             "endpoint (README: SavedModel inputs)")
   assert f"WARNING: {warning}\n" in captured.err
   # Said before training: before the fit's progress bar and the closing line.
   assert captured.out.index("finetune hardening of") < captured.out.index("test accuracy")
@@ -358,6 +361,225 @@ def test_savedmodel_with_a_training_endpoint_trains_batchnorm(tmp_path, capsys):
   shutil.rmtree(source)
   loaded = model_io.load_model(saved_model)
   assert model_io.describe_input(loaded, saved_model)["training_endpoint"] == "call_training"
+
+
+# -------------------------------------------------------------------------------------------------
+# The kinds of SavedModel export, and which of them fine-tune in training mode (README: SavedModel
+# inputs, the support matrix).
+
+_SPEC = tf.TensorSpec((None, 8, 8, 1), tf.float32)
+
+
+class _HandClassifier(tf.Module):
+  """A hand-written conv -> batch norm -> ReLU -> dropout -> dense classifier of 8x8x1 images.
+
+  `forward(x, training)` normalises with the batch's statistics and updates its moving statistics
+  in training mode (dropout on), and uses the moving statistics otherwise.
+  """
+
+  def __init__(self):
+    super().__init__()
+    rng = np.random.default_rng(0)
+    self.kernel = tf.Variable(rng.normal(0, 0.3, (3, 3, 1, 4)).astype(np.float32), name="kernel")
+    self.gamma = tf.Variable(np.ones(4, np.float32), name="gamma")
+    self.beta = tf.Variable(np.zeros(4, np.float32), name="beta")
+    self.moving_mean = tf.Variable(np.zeros(4, np.float32), trainable=False, name="moving_mean")
+    self.moving_variance = tf.Variable(np.ones(4, np.float32), trainable=False,
+                                       name="moving_variance")
+    self.dense = tf.Variable(rng.normal(0, 0.1, (144, 10)).astype(np.float32), name="dense")
+
+  def forward(self, x, training=False):
+    h = tf.nn.conv2d(x, self.kernel, 1, "VALID")
+    if training:
+      mean, variance = tf.nn.moments(h, [0, 1, 2])
+      self.moving_mean.assign(0.9 * self.moving_mean + 0.1 * mean)
+      self.moving_variance.assign(0.9 * self.moving_variance + 0.1 * variance)
+    else:
+      mean, variance = tf.identity(self.moving_mean), tf.identity(self.moving_variance)
+    h = tf.nn.relu(tf.nn.batch_normalization(h, mean, variance, self.beta, self.gamma, 1e-3))
+    h = tf.reshape(h, [-1, 144])
+    if training:
+      h = tf.nn.dropout(h, 0.5)
+    return h @ self.dense
+
+
+def _export_module_python_bool(path):
+  """tf.saved_model.save of a tf.Module whose `__call__(x, training)` is traced for both values."""
+  module = _HandClassifier()
+  module.__call__ = tf.function(module.forward)
+  for training in (True, False):
+    module.__call__.get_concrete_function(_SPEC, training=training)
+  tf.saved_model.save(module, path)
+
+
+def _export_module_bool_tensor(path):
+  """The same with `training` a boolean tensor of the input signature (one trace for both)."""
+  module = _HandClassifier()
+  module.__call__ = tf.function(module.forward,
+                                input_signature=[_SPEC, tf.TensorSpec([], tf.bool)])
+  tf.saved_model.save(module, path)
+
+
+def _export_keras3(path):
+  _bn_dropout_model().export(path, verbose=False)
+
+
+def _export_keras3_tf_saved_model(path):
+  tf.saved_model.save(_bn_dropout_model(), path)
+
+
+def _export_archive(path):
+  model = _bn_dropout_model()
+  archive = keras.export.ExportArchive()
+  archive.track(model)
+  archive.add_endpoint("serve", lambda x: model(x, training=False), input_signature=[_SPEC])
+  archive.add_endpoint("call_training", lambda x: model(x, training=True), input_signature=[_SPEC])
+  archive.write_out(path, verbose=False)
+
+
+def _keras2_bn_dropout_model():
+  """_bn_dropout_model in Keras 2 (tf_keras; the test is skipped where it is not installed)."""
+  tf_keras = pytest.importorskip("tf_keras")
+  tf_keras.utils.set_random_seed(0)
+  layers = tf_keras.layers
+  return tf_keras.Sequential([
+      tf_keras.Input((8, 8, 1)), layers.Conv2D(4, 3), layers.BatchNormalization(), layers.ReLU(),
+      layers.Flatten(), layers.Dropout(0.5), layers.Dense(10)])
+
+
+def _export_keras2(path):
+  _keras2_bn_dropout_model().save(path)  # A directory: Keras 2 writes a SavedModel.
+
+
+def _export_keras2_tf_saved_model(path):
+  tf.saved_model.save(_keras2_bn_dropout_model(), path)
+
+
+# kind -> (exporter, the endpoint that runs training=True or None for inference mode only).
+_EXPORTS = {
+    "keras3_export": (_export_keras3, None),
+    "keras3_tf_saved_model_save": (_export_keras3_tf_saved_model, None),
+    "export_archive": (_export_archive, "call_training"),
+    "module_python_bool": (_export_module_python_bool, "__call__"),
+    "module_bool_tensor": (_export_module_bool_tensor, "__call__"),
+    "keras2_save": (_export_keras2, "__call__"),
+    "keras2_tf_saved_model_save": (_export_keras2_tf_saved_model, "__call__"),
+}
+
+
+def _variables(saved_model_dir):
+  """{name: value} of a SavedModel's variables (their names survive fine-tuning and export)."""
+  loaded = tf.saved_model.load(saved_model_dir)
+  # Not every export lists them as `variables`: also collect its functions' own.
+  found = list(getattr(loaded, "variables", []))
+  call = getattr(loaded, "__call__", None)
+  for fn in [*loaded.signatures.values(), *getattr(call, "concrete_functions", [])]:
+    found.extend(fn.variables)
+  return {v.name: v.numpy() for v in found}
+
+
+def _moving(variables):
+  return {name: value for name, value in variables.items() if "moving" in name}
+
+
+def _weights(variables):
+  """The trainable ones: not the moving statistics nor Keras 3's dropout seed state."""
+  return {name: value for name, value in variables.items()
+          if "moving" not in name and "seed_generator" not in name}
+
+
+@pytest.mark.parametrize("kind", sorted(_EXPORTS))
+def test_one_finetune_step_trains_in_the_mode_the_export_allows(kind, tmp_path, capsys):
+  export, endpoint = _EXPORTS[kind]
+  source = str(tmp_path / kind)
+  export(source)
+  before = _variables(source)
+  assert len(_moving(before)) == 2, sorted(before)
+  training_mode = endpoint is not None
+  loaded = model_io.load_model(source)
+  assert loaded.input_shape == (None, 8, 8, 1) and loaded.output_shape == (None, 10)
+  info = model_io.describe_input(loaded, source)
+  assert info["training_endpoint"] == endpoint and info["inference_mode_only"] != training_mode
+  # Every weight but the moving statistics trains.
+  trainable = {w.path for w in loaded.trainable_weights}
+  assert len(trainable) == len(_weights(before)) and not [p for p in trainable if "moving" in p]
+  # Dropout: two training-mode calls differ exactly when there is a training mode.
+  x = np.random.default_rng(0).uniform(0, 1, (32, 8, 8, 1)).astype(np.float32)
+  first, second = (loaded(x, training=True).numpy() for _ in range(2))
+  assert (np.abs(first - second).max() > 0) == training_mode
+  np.testing.assert_array_equal(loaded(x).numpy(), loaded(x).numpy())
+
+  capsys.readouterr()
+  config = config_lib.RunConfig(phase="harden", method="finetune", model_path=source,
+                                workdir=str(tmp_path / "work"),
+                                harden=config_lib.HardenConfig(steps=1, batch_size=256))
+  run_dir = phases.run_harden(config)["run_dir"]
+  assert ("WARNING" in capsys.readouterr().err) != training_mode
+  unchanged = _variables(source)  # The input is never written to.
+  assert all(np.array_equal(unchanged[k], v) for k, v in before.items())
+  after = _variables(os.path.join(run_dir, "saved_model"))
+  assert sorted(_weights(after)) == sorted(_weights(before))
+  assert any(np.abs(after[k] - v).max() > 0 for k, v in _weights(before).items())
+  for name, value in _moving(before).items():
+    assert (np.abs(after[name] - value).max() > 1e-4) == training_mode, name
+  summary = rundir.read_json(os.path.join(run_dir, rundir.SUMMARY_FILE))
+  assert summary["harden"]["model_input"]["inference_mode_only"] != training_mode
+  # The hardened export keeps a training mode where the input had one.
+  hardened = model_io.load_model(run_dir)
+  assert model_io.describe_input(hardened, run_dir)["training_endpoint"] == (
+      "call_training" if training_mode else None)
+
+
+def test_call_without_a_training_argument_runs_in_inference_mode(tmp_path):
+  module = tf.Module()
+  module.kernel = tf.Variable(np.ones((16, 3), np.float32))
+  module.__call__ = tf.function(lambda x: tf.reshape(x, [-1, 16]) @ module.kernel,
+                                input_signature=[tf.TensorSpec((None, 4, 4, 1), tf.float32)])
+  path = str(tmp_path / "plain")
+  tf.saved_model.save(module, path, signatures={})
+  loaded = model_io.load_model(path)
+  assert loaded.output_shape == (None, 3)
+  assert [layer.call_endpoint for layer in model_io.savedmodel_layers(loaded)] == ["__call__"]
+  assert model_io.describe_input(loaded, path)["training_endpoint"] is None
+  np.testing.assert_allclose(loaded(np.ones((2, 4, 4, 1), np.float32)).numpy(), 16.0)
+
+
+# -------------------------------------------------------------------------------------------------
+# A SavedModel input under --strategy=mirrored: the model is loaded (and built with one batch) in
+# the strategy's scope; on 2 logical CPU devices, in a fresh process (the CPU must be split before
+# TensorFlow initialises its devices).
+
+_MOTH_TINY = ("--harden_steps=10", "--warmup_steps=5", "--pair_steps=5", "--fast_steps=2",
+              "--trigger_samples=4")
+
+
+@pytest.mark.parametrize("method, kind", [("finetune", "keras3_export"), ("moth", "keras3_export"),
+                                          ("finetune", "export_archive"),
+                                          ("finetune", "keras2_save")])
+def test_savedmodel_hardens_under_mirrored_strategy(method, kind, tmp_path):
+  export, endpoint = _EXPORTS[kind]
+  source = str(tmp_path / "model")
+  export(source)
+  before = _moving(_variables(source))
+  workdir = str(tmp_path / "work")
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=os.pathsep.join(
+      p for p in (repo, os.environ.get("PYTHONPATH")) if p))
+  proc = subprocess.run(
+      [sys.executable, "-m", "moth_tf.main", "--phase=harden", f"--method={method}",
+       "--dataset=digits", "--harden_batch_size=256", f"--model_path={source}",
+       f"--workdir={workdir}", "--strategy=mirrored", "--cpu_devices=2",
+       *(_MOTH_TINY if method == "moth" else ("--harden_steps=5",))],
+      capture_output=True, text=True, timeout=300, env=env, cwd=str(tmp_path))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr
+  run_dir = os.path.join(workdir, f"digits_external_model_{method}")
+  harden = rundir.read_json(os.path.join(run_dir, rundir.SUMMARY_FILE))["harden"]
+  assert harden["replicas"] == 2 and harden["steps"] == (10 if method == "moth" else 5)
+  assert harden["model_input"]["training_endpoint"] == endpoint
+  after = _moving(_variables(os.path.join(run_dir, "saved_model")))
+  for name, value in before.items():
+    assert (np.abs(after[name] - value).max() > 1e-4) == (endpoint is not None), name
 
 
 # -------------------------------------------------------------------------------------------------
