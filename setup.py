@@ -20,6 +20,9 @@ setuptools.setup(
         "tensorflow>=2.16",
         "keras>=3.8",
         "tensorflow-datasets>=4.9",
+        # tensorflow-datasets imports importlib_resources whenever it downloads and prepares a data
+        # set (cifar10, svhn on first use) but declares it only for Python < 3.9.
+        "importlib_resources",
         "absl-py>=1.0",
         "numpy>=1.23",
         "scikit-learn>=1.0",

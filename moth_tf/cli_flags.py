@@ -35,6 +35,11 @@ def define_flags():
   flags.DEFINE_string("data_dir", None,
                       "tfds data dir / folder of prepared .npz files / folder of the Fashion-MNIST "
                       "IDX files (searched alone when given).")
+  flags.DEFINE_bool("download", True,
+                    "cifar10 / svhn: when --data_dir (else $TFDS_DATA_DIR, else "
+                    "~/tensorflow_datasets) does not hold the data set, download and prepare it "
+                    "there with tensorflow_datasets. --nodownload (or MOTH_TF_NO_DOWNLOAD=1) never "
+                    "touches the network: a missing data set is an error at once.")
   flags.DEFINE_integer("image_size", None, "Resize images to this square size (bilinear).",
                        lower_bound=4)
   flags.DEFINE_enum("augment", "default", ["default"] + list(augment_lib.RECIPES),

@@ -39,6 +39,8 @@ class DataConfig:
   # pixels; None: the data set's default.
   augment: Optional[str] = None
   augment_pad: Optional[int] = None
+  # Let tfds download and prepare a missing cifar10 / svhn into data_dir (--nodownload: never).
+  download: bool = True
 
   def __post_init__(self):
     _check(self.image_size is None or self.image_size >= 4,

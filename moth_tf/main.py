@@ -130,7 +130,7 @@ def data_config(dataset: str, flag_values) -> config_lib.DataConfig:
                                      flag_values.image_size or info.image_shape[0])
   return config_lib.DataConfig(dataset=dataset, data_dir=flag_values.data_dir,
                                image_size=flag_values.image_size, augment=augmentation.recipe,
-                               augment_pad=augmentation.pad)
+                               augment_pad=augmentation.pad, download=flag_values.download)
 
 
 def main(argv):

@@ -24,7 +24,8 @@ USER_ERRORS = (data_lib.DatasetUnavailableError, model_io.ModelLoadError, ValueE
 
 def load_splits(config: config_lib.RunConfig) -> data_lib.DatasetSplits:
   return data_lib.load_dataset(config.data.dataset, config.data.data_dir, config.data.image_size,
-                               augment=config.data.augment, augment_pad=config.data.augment_pad)
+                               augment=config.data.augment, augment_pad=config.data.augment_pad,
+                               download=config.data.download)
 
 
 def make_run_command(config: config_lib.RunConfig, phase: str) -> str:

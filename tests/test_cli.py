@@ -181,13 +181,43 @@ def test_test_phase_without_a_model(tmp_path, capsys):
   assert "--phase=train" in err and "no trained model" in err
 
 
-def test_missing_cifar10_data(tmp_path, capsys):
+def test_missing_cifar10_data_with_nodownload(tmp_path, capsys):
   empty = tmp_path / "tfds"
   empty.mkdir()
   err = run_cli_error(capsys, "--phase=train", "--dataset=cifar10", f"--data_dir={empty}",
-                      f"--workdir={tmp_path}", "--epochs=1")
-  assert "download" in err and str(empty) in err
+                      f"--workdir={tmp_path}", "--epochs=1", "--nodownload")
+  assert "--nodownload" in err and str(empty) in err
+  assert "copy a prepared tensorflow_datasets/ folder" in err
   assert not os.listdir(empty) and not os.path.exists(tmp_path / "cifar10_resnet20_natural")
+
+
+def test_failed_cifar10_download_is_one_line(tmp_path, capsys, monkeypatch):
+  import requests
+  from tensorflow_datasets.core.download import downloader
+
+  def unreachable(url, **kwargs):
+    raise requests.exceptions.ConnectionError(f"Max retries exceeded with url: {url}")
+
+  # Only the network is faked: tfds's builder and download manager run as on a user's machine.
+  monkeypatch.setattr(downloader, "_open_url", unreachable)
+  monkeypatch.delenv("MOTH_TF_NO_DOWNLOAD", raising=False)
+  data_dir = tmp_path / "tfds"
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as exit_info:
+    run_cli("--phase=train", "--dataset=cifar10", f"--data_dir={data_dir}",
+            f"--workdir={tmp_path}", "--epochs=1")
+  assert exit_info.value.code == 1
+  # tfds's own download progress comes first on stderr; the error is the last line, whole.
+  err = capsys.readouterr().err.rstrip("\n").split("\n")[-1]
+  assert err.startswith("moth_tf: error: ")
+  assert "cifar10 could not be downloaded" in err and str(data_dir) in err
+  assert "ConnectionError" in err and "from a machine with internet" in err
+  assert not os.path.exists(tmp_path / "cifar10_resnet20_natural")
+
+
+def test_download_flag_reaches_the_config():
+  assert parsed_config().data.download
+  assert not parsed_config("--nodownload").data.download
 
 
 def test_missing_model_path(tmp_path, capsys):
