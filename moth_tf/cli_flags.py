@@ -67,6 +67,11 @@ def define_flags():
                        "Split the CPU into this many logical devices (to run --strategy=mirrored "
                        "without GPUs, for tests and demos).", lower_bound=1)
   flags.DEFINE_integer("seed", 0, "Random seed of training/hardening.", lower_bound=0)
+  flags.DEFINE_enum("progress", "auto", list(config_lib.PROGRESS),
+                    "Progress output of training, hardening, distance and detection: bar (Keras's "
+                    "live bar), epoch (plain lines: one per training epoch, at most ~20 per "
+                    "hardening run, for log files and CI), none, or auto (bar when stdout is a "
+                    "terminal, epoch otherwise).")
 
   # Base training (0 / empty: the data set's recipe, moth_tf.training.RECIPES).
   flags.DEFINE_integer("epochs", None, "Training epochs (default: the data set's recipe).",

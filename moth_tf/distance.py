@@ -94,7 +94,7 @@ def measure_distance(model, x: np.ndarray, y: np.ndarray, num_classes: int,
                      settings: engine.InversionSettings, seeds: Sequence[int],
                      samples: int = 100, pairs: Optional[Sequence[Tuple[int, int]]] = None,
                      batch_directions: int = 0, split_name: str = "val",
-                     verbose: bool = True, strategy=None) -> DistanceResult:
+                     verbose: int = 1, strategy=None) -> DistanceResult:
   """Measures the class distance of every requested ordered pair.
 
   Args:
@@ -107,7 +107,8 @@ def measure_distance(model, x: np.ndarray, y: np.ndarray, num_classes: int,
     pairs: ordered (s, t) pairs; default all n(n-1).
     batch_directions: directions per graph call; 0 = all pairs of a seed at once.
     split_name: recorded in the result.
-    verbose: show a progress bar (directions done, ETA).
+    verbose: 0/False: no progress; 1/True: a live progress bar (directions done, ETA); 2: one
+      line when all directions are done (for logs, where a bar's carriage returns pile up).
     strategy: a tf.distribute strategy whose replicas share every group's directions (build the
       model under its scope); None: one device.
 
@@ -127,7 +128,8 @@ def measure_distance(model, x: np.ndarray, y: np.ndarray, num_classes: int,
   per_seed = np.full((len(seeds), num_classes, num_classes), np.nan)
   steps_run = np.zeros((len(seeds), num_classes, num_classes), np.int64)
   total = len(pairs) * len(seeds)
-  bar = keras.utils.Progbar(total, unit_name="direction") if verbose else None
+  bar = (keras.utils.Progbar(total, unit_name="direction", verbose=int(verbose)) if verbose
+         else None)
   finished = 0
   start = time.time()
   for si, seed in enumerate(seeds):

@@ -110,6 +110,8 @@ def config_from_flags(flag_values) -> config_lib.RunConfig:
       overwrite=flag_values.overwrite,
       strategy=flag_values.strategy,
       seed=flag_values.seed,
+      # Decided here, where the output goes: the library takes the resolved setting.
+      progress=config_lib.resolve_progress(flag_values.progress, _stdout_is_terminal()),
       data=data_config(dataset, flag_values),
       train=train,
       distance=distance,
@@ -131,6 +133,13 @@ def data_config(dataset: str, flag_values) -> config_lib.DataConfig:
   return config_lib.DataConfig(dataset=dataset, data_dir=flag_values.data_dir,
                                image_size=flag_values.image_size, augment=augmentation.recipe,
                                augment_pad=augmentation.pad, download=flag_values.download)
+
+
+def _stdout_is_terminal() -> bool:
+  try:
+    return sys.stdout.isatty()
+  except (AttributeError, ValueError):  # Replaced by an object without isatty, or closed.
+    return False
 
 
 def main(argv):

@@ -215,6 +215,13 @@ def test_failed_cifar10_download_is_one_line(tmp_path, capsys, monkeypatch):
   assert not os.path.exists(tmp_path / "cifar10_resnet20_natural")
 
 
+def test_progress_flag_reaches_the_config():
+  # Under pytest stdout is captured, not a terminal: auto means plain lines.
+  assert parsed_config().progress == "epoch"
+  assert parsed_config("--progress=bar").progress == "bar"
+  assert parsed_config("--progress=none").progress == "none"
+
+
 def test_download_flag_reaches_the_config():
   assert parsed_config().data.download
   assert not parsed_config("--nodownload").data.download
@@ -256,13 +263,29 @@ def test_stray_positional_argument_is_a_usage_error():
 
 
 def test_subprocess_train(tmp_path):
-  proc = subprocess.run(
-      [sys.executable, "-m", "moth_tf.main", "--phase=train", "--epochs=1",
-       f"--workdir={tmp_path}"],
-      capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+  proc = _run_binary("--phase=train", "--epochs=1", f"--workdir={tmp_path}", cwd=tmp_path)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "test accuracy" in proc.stdout
   assert os.path.isfile(os.path.join(tmp_path, _RUN, "model.keras"))
+  # stdout is a pipe, so Keras prints one plain line per epoch instead of redrawing a bar.
+  assert "\r" not in proc.stdout + proc.stderr
+  assert re.search(r"^1/1 \- |^\d+/\d+ - \d+s - ", proc.stdout, re.M), proc.stdout
+
+
+def test_hardening_into_a_pipe_prints_a_few_step_lines(trained, tmp_path):
+  import shutil
+  workdir, _ = trained
+  work = tmp_path / "work"
+  shutil.copytree(os.path.join(workdir, _RUN), work / _RUN)
+  # 300 steps are 30 epochs of 10 steps on digits: Keras's own display would print 30 epochs.
+  proc = _run_binary("--phase=harden", "--method=finetune", "--harden_steps=300",
+                     f"--workdir={work}", cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "\r" not in proc.stdout + proc.stderr
+  assert not re.search(r"^Epoch \d+/\d+", proc.stdout, re.M), proc.stdout
+  lines = [line for line in proc.stdout.splitlines() if line.startswith("hardening step ")]
+  assert 10 <= len(lines) <= 20, proc.stdout
+  assert lines[-1].startswith("hardening step 300/300 (epoch 30/30) - "), lines[-1]
 
 
 def test_robustness_phase(trained, capsys):
