@@ -206,18 +206,7 @@ def format_matrix(matrix: np.ndarray, fmt: str = "{:7.2f}") -> str:
 
 def readable_heatmap_png(matrix: np.ndarray, class_names=None,
                          title: str = "class distance") -> bytes:
-  """The labelled heat map (class names, values in the cells, colour bar; moth_tf.figures).
-
-  Without matplotlib (the `report` extra) it is the plain heat map of heatmap_png, and a one-line
-  warning says how to get the labelled one.
-  """
-  try:
-    import matplotlib  # pylint: disable=unused-import
-  except ImportError:
-    import sys
-    print("WARNING: matplotlib is not installed, so the distance heat map has no labels; install "
-          "it with pip install -e \".[report]\"", file=sys.stderr)
-    return heatmap_png(matrix)
+  """The labelled heat map (class names, values in the cells, colour bar; moth_tf.figures)."""
   from moth_tf import figures
   return figures.distance_heatmap_png(matrix, class_names, title)
 

@@ -147,10 +147,18 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # TF's INFO lines (SavedModel export) are noise here.
-  if FLAGS.cpu_devices:
-    from moth_tf import distribute
-    distribute.split_cpu(FLAGS.cpu_devices)
-  from moth_tf import phases  # Imported here so --help does not pay for importing TensorFlow.
+  try:
+    if FLAGS.cpu_devices:
+      from moth_tf import distribute
+      distribute.split_cpu(FLAGS.cpu_devices)
+    from moth_tf import phases  # Imported here so --help does not pay for importing TensorFlow.
+  except ImportError as e:
+    # moth_tf._compat's one line for a Keras that lacks the internals moth_tf patches: the fix is
+    # an install command, so no traceback.
+    if getattr(e, "keras_compat", False):
+      print(f"moth_tf: error: {e}", file=sys.stderr)
+      sys.exit(1)
+    raise
   try:
     config = config_from_flags(FLAGS)
     if config.strategy == "multi_worker":

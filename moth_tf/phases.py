@@ -608,19 +608,12 @@ def run_detect(config: config_lib.RunConfig, command_line=()):
       print(f"the backdoor's target {trigger.target} is {'flagged' if hit else 'NOT flagged'}; "
             f"clean labels flagged: {payload['clean_labels_flagged'] or 'none'}")
   rundir.write_json(os.path.join(out_dir, "detection.json"), payload)
-  try:
-    from moth_tf import figures
-    figure = figures.anomaly_index_png(
-        np.nan_to_num(found.l1_norms), np.nan_to_num(found.anomaly_index, posinf=10, neginf=-10),
-        found.flagged, splits.info.class_names, title=f"Neural Cleanse on {path}",
-        threshold=nc.threshold)
-  except ImportError:
-    figure = None
-  if figure is None:
-    console.print_warning("matplotlib is not installed, so nc_norms.png was not drawn; install it "
-                          "with pip install 'moth_tf[report]'")
-  else:
-    rundir.write_bytes(os.path.join(out_dir, "nc_norms.png"), figure)
+  from moth_tf import figures
+  figure = figures.anomaly_index_png(
+      np.nan_to_num(found.l1_norms), np.nan_to_num(found.anomaly_index, posinf=10, neginf=-10),
+      found.flagged, splits.info.class_names, title=f"Neural Cleanse on {path}",
+      threshold=nc.threshold)
+  rundir.write_bytes(os.path.join(out_dir, "nc_norms.png"), figure)
   tb_records.write_run_metadata(out_dir, "detect", config.to_dict(), splits.info.class_names,
                                 command_line, session=False)
   writer = tf.summary.create_file_writer(rundir.logs_dir(out_dir, "detect"))

@@ -111,8 +111,8 @@ def test_tfds_sets_under_mock_data(name, val_size, tmp_path):
   np.testing.assert_array_equal(np.concatenate([splits.y_val, splits.y_train]), splits.y_test)
 
 
-# The download path runs tfds's real builders (download_and_prepare writes the prepared data set into
-# data_dir); only what the network would deliver is faked. The download manager hands the builders
+# The download path runs tfds's real builders (download_and_prepare writes the prepared data set
+# into data_dir); only what the network would deliver is faked. The download manager hands the builders
 # tiny files in the original formats instead of fetching them, or, for a failed download, tfds's
 # downloader meets the error that requests raises when no server can be reached.
 

@@ -58,7 +58,8 @@ SVHN_VAL_SIZE = 6000
 # aborts the whole process inside tf.data.
 _READ_BATCH = 8192
 
-# Set to 1 on machines without network access: loaders then never try to download (as download=False).
+# Set to 1 on machines without network access: loaders then never try to download, as with
+# download=False.
 NO_DOWNLOAD_ENV = "MOTH_TF_NO_DOWNLOAD"
 _TRUE = ("1", "true", "yes")
 
