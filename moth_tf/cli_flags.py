@@ -35,6 +35,11 @@ def define_flags():
   flags.DEFINE_string("data_dir", None,
                       "tfds data dir / folder of prepared .npz files / folder of the Fashion-MNIST "
                       "IDX files (searched alone when given).")
+  flags.DEFINE_bool("download", True,
+                    "cifar10 / svhn: when --data_dir (else $TFDS_DATA_DIR, else "
+                    "~/tensorflow_datasets) does not hold the data set, download and prepare it "
+                    "there with tensorflow_datasets. --nodownload (or MOTH_TF_NO_DOWNLOAD=1) never "
+                    "touches the network: a missing data set is an error at once.")
   flags.DEFINE_integer("image_size", None, "Resize images to this square size (bilinear).",
                        lower_bound=4)
   flags.DEFINE_enum("augment", "default", ["default"] + list(augment_lib.RECIPES),
@@ -62,6 +67,11 @@ def define_flags():
                        "Split the CPU into this many logical devices (to run --strategy=mirrored "
                        "without GPUs, for tests and demos).", lower_bound=1)
   flags.DEFINE_integer("seed", 0, "Random seed of training/hardening.", lower_bound=0)
+  flags.DEFINE_enum("progress", "auto", list(config_lib.PROGRESS),
+                    "Progress output of training, hardening, distance and detection: bar (Keras's "
+                    "live bar), epoch (plain lines: one per training epoch, at most ~20 per "
+                    "hardening run, for log files and CI), none, or auto (bar when stdout is a "
+                    "terminal, epoch otherwise).")
 
   # Base training (0 / empty: the data set's recipe, moth_tf.training.RECIPES).
   flags.DEFINE_integer("epochs", None, "Training epochs (default: the data set's recipe).",

@@ -18,10 +18,20 @@ STRATEGIES = ("default", "mirrored", "multi_worker")
 # How BatchNorm layers see a hardening batch's perturbed images (moth_tf.hardening.model, where
 # each rule is defined; kept here too so that the config does not import TensorFlow).
 BATCHNORM_MODES = ("mixed", "clean_stats", "frozen", "recalibrate")
+# How fits report progress (moth_tf.progress): auto = bar on a terminal, epoch lines otherwise.
+PROGRESS = ("auto", "bar", "epoch", "none")
 # Where run directories go unless --workdir says otherwise.
 DEFAULT_WORKDIR = "saved_models"
 # The authors' seed values (reference 3.1): --seeds=3 uses the first three.
 REFERENCE_SEEDS = (1024, 557540351, 157301989)
+
+
+def resolve_progress(progress: str, is_terminal: bool) -> str:
+  """A progress setting with "auto" decided: a live bar on a terminal, epoch lines otherwise (a
+  bar's carriage returns make a log file or CI log one unreadable line per epoch)."""
+  if progress == "auto":
+    return "bar" if is_terminal else "epoch"
+  return progress
 
 
 def _check(condition: bool, message: str):
@@ -39,6 +49,8 @@ class DataConfig:
   # pixels; None: the data set's default.
   augment: Optional[str] = None
   augment_pad: Optional[int] = None
+  # Let tfds download and prepare a missing cifar10 / svhn into data_dir (--nodownload: never).
+  download: bool = True
 
   def __post_init__(self):
     _check(self.image_size is None or self.image_size >= 4,
@@ -447,6 +459,8 @@ class RunConfig:
   base_run: str = "natural"
   # Where a backdoor phase finds the trigger (a poisoned run directory); None: the base run's.
   trigger_path: Optional[str] = None
+  # How fits, distance and detection report progress: one of PROGRESS (moth_tf.progress).
+  progress: str = "auto"
   data: DataConfig = DataConfig()
   train: TrainConfig = TrainConfig()
   distance: DistanceConfig = DistanceConfig()
@@ -456,6 +470,8 @@ class RunConfig:
   def __post_init__(self):
     _check(self.phase in PHASES, f"phase must be one of {PHASES}, got {self.phase!r}")
     _check(self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}")
+    _check(self.progress in PROGRESS,
+           f"progress must be one of {', '.join(PROGRESS)}, got {self.progress!r}")
     _check(self.strategy in STRATEGIES,
            f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
     _check(re.fullmatch(r"[a-z0-9][a-z0-9_]*", self.base_run) is not None,

@@ -102,7 +102,7 @@ def label_images(x: np.ndarray, y: np.ndarray, target: int, num_classes: int, sa
 
 
 def neural_cleanse(model, x: np.ndarray, y: np.ndarray, num_classes: int, config,
-                   verbose: bool = True, strategy=None) -> DetectionResult:
+                   verbose: int = 1, strategy=None) -> DetectionResult:
   """Reverse-engineers one trigger per label (all in one engine call) and flags outlier labels.
 
   Args:
@@ -110,7 +110,8 @@ def neural_cleanse(model, x: np.ndarray, y: np.ndarray, num_classes: int, config
     x, y: held-out clean images to stamp.
     num_classes: n.
     config: moth_tf.config.NeuralCleanseConfig.
-    verbose: a progress bar over the labels.
+    verbose: 0/False: no progress; 1/True: a live progress bar over the labels; 2: one line
+      when all labels are done.
     strategy: a tf.distribute strategy whose replicas share the labels (build the model under its
       scope); None: one device.
   """
@@ -124,7 +125,8 @@ def neural_cleanse(model, x: np.ndarray, y: np.ndarray, num_classes: int, config
                                       early_stop_patience=config.early_stop_patience)
   images = [label_images(x, y, t, num_classes, config.samples, config.seed)
             for t in range(num_classes)]
-  bar = keras.utils.Progbar(num_classes, unit_name="label") if verbose else None
+  bar = (keras.utils.Progbar(num_classes, unit_name="label", verbose=int(verbose)) if verbose
+         else None)
 
   def progress(step, done, k):
     if bar is not None:

@@ -94,7 +94,7 @@ def measure_distance(model, x: np.ndarray, y: np.ndarray, num_classes: int,
                      settings: engine.InversionSettings, seeds: Sequence[int],
                      samples: int = 100, pairs: Optional[Sequence[Tuple[int, int]]] = None,
                      batch_directions: int = 0, split_name: str = "val",
-                     verbose: bool = True, strategy=None) -> DistanceResult:
+                     verbose: int = 1, strategy=None) -> DistanceResult:
   """Measures the class distance of every requested ordered pair.
 
   Args:
@@ -107,7 +107,8 @@ def measure_distance(model, x: np.ndarray, y: np.ndarray, num_classes: int,
     pairs: ordered (s, t) pairs; default all n(n-1).
     batch_directions: directions per graph call; 0 = all pairs of a seed at once.
     split_name: recorded in the result.
-    verbose: show a progress bar (directions done, ETA).
+    verbose: 0/False: no progress; 1/True: a live progress bar (directions done, ETA); 2: one
+      line when all directions are done (for logs, where a bar's carriage returns pile up).
     strategy: a tf.distribute strategy whose replicas share every group's directions (build the
       model under its scope); None: one device.
 
@@ -127,7 +128,8 @@ def measure_distance(model, x: np.ndarray, y: np.ndarray, num_classes: int,
   per_seed = np.full((len(seeds), num_classes, num_classes), np.nan)
   steps_run = np.zeros((len(seeds), num_classes, num_classes), np.int64)
   total = len(pairs) * len(seeds)
-  bar = keras.utils.Progbar(total, unit_name="direction") if verbose else None
+  bar = (keras.utils.Progbar(total, unit_name="direction", verbose=int(verbose)) if verbose
+         else None)
   finished = 0
   start = time.time()
   for si, seed in enumerate(seeds):
@@ -204,18 +206,7 @@ def format_matrix(matrix: np.ndarray, fmt: str = "{:7.2f}") -> str:
 
 def readable_heatmap_png(matrix: np.ndarray, class_names=None,
                          title: str = "class distance") -> bytes:
-  """The labelled heat map (class names, values in the cells, colour bar; moth_tf.figures).
-
-  Without matplotlib (the `report` extra) it is the plain heat map of heatmap_png, and a one-line
-  warning says how to get the labelled one.
-  """
-  try:
-    import matplotlib  # pylint: disable=unused-import
-  except ImportError:
-    import sys
-    print("WARNING: matplotlib is not installed, so the distance heat map has no labels; install "
-          "it with pip install -e \".[report]\"", file=sys.stderr)
-    return heatmap_png(matrix)
+  """The labelled heat map (class names, values in the cells, colour bar; moth_tf.figures)."""
   from moth_tf import figures
   return figures.distance_heatmap_png(matrix, class_names, title)
 

@@ -13,6 +13,8 @@ import shutil
 
 import tensorflow as tf
 
+from moth_tf import _compat
+
 # Strategies made so far, by name: MultiWorkerMirroredStrategy must be made once, before any other
 # TensorFlow op, and every phase of the process must then use that same object.
 _STRATEGIES = {}
@@ -79,27 +81,27 @@ def _fix_keras_multi_worker_mean():
   Keras 3 (checked with 3.15) reduces the logs of every train and test step with
   `strategy.reduce("MEAN", value, axis=0)` on multi-worker strategies; the logs are scalars, so
   every `fit` fails with "Invalid reduction dimension 0 for input with 0 dimensions". Scalars are
-  reduced over replicas only (axis None); everything else goes to Keras unchanged.
+  reduced over replicas only (axis None); everything else goes to Keras unchanged (the patch
+  itself is moth_tf._compat.replace_reduce_per_replica).
   """
-  from keras.src.backend.tensorflow import trainer as keras_trainer
-  original = keras_trainer.reduce_per_replica
-  if getattr(original, "moth_tf_fixed", False):
-    return
 
-  def reduce_per_replica(values, strategy, reduction):
-    if reduction not in ("auto", "mean") or not is_multi_worker(strategy) or isinstance(
-        strategy, tf.distribute.TPUStrategy):
-      return original(values, strategy, reduction)
+  def make_replacement(original):
 
-    def reduce(value):
-      local = strategy.experimental_local_results(value)[0]
-      axis = 0 if local.shape.rank else None
-      return strategy.reduce("MEAN", value, axis=axis)
+    def reduce_per_replica(values, strategy, reduction):
+      if reduction not in ("auto", "mean") or not is_multi_worker(strategy) or isinstance(
+          strategy, tf.distribute.TPUStrategy):
+        return original(values, strategy, reduction)
 
-    return tf.nest.map_structure(reduce, values)
+      def reduce(value):
+        local = strategy.experimental_local_results(value)[0]
+        axis = 0 if local.shape.rank else None
+        return strategy.reduce("MEAN", value, axis=axis)
 
-  reduce_per_replica.moth_tf_fixed = True
-  keras_trainer.reduce_per_replica = reduce_per_replica
+      return tf.nest.map_structure(reduce, values)
+
+    return reduce_per_replica
+
+  _compat.replace_reduce_per_replica(make_replacement)
 
 
 def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
@@ -114,17 +116,11 @@ def prepare_fit(model, strategy: tf.distribute.Strategy, sample_batch):
   batch, reduced across replicas with `strategy.reduce(MEAN, (x, y))` in eager mode; on
   MultiWorkerMirroredStrategy that reduce takes no tuple and `fit` fails with "Attempt to convert a
   value (PerReplica...) to a Tensor". This builds the model (and its compiled loss and metrics) from
-  `sample_batch`, a local (x, y) batch, instead.
+  `sample_batch`, a local (x, y) batch, instead (moth_tf._compat.build_from_local_batch).
   """
   if not is_multi_worker(strategy):
     return
-
-  def symbolic_build(iterator=None, data_batch=None):
-    del iterator, data_batch
-    with strategy.scope():
-      model._symbolic_build(data_batch=sample_batch)  # pylint: disable=protected-access
-
-  model._maybe_symbolic_build = symbolic_build  # pylint: disable=protected-access
+  _compat.build_from_local_batch(model, strategy, sample_batch)
 
 
 def worker_dir(strategy: tf.distribute.Strategy, run_dir: str) -> str:

@@ -1,8 +1,7 @@
 """Figures a person can read: labelled heat maps, training curves, trigger sizes, NC anomaly index.
 
-Drawn with matplotlib (the `report` extra: `pip install -e ".[report]"`) on the Agg backend, so no
-display is needed. Every function returns PNG bytes; callers write them atomically
-(moth_tf.rundir.write_bytes). matplotlib is imported inside the functions: importing this module is
+Drawn with matplotlib (a core dependency) on the Agg backend, so no display is needed. Every
+function returns PNG bytes; callers write them atomically (moth_tf.rundir.write_bytes). matplotlib is imported inside the functions: importing this module is
 free, and `python -m moth_tf.report --help` stays fast.
 """
 

@@ -110,6 +110,8 @@ def config_from_flags(flag_values) -> config_lib.RunConfig:
       overwrite=flag_values.overwrite,
       strategy=flag_values.strategy,
       seed=flag_values.seed,
+      # Decided here, where the output goes: the library takes the resolved setting.
+      progress=config_lib.resolve_progress(flag_values.progress, _stdout_is_terminal()),
       data=data_config(dataset, flag_values),
       train=train,
       distance=distance,
@@ -130,7 +132,14 @@ def data_config(dataset: str, flag_values) -> config_lib.DataConfig:
                                      flag_values.image_size or info.image_shape[0])
   return config_lib.DataConfig(dataset=dataset, data_dir=flag_values.data_dir,
                                image_size=flag_values.image_size, augment=augmentation.recipe,
-                               augment_pad=augmentation.pad)
+                               augment_pad=augmentation.pad, download=flag_values.download)
+
+
+def _stdout_is_terminal() -> bool:
+  try:
+    return sys.stdout.isatty()
+  except (AttributeError, ValueError):  # Replaced by an object without isatty, or closed.
+    return False
 
 
 def main(argv):
@@ -138,10 +147,18 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # TF's INFO lines (SavedModel export) are noise here.
-  if FLAGS.cpu_devices:
-    from moth_tf import distribute
-    distribute.split_cpu(FLAGS.cpu_devices)
-  from moth_tf import phases  # Imported here so --help does not pay for importing TensorFlow.
+  try:
+    if FLAGS.cpu_devices:
+      from moth_tf import distribute
+      distribute.split_cpu(FLAGS.cpu_devices)
+    from moth_tf import phases  # Imported here so --help does not pay for importing TensorFlow.
+  except ImportError as e:
+    # moth_tf._compat's one line for a Keras that lacks the internals moth_tf patches: the fix is
+    # an install command, so no traceback.
+    if getattr(e, "keras_compat", False):
+      print(f"moth_tf: error: {e}", file=sys.stderr)
+      sys.exit(1)
+    raise
   try:
     config = config_from_flags(FLAGS)
     if config.strategy == "multi_worker":

@@ -12,6 +12,7 @@ import time
 from moth_tf import config as config_lib
 from moth_tf import console
 from moth_tf import data as data_lib
+from moth_tf import progress as progress_lib
 from moth_tf import rundir
 from moth_tf import tb_records
 from moth_tf import training
@@ -22,9 +23,15 @@ USER_ERRORS = (data_lib.DatasetUnavailableError, model_io.ModelLoadError, ValueE
                FileNotFoundError, training.NonFiniteTrainingError)
 
 
+def fit_verbosity(config: config_lib.RunConfig) -> int:
+  """The Keras-style `verbose` of the library calls: 0 none, 1 live bar, 2 plain lines."""
+  return progress_lib.keras_verbose(config.progress)
+
+
 def load_splits(config: config_lib.RunConfig) -> data_lib.DatasetSplits:
   return data_lib.load_dataset(config.data.dataset, config.data.data_dir, config.data.image_size,
-                               augment=config.data.augment, augment_pad=config.data.augment_pad)
+                               augment=config.data.augment, augment_pad=config.data.augment_pad,
+                               download=config.data.download)
 
 
 def make_run_command(config: config_lib.RunConfig, phase: str) -> str:
@@ -98,7 +105,7 @@ def run_train(config: config_lib.RunConfig, command_line=()):
         f"{len(splits.x_val)} val / {len(splits.x_test)} test images; augmentation: "
         f"{splits.augmentation.describe()}) into {run_dir}")
   _, results = training.train_natural(config.model, splits, config.train, run_dir, strategy,
-                                      seed=config.seed)
+                                      seed=config.seed, verbose=fit_verbosity(config))
   rundir.update_summary(
       run_dir, dataset=config.data.dataset, model=config.model, method="natural",
       test_accuracy=results["test_accuracy"], val_accuracy=results["val_accuracy"],
@@ -238,8 +245,8 @@ def measure_and_record(model, splits, config: config_lib.RunConfig, out_dir: str
                                 command_line, session=False)
   result = distance.measure_distance(
       model, x, y, splits.num_classes, inversion_settings(dist), seeds, samples=dist.samples,
-      pairs=pairs, batch_directions=dist.batch_directions, split_name=split, verbose=verbose,
-      strategy=strategy)
+      pairs=pairs, batch_directions=dist.batch_directions, split_name=split,
+      verbose=fit_verbosity(config) if verbose else 0, strategy=strategy)
   payload = result.to_json()
   model_file = config.model_path or rundir.find_model(config.run_dir())
   payload.update(dataset=config.data.dataset, model=config.model, model_path=model_file)
@@ -352,7 +359,8 @@ def run_harden(config: config_lib.RunConfig, command_line=()):
                                 command_line)
   classifier, results = method.harden(
       lambda: model_io.load_model(base_path, unsafe_load=config.unsafe_load), splits,
-      config.harden, out_dir, strategy=strategy, pgd_settings=pgd_settings)
+      config.harden, out_dir, strategy=strategy, pgd_settings=pgd_settings,
+      verbose=fit_verbosity(config))
   acc_after = evaluation.accuracy(classifier, splits.x_test, splits.y_test)
   saved_path = model_io.save_model(classifier, out_dir)
   rundir.update_summary(
@@ -486,7 +494,7 @@ def run_poison(config: config_lib.RunConfig, command_line=()):
                                                    "base_run": None},
                                 splits.info.class_names, command_line)
   model, results = training.train_natural(config.model, poisoned, config.train, run_dir, strategy,
-                                          seed=config.seed)
+                                          seed=config.seed, verbose=fit_verbosity(config))
   metrics = backdoor_eval.backdoor_metrics(model, splits.x_test, splits.y_test, trigger,
                                            splits.num_classes)
   natural_summary = os.path.join(dataclasses.replace(config, base_run="natural").run_dir("natural"),
@@ -575,7 +583,8 @@ def run_detect(config: config_lib.RunConfig, command_line=()):
   x, y = splits.split(split)
   print(f"Neural Cleanse: {splits.num_classes} labels, up to {nc.samples} images of each other "
         f"class ({note}), {nc.steps} steps, ASR {nc.asr_bound:g}; model {path}")
-  found = detection.neural_cleanse(model, x, y, splits.num_classes, nc, strategy=strategy)
+  found = detection.neural_cleanse(model, x, y, splits.num_classes, nc, strategy=strategy,
+                                   verbose=fit_verbosity(config))
   console.print_detection(found, splits.info.class_names)
   payload = {"model_path": path, "split": split, "neural_cleanse": found.to_json()}
   distance_file = os.path.join(output_dir(config), rundir.DISTANCE_FILE)
@@ -599,19 +608,12 @@ def run_detect(config: config_lib.RunConfig, command_line=()):
       print(f"the backdoor's target {trigger.target} is {'flagged' if hit else 'NOT flagged'}; "
             f"clean labels flagged: {payload['clean_labels_flagged'] or 'none'}")
   rundir.write_json(os.path.join(out_dir, "detection.json"), payload)
-  try:
-    from moth_tf import figures
-    figure = figures.anomaly_index_png(
-        np.nan_to_num(found.l1_norms), np.nan_to_num(found.anomaly_index, posinf=10, neginf=-10),
-        found.flagged, splits.info.class_names, title=f"Neural Cleanse on {path}",
-        threshold=nc.threshold)
-  except ImportError:
-    figure = None
-  if figure is None:
-    console.print_warning("matplotlib is not installed, so nc_norms.png was not drawn; install it "
-                          "with pip install 'moth_tf[report]'")
-  else:
-    rundir.write_bytes(os.path.join(out_dir, "nc_norms.png"), figure)
+  from moth_tf import figures
+  figure = figures.anomaly_index_png(
+      np.nan_to_num(found.l1_norms), np.nan_to_num(found.anomaly_index, posinf=10, neginf=-10),
+      found.flagged, splits.info.class_names, title=f"Neural Cleanse on {path}",
+      threshold=nc.threshold)
+  rundir.write_bytes(os.path.join(out_dir, "nc_norms.png"), figure)
   tb_records.write_run_metadata(out_dir, "detect", config.to_dict(), splits.info.class_names,
                                 command_line, session=False)
   writer = tf.summary.create_file_writer(rundir.logs_dir(out_dir, "detect"))

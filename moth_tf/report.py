@@ -39,8 +39,8 @@ def define_flags():
                     "report.csv or report.json).")
   flags.DEFINE_string("out", None, "Folder for the figures and the table file (default: "
                       "LOGDIR/report).")
-  flags.DEFINE_bool("figures", True, "Draw the figures (needs matplotlib: pip install -e "
-                    "\".[report]\").")
+  flags.DEFINE_bool("figures", True, "Draw the figures (with matplotlib; --nofigures: the table "
+                    "alone, faster).")
 
 
 def _error(message: str):
@@ -72,11 +72,7 @@ def main(argv):
     rundir.write_bytes(table_file, text.encode("utf-8"))
     written.append(table_file)
     if FLAGS.figures:
-      try:
-        import matplotlib  # pylint: disable=g-import-not-at-top,unused-import
-      except ImportError:
-        _error("the figures need matplotlib: pip install -e \".[report]\" (or pass --nofigures)")
-      from moth_tf import report_figures
+      from moth_tf import report_figures  # pylint: disable=g-import-not-at-top
       written += report_figures.write_figures(groups, out_dir)
   except rundir.OutputNotWritableError as e:
     _error(f"{e} (--out)")

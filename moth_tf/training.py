@@ -105,8 +105,18 @@ def train_natural(model_name: str, splits: data_lib.DatasetSplits,
                   verbose: int = 1):
   """Trains `model_name` from scratch on `splits` and saves it into `run_dir`.
 
-  Uses `model.fit` with a progress bar, TensorBoard logs (`logs/train`), a per-epoch checkpoint and
+  Uses `model.fit` with TensorBoard logs (`logs/train`), a per-epoch checkpoint and
   BackupAndRestore, so an interrupted run continues from its last epoch.
+
+  Args:
+    model_name: a name in moth_tf.models.MODELS.
+    splits: the data set's splits (train to fit, validation each epoch, test at the end).
+    recipe: epochs, batch size, optimiser and learning rate.
+    run_dir: where the model, logs, checkpoint and backup go.
+    strategy: the tf.distribute strategy to build and train under.
+    seed: the random seed of initialisation, shuffling and augmentation.
+    verbose: Keras's `verbose` of the fit: 0 silent, 1 live progress bar (for a terminal), 2 one
+      line per epoch (for logs: a bar's carriage returns make each epoch one unreadable line).
 
   Returns:
     (model, results) where results holds test/val accuracy and wall time.

@@ -181,13 +181,50 @@ def test_test_phase_without_a_model(tmp_path, capsys):
   assert "--phase=train" in err and "no trained model" in err
 
 
-def test_missing_cifar10_data(tmp_path, capsys):
+def test_missing_cifar10_data_with_nodownload(tmp_path, capsys):
   empty = tmp_path / "tfds"
   empty.mkdir()
   err = run_cli_error(capsys, "--phase=train", "--dataset=cifar10", f"--data_dir={empty}",
-                      f"--workdir={tmp_path}", "--epochs=1")
-  assert "download" in err and str(empty) in err
+                      f"--workdir={tmp_path}", "--epochs=1", "--nodownload")
+  assert "--nodownload" in err and str(empty) in err
+  assert "copy a prepared tensorflow_datasets/ folder" in err
   assert not os.listdir(empty) and not os.path.exists(tmp_path / "cifar10_resnet20_natural")
+
+
+def test_failed_cifar10_download_is_one_line(tmp_path, capsys, monkeypatch):
+  import requests
+  from tensorflow_datasets.core.download import downloader
+
+  def unreachable(url, **kwargs):
+    raise requests.exceptions.ConnectionError(f"Max retries exceeded with url: {url}")
+
+  # Only the network is faked: tfds's builder and download manager run as on a user's machine.
+  monkeypatch.setattr(downloader, "_open_url", unreachable)
+  monkeypatch.delenv("MOTH_TF_NO_DOWNLOAD", raising=False)
+  data_dir = tmp_path / "tfds"
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as exit_info:
+    run_cli("--phase=train", "--dataset=cifar10", f"--data_dir={data_dir}",
+            f"--workdir={tmp_path}", "--epochs=1")
+  assert exit_info.value.code == 1
+  # tfds's own download progress comes first on stderr; the error is the last line, whole.
+  err = capsys.readouterr().err.rstrip("\n").split("\n")[-1]
+  assert err.startswith("moth_tf: error: ")
+  assert "cifar10 could not be downloaded" in err and str(data_dir) in err
+  assert "ConnectionError" in err and "from a machine with internet" in err
+  assert not os.path.exists(tmp_path / "cifar10_resnet20_natural")
+
+
+def test_progress_flag_reaches_the_config():
+  # Under pytest stdout is captured, not a terminal: auto means plain lines.
+  assert parsed_config().progress == "epoch"
+  assert parsed_config("--progress=bar").progress == "bar"
+  assert parsed_config("--progress=none").progress == "none"
+
+
+def test_download_flag_reaches_the_config():
+  assert parsed_config().data.download
+  assert not parsed_config("--nodownload").data.download
 
 
 def test_missing_model_path(tmp_path, capsys):
@@ -226,13 +263,29 @@ def test_stray_positional_argument_is_a_usage_error():
 
 
 def test_subprocess_train(tmp_path):
-  proc = subprocess.run(
-      [sys.executable, "-m", "moth_tf.main", "--phase=train", "--epochs=1",
-       f"--workdir={tmp_path}"],
-      capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+  proc = _run_binary("--phase=train", "--epochs=1", f"--workdir={tmp_path}", cwd=tmp_path)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "test accuracy" in proc.stdout
   assert os.path.isfile(os.path.join(tmp_path, _RUN, "model.keras"))
+  # stdout is a pipe, so Keras prints one plain line per epoch instead of redrawing a bar.
+  assert "\r" not in proc.stdout + proc.stderr
+  assert re.search(r"^1/1 \- |^\d+/\d+ - \d+s - ", proc.stdout, re.M), proc.stdout
+
+
+def test_hardening_into_a_pipe_prints_a_few_step_lines(trained, tmp_path):
+  import shutil
+  workdir, _ = trained
+  work = tmp_path / "work"
+  shutil.copytree(os.path.join(workdir, _RUN), work / _RUN)
+  # 300 steps are 30 epochs of 10 steps on digits: Keras's own display would print 30 epochs.
+  proc = _run_binary("--phase=harden", "--method=finetune", "--harden_steps=300",
+                     f"--workdir={work}", cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "\r" not in proc.stdout + proc.stderr
+  assert not re.search(r"^Epoch \d+/\d+", proc.stdout, re.M), proc.stdout
+  lines = [line for line in proc.stdout.splitlines() if line.startswith("hardening step ")]
+  assert 10 <= len(lines) <= 20, proc.stdout
+  assert lines[-1].startswith("hardening step 300/300 (epoch 30/30) - "), lines[-1]
 
 
 def test_robustness_phase(trained, capsys):

@@ -1,7 +1,8 @@
 """Tests of the data loaders (moth_tf.data) and of the raw-archive converter (moth_tf.prepare).
 
-CIFAR-10 and SVHN run through the real loaders with tfds's mock data; GTSRB and LISA are built
-from tiny fake copies of the official raw layouts written into tmp_path.
+CIFAR-10 and SVHN run through the real loaders with tfds's mock data, and through tfds's real
+download-and-prepare path with the download manager serving tiny fake files (no network); GTSRB and
+LISA are built from tiny fake copies of the official raw layouts written into tmp_path.
 """
 
 import csv
@@ -110,16 +111,156 @@ def test_tfds_sets_under_mock_data(name, val_size, tmp_path):
   np.testing.assert_array_equal(np.concatenate([splits.y_val, splits.y_train]), splits.y_test)
 
 
-@pytest.mark.parametrize("name, tfds_name", [("cifar10", "cifar10"), ("svhn", "svhn_cropped")])
-def test_tfds_sets_missing_data_says_how_to_get_it(name, tfds_name, tmp_path):
+# The download path runs tfds's real builders (download_and_prepare writes the prepared data set
+# into data_dir); only what the network would deliver is faked. The download manager hands the builders
+# tiny files in the original formats instead of fetching them, or, for a failed download, tfds's
+# downloader meets the error that requests raises when no server can be reached.
+
+_TFDS_NAMES = [("cifar10", "cifar10"), ("svhn", "svhn_cropped")]
+_FAKE_TRAIN, _FAKE_TEST = 10, 4
+
+
+def _fake_pixel(index, offset):
+  """A distinct image per original index, so the order can be checked after preparation."""
+  return np.full((32, 32, 3), offset + 10 * index, np.uint8)
+
+
+def _fake_cifar10_archive(root):
+  """cifar-10-binary.tar.gz as extracted: 5 train batches + test batch of label byte + CHW bytes."""
+  folder = root / "cifar-10-batches-bin"
+  folder.mkdir(parents=True)
+  (folder / "batches.meta.txt").write_text("\n".join(tfds_sets.CIFAR10_INFO.class_names) + "\n")
+
+  def write(name, indices, offset):
+    with open(folder / name, "wb") as f:
+      for i in indices:
+        f.write(bytes([i % 10]) + _fake_pixel(i, offset).transpose(2, 0, 1).tobytes())
+
+  per_batch = _FAKE_TRAIN // 5
+  for b in range(5):
+    write(f"data_batch_{b + 1}.bin", range(b * per_batch, (b + 1) * per_batch), 0)
+  write("test_batch.bin", range(_FAKE_TEST), 5)
+  return str(root)
+
+
+def _fake_svhn_files(root):
+  """train/test/extra_32x32.mat: X [32, 32, 3, N] uint8, y [N, 1] in 1..10 (10 is the digit 0)."""
+  from scipy import io as scipy_io
+  root.mkdir(parents=True)
+  paths = {}
+  for split, count, offset in (("train", _FAKE_TRAIN, 0), ("test", _FAKE_TEST, 5), ("extra", 2, 7)):
+    images = np.stack([_fake_pixel(i, offset) for i in range(count)], axis=-1)
+    labels = np.array([[i % 10 or 10] for i in range(count)], np.uint8)
+    paths[split] = str(root / f"{split}_32x32.mat")
+    scipy_io.savemat(paths[split], {"X": images, "y": labels})
+  return paths
+
+
+@pytest.fixture
+def fake_downloads(tmp_path, monkeypatch):
+  """tfds's DownloadManager hands out local copies of the files; returns the URLs asked for."""
+  import tensorflow_datasets as tfds
+  asked = []
+  served = tmp_path / "served"
+
+  def download_and_extract(self, url):
+    asked.append(url)
+    return _fake_cifar10_archive(served / "cifar10")
+
+  def download(self, urls):
+    asked.append(urls)
+    return _fake_svhn_files(served / "svhn")
+
+  monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract", download_and_extract)
+  monkeypatch.setattr(tfds.download.DownloadManager, "download", download)
+  # A small validation split, so that the tiny fake train split still has training images left.
+  monkeypatch.setattr(tfds_sets, "CIFAR10_VAL_SIZE", 3)
+  monkeypatch.setattr(tfds_sets, "SVHN_VAL_SIZE", 3)
+  monkeypatch.delenv(tfds_sets.NO_DOWNLOAD_ENV, raising=False)
+  return asked
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+  """tfds's downloader fails as with no network; returns the URLs it tried."""
+  import requests
+  from tensorflow_datasets.core.download import downloader
+  tried = []
+
+  def unreachable(url, **kwargs):
+    tried.append(url)
+    raise requests.exceptions.ConnectionError(
+        f"HTTPSConnectionPool(host='example.invalid', port=443): Max retries exceeded with url: "
+        f"{url} (Caused by NameResolutionError(\"Failed to resolve 'example.invalid' ([Errno -2] "
+        f"Name or service not known)\"))")
+
+  monkeypatch.setattr(downloader, "_open_url", unreachable)
+  monkeypatch.delenv(tfds_sets.NO_DOWNLOAD_ENV, raising=False)
+  return tried
+
+
+@pytest.mark.parametrize("name, tfds_name", _TFDS_NAMES)
+def test_tfds_sets_download_and_prepare_into_data_dir(name, tfds_name, tmp_path, fake_downloads):
+  data_dir = tmp_path / "tfds"
+  splits = data.load_dataset(name, data_dir=str(data_dir))
+  assert len(fake_downloads) == 1  # Fetched once, for both splits.
+  _assert_valid_splits(splits, (32, 32, 3), 10)
+  assert (len(splits.y_train), len(splits.y_val), len(splits.y_test)) == (_FAKE_TRAIN - 3, 3,
+                                                                         _FAKE_TEST)
+  # Validation is the first three training images of the original files, train the others.
+  pixels = np.concatenate([splits.x_val, splits.x_train])[:, 0, 0, 0]
+  np.testing.assert_allclose(pixels * 255, 10 * np.arange(_FAKE_TRAIN), atol=0.5)
+  np.testing.assert_array_equal(np.concatenate([splits.y_val, splits.y_train]),
+                                np.arange(_FAKE_TRAIN) % 10)
+  np.testing.assert_allclose(splits.x_test[:, 0, 0, 0] * 255, 5 + 10 * np.arange(_FAKE_TEST),
+                             atol=0.5)
+  # tfds prepared it in data_dir: the next load reads it there without downloading again, even
+  # with downloads off.
+  assert os.path.isdir(data_dir / tfds_name)
+  again = data.load_dataset(name, data_dir=str(data_dir), download=False)
+  np.testing.assert_array_equal(again.x_train, splits.x_train)
+  assert len(fake_downloads) == 1
+
+
+@pytest.mark.parametrize("name, tfds_name", _TFDS_NAMES)
+def test_tfds_sets_failed_download_is_one_line_with_the_offline_route(name, tfds_name, tmp_path,
+                                                                      no_network):
   with pytest.raises(data.DatasetUnavailableError) as info:
     data.load_dataset(name, data_dir=str(tmp_path))
+  assert no_network  # The real downloader was reached.
   message = str(info.value)
   assert "\n" not in message
-  for part in (tfds_name, str(tmp_path), "download", f"tfds.builder('{tfds_name}')",
-               f"tfds build {tfds_name}", "~/tensorflow_datasets", "--data_dir"):
-    assert part in message
+  for part in (name, tfds_name, str(tmp_path), "could not be downloaded", "ConnectionError",
+               "network access", "copy a prepared tensorflow_datasets/ folder",
+               "from a machine with internet", "--data_dir", "--nodownload"):
+    assert part in message, part
+  assert "this machine" not in message
+
+
+@pytest.mark.parametrize("name, tfds_name", _TFDS_NAMES)
+def test_tfds_sets_nodownload_says_how_to_get_it_without_trying(name, tfds_name, tmp_path,
+                                                                no_network):
+  with pytest.raises(data.DatasetUnavailableError) as info:
+    data.load_dataset(name, data_dir=str(tmp_path), download=False)
+  assert not no_network  # No download was attempted.
+  message = str(info.value)
+  assert "\n" not in message
+  for part in (tfds_name, str(tmp_path), "--nodownload", f"tfds.builder('{tfds_name}')",
+               f"tfds build {tfds_name}", "~/tensorflow_datasets", "--data_dir",
+               "from a machine with internet"):
+    assert part in message, part
+  assert "this machine" not in message
   assert not os.listdir(tmp_path)  # Looking did not create anything.
+
+
+def test_no_download_environment_variable_turns_downloads_off(tmp_path, no_network, monkeypatch):
+  monkeypatch.setenv(tfds_sets.NO_DOWNLOAD_ENV, "1")
+  with pytest.raises(data.DatasetUnavailableError, match=r"\$MOTH_TF_NO_DOWNLOAD is set"):
+    data.load_dataset("cifar10", data_dir=str(tmp_path))
+  assert not no_network and not os.listdir(tmp_path)
+  assert tfds_sets.download_allowed(True, {"MOTH_TF_NO_DOWNLOAD": "0"})
+  assert not tfds_sets.download_allowed(True, {"MOTH_TF_NO_DOWNLOAD": "true"})
+  assert not tfds_sets.download_allowed(False, {})
 
 
 # ---------------------------------------------------------------------------------------------

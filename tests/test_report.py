@@ -233,7 +233,6 @@ def test_hparams_listed_through_tensorboards_data_api(logdir):
 
 
 def test_figures(logdir, tmp_path):
-  pytest.importorskip("matplotlib")
   groups = comparison.build_groups(tb_reader.read_runs(logdir), "natural")
   written = report_figures.write_figures(groups, str(tmp_path))
   names = sorted(os.path.basename(p) for p in written)

@@ -382,7 +382,7 @@ def harden(classifier_factory, splits, config: config_lib.HardenConfig, run_dir:
     run_dir: the run directory (logs/harden_teacher, logs/harden, the backups, the teacher's
       weights until the student finishes).
     strategy: the tf.distribute strategy (default: the current one).
-    verbose: Keras progress-bar verbosity.
+    verbose: progress output: 0 none, 1 a live bar, 2 plain lines (moth_tf.progress).
     pgd_settings: unused.
 
   Returns:

@@ -94,7 +94,7 @@ def harden(classifier_factory, splits, config: config_lib.HardenConfig, run_dir:
   if verbose:
     print(f"Neural Cleanse detection on the {split} split: {splits.num_classes} labels")
   found = detection.neural_cleanse(classifier_factory(), x, y, splits.num_classes, nc,
-                                   verbose=bool(verbose))
+                                   verbose=verbose)
   console.print_detection(found, splits.info.class_names)
   labels = list(range(splits.num_classes)) if nc.unlearn_all else list(found.flagged)
   labels = [t for t in labels if found.success[t]]  # A failed label has no trigger to unlearn.

@@ -32,6 +32,8 @@ _REGISTRY: Dict[str, Tuple[str, str, str]] = {
 }
 
 DATASETS = tuple(_REGISTRY)
+# The data sets that tfds can download and prepare itself (the others come from local files).
+DOWNLOADABLE = ("cifar10", "svhn")
 
 
 def _entry(name: str):
@@ -49,7 +51,7 @@ def dataset_info(name: str) -> DatasetInfo:
 
 def load_dataset(name: str, data_dir: Optional[str] = None,
                  image_size: Optional[int] = None, augment: Optional[str] = None,
-                 augment_pad: Optional[int] = None) -> DatasetSplits:
+                 augment_pad: Optional[int] = None, download: bool = True) -> DatasetSplits:
   """Loads a registered data set's train/val/test splits as arrays.
 
   Args:
@@ -61,19 +63,28 @@ def load_dataset(name: str, data_dir: Optional[str] = None,
       the data set's own.
     augment_pad: pixels of the crop/shift recipes (None: the data set's, else an eighth of the
       image side).
+    download: let tfds download and prepare a missing DOWNLOADABLE data set into `data_dir` (or
+      tfds's default directory). False, or $MOTH_TF_NO_DOWNLOAD=1, never touches the network;
+      the other data sets are never downloaded.
 
   Returns:
     DatasetSplits with float32 [0,1] NHWC images, int64 labels, and the resolved `augmentation`.
 
   Raises:
-    DatasetUnavailableError: the files are missing, or hold data no model should train on
+    DatasetUnavailableError: the files are missing (and, where allowed, could not be
+      downloaded), or hold data no model should train on
       (non-finite or out-of-range pixels, bad labels or shapes); the message says what to do.
   """
   info, loader = _entry(name)
   # Resolved first: a bad recipe is refused before the data is read.
   augmentation = augment_lib.resolve(info.augment, augment, augment_pad,
                                      image_size or info.image_shape[0])
-  splits = loader(data_dir) if name != "digits" else loader()
+  if name == "digits":
+    splits = loader()
+  elif name in DOWNLOADABLE:
+    splits = loader(data_dir, download=download)
+  else:
+    splits = loader(data_dir)
   # Checked before resizing: the resize clips to [0, 1], which would hide out-of-range values; a
   # resize of checked splits keeps them valid (same size everywhere, finite, clipped).
   check_splits(splits, f"{name} data set" + (f" in {data_dir}" if data_dir else ""))
@@ -156,7 +167,7 @@ def samples_per_class(x: np.ndarray, y: np.ndarray, num_classes: int, per_class:
 
 
 __all__ = [
-    "Augmentation", "DATASETS", "DatasetInfo", "DatasetSplits", "DatasetUnavailableError",
-    "PGDSettings", "check_splits", "dataset_info", "load_dataset", "make_pipeline",
-    "resize_splits", "samples_per_class",
+    "Augmentation", "DATASETS", "DOWNLOADABLE", "DatasetInfo", "DatasetSplits",
+    "DatasetUnavailableError", "PGDSettings", "check_splits", "dataset_info", "load_dataset",
+    "make_pipeline", "resize_splits", "samples_per_class",
 ]

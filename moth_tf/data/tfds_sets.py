@@ -12,12 +12,18 @@ order the reference got from `keras.datasets.cifar10` and `scipy.io.loadmat`. tf
 in a hashed order, so each split is sorted back by the `id` feature ("train_00000", ...), which tfds
 writes as the zero-padded index into the original files.
 
-Nothing is ever downloaded: on a machine without the data the loaders raise
-`DatasetUnavailableError` within a fraction of a second, naming the directory they looked in and
-how to fill it.
+Where the data directory (`data_dir`, else $TFDS_DATA_DIR, else ~/tensorflow_datasets) does not
+hold a prepared copy yet, tfds downloads and prepares it there on first use (`download=True`, the
+default). Without network access the download fails, and the loaders raise
+`DatasetUnavailableError` in one line naming the data set, the directory and the offline route: copy
+a prepared `tensorflow_datasets/` folder from a machine with internet into the data directory. With
+`download=False` (the command line's --nodownload) or $MOTH_TF_NO_DOWNLOAD=1 nothing is fetched:
+a missing data set is that same kind of error within a fraction of a second, without any network
+attempt.
 """
 
 import os
+from typing import Optional
 
 import numpy as np
 
@@ -52,41 +58,63 @@ SVHN_VAL_SIZE = 6000
 # aborts the whole process inside tf.data.
 _READ_BATCH = 8192
 
+# Set to 1 on machines without network access: loaders then never try to download, as with
+# download=False.
+NO_DOWNLOAD_ENV = "MOTH_TF_NO_DOWNLOAD"
+_TRUE = ("1", "true", "yes")
 
-def load_cifar10(data_dir=None) -> base.DatasetSplits:
+
+def load_cifar10(data_dir: Optional[str] = None, download: bool = True) -> base.DatasetSplits:
   """Loads CIFAR-10 from tfds: 48,000 train / 2,000 validation / 10,000 test images.
 
   Args:
     data_dir: the tfds data directory (None: $TFDS_DATA_DIR, else ~/tensorflow_datasets).
+    download: download and prepare the data set there when it is missing (tfds's own machinery).
+      False, or $MOTH_TF_NO_DOWNLOAD=1, never touches the network.
 
   Returns:
     DatasetSplits with float32 [0,1] 32x32x3 images and int64 labels.
 
   Raises:
-    DatasetUnavailableError: `cifar10` is not prepared in the data directory.
+    DatasetUnavailableError: `cifar10` is not prepared in the data directory and could not (or
+      was not to) be downloaded.
   """
-  return _load_carved(CIFAR10_INFO, "cifar10", CIFAR10_VAL_SIZE, data_dir)
+  return _load_carved(CIFAR10_INFO, "cifar10", CIFAR10_VAL_SIZE, data_dir, download)
 
 
-def load_svhn(data_dir=None) -> base.DatasetSplits:
+def load_svhn(data_dir: Optional[str] = None, download: bool = True) -> base.DatasetSplits:
   """Loads SVHN (tfds `svhn_cropped`): 67,257 train / 6,000 validation / 26,032 test images.
+
+  Preparing it the first time downloads all three of tfds's files (about 1.5 GB, the unused
+  "extra" split included).
 
   Args:
     data_dir: the tfds data directory (None: $TFDS_DATA_DIR, else ~/tensorflow_datasets).
+    download: download and prepare the data set there when it is missing (tfds's own machinery).
+      False, or $MOTH_TF_NO_DOWNLOAD=1, never touches the network.
 
   Returns:
     DatasetSplits with float32 [0,1] 32x32x3 images and int64 labels.
 
   Raises:
-    DatasetUnavailableError: `svhn_cropped` is not prepared in the data directory.
+    DatasetUnavailableError: `svhn_cropped` is not prepared in the data directory and could not
+      (or was not to) be downloaded.
   """
-  return _load_carved(SVHN_INFO, "svhn_cropped", SVHN_VAL_SIZE, data_dir)
+  return _load_carved(SVHN_INFO, "svhn_cropped", SVHN_VAL_SIZE, data_dir, download)
 
 
-def _load_carved(info, tfds_name, val_size, data_dir):
+def download_allowed(download: bool = True, environ=None) -> bool:
+  """Whether a loader may download: `download`, unless $MOTH_TF_NO_DOWNLOAD is set to 1 (or
+  true/yes), the switch for machines without network access that holds for every command."""
+  environ = os.environ if environ is None else environ
+  return download and environ.get(NO_DOWNLOAD_ENV, "").strip().lower() not in _TRUE
+
+
+def _load_carved(info, tfds_name, val_size, data_dir, download):
   """Reads train and test, then holds out the first `val_size` training images for validation."""
-  x_train, y_train = _read_split(info.name, tfds_name, "train", data_dir)
-  x_test, y_test = _read_split(info.name, tfds_name, "test", data_dir)
+  builder = _prepared_builder(info.name, tfds_name, data_dir, download)
+  x_train, y_train = _read_split(builder, info.name, tfds_name, "train", data_dir, download)
+  x_test, y_test = _read_split(builder, info.name, tfds_name, "test", data_dir, download)
   if len(x_train) <= val_size:
     raise ValueError(f"{tfds_name} train split has only {len(x_train)} images; the validation "
                      f"split alone needs the first {val_size}")
@@ -97,17 +125,45 @@ def _load_carved(info, tfds_name, val_size, data_dir):
       base.as_float_images(x_test), y_test)
 
 
-def _read_split(name, tfds_name, split, data_dir):
+def _prepared_builder(name, tfds_name, data_dir, download):
+  """The tfds builder of `tfds_name` in `data_dir`, downloaded and prepared first if allowed."""
+  import tensorflow_datasets as tfds  # Imported lazily: tfds is slow to import.
+
+  try:
+    builder = tfds.builder(tfds_name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as err:
+    raise base.DatasetUnavailableError(_missing_message(name, tfds_name, data_dir)) from err
+  if not download_allowed(download):
+    return builder  # as_dataset below says whether the data is there, without any network.
+  try:
+    # A no-op when the directory already holds the prepared data set.
+    builder.download_and_prepare()
+  except _download_errors() as err:
+    raise base.DatasetUnavailableError(
+        _download_failed_message(name, tfds_name, data_dir, err)) from err
+  return builder
+
+
+def _download_errors():
+  """What a failed fetch raises out of download_and_prepare: no route or name resolution
+  (requests' ConnectionError and timeouts are OSErrors, as are urllib's), an HTTP error status
+  (tfds's DownloadError), or a file that is not the one tfds registered (a captive portal's page:
+  NonMatchingChecksumError)."""
+  from tensorflow_datasets.core import download as tfds_download
+  from tensorflow_datasets.core.download import download_manager
+  return (OSError, tfds_download.DownloadError, download_manager.NonMatchingChecksumError)
+
+
+def _read_split(builder, name, tfds_name, split, data_dir, download):
   """One tfds split as (uint8 images, int64 labels), in the original files' order."""
   import tensorflow_datasets as tfds  # Imported lazily: tfds is slow to import.
 
   try:
     # The examples are read as dicts rather than (image, label) pairs to get the `id` feature.
-    ds = tfds.load(tfds_name, split=split, data_dir=data_dir, download=False,
-                   batch_size=_READ_BATCH)
-  except (AssertionError, tfds.core.registered.DatasetNotFoundError) as err:
-    # With download=False, tfds signals missing data with an AssertionError ("could not find data
-    # in ...") after only looking at the local directory, so this fails fast without network.
+    ds = builder.as_dataset(split=split, batch_size=_READ_BATCH)
+  except AssertionError as err:
+    # tfds signals missing data with an AssertionError ("could not find data in ...") after only
+    # looking at the local directory, so with downloads off this fails fast without network.
     raise base.DatasetUnavailableError(_missing_message(name, tfds_name, data_dir)) from err
   images, labels, ids = [], [], []
   for batch in tfds.as_numpy(ds):
@@ -121,17 +177,48 @@ def _read_split(name, tfds_name, split, data_dir):
   return np.concatenate(images)[order], np.concatenate(labels)[order].astype(np.int64)
 
 
-def _missing_message(name, tfds_name, data_dir):
-  """One line: where tfds looked, that we do not download, and how to get the data here."""
-  looked_in = data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.join(
+def _data_dir_shown(data_dir):
+  """The directory tfds uses: `data_dir`, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
+  return data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.join(
       os.path.expanduser("~"), "tensorflow_datasets")
-  return (
-      f"{_display_name(name, tfds_name)} is not in the tfds data dir {looked_in}, and moth_tf "
-      f"never downloads data (download=False; this machine cannot reach the download servers). "
-      f"To get it: on a machine with internet run `python -c \"import tensorflow_datasets as tfds; "
-      f"tfds.builder('{tfds_name}').download_and_prepare()\"` (or `tfds build {tfds_name}`), "
-      f"then copy ~/tensorflow_datasets (at least its {tfds_name}/ folder) to {looked_in} on this "
-      f"machine, or pass --data_dir=DIR pointing at such a copy.")
+
+
+def _offline_route(tfds_name, directory):
+  """How to fill `directory` without network: the same words for both errors."""
+  return (f"copy a prepared tensorflow_datasets/ folder (at least its {tfds_name}/ folder) from a "
+          f"machine with internet, where `tfds build {tfds_name}` or `python -c \"import "
+          f"tensorflow_datasets as tfds; tfds.builder('{tfds_name}').download_and_prepare()\"` "
+          f"makes it in ~/tensorflow_datasets, into {directory} (or pass --data_dir=DIR pointing "
+          f"at such a copy)")
+
+
+def _missing_message(name, tfds_name, data_dir):
+  """One line: where tfds looked, that downloading was off (and by what), and how to fill it."""
+  looked_in = _data_dir_shown(data_dir)
+  if download_allowed(True):
+    why_off, turn_on = "downloading is off (--nodownload)", "without --nodownload"
+  else:
+    why_off, turn_on = f"${NO_DOWNLOAD_ENV} is set", f"with ${NO_DOWNLOAD_ENV} unset"
+  return (f"{_display_name(name, tfds_name)} is not in the tfds data dir {looked_in}, and "
+          f"{why_off}. To get it: run once with network access {turn_on} (tfds then downloads "
+          f"and prepares it there), or {_offline_route(tfds_name, looked_in)}.")
+
+
+def _download_failed_message(name, tfds_name, data_dir, err):
+  """One line: which data set failed to download into which directory, why, and the way round."""
+  directory = _data_dir_shown(data_dir)
+  return (f"{_display_name(name, tfds_name)} could not be downloaded into the tfds data dir "
+          f"{directory} ({_one_line(err)}). Run once with network access, or "
+          f"{_offline_route(tfds_name, directory)}; --nodownload (or {NO_DOWNLOAD_ENV}=1) skips "
+          f"the download attempt.")
+
+
+def _one_line(err, limit=240):
+  """The error's type and first line, shortened: the cause, not a traceback."""
+  text = " ".join(str(err).split()) or "no message"
+  if len(text) > limit:
+    text = text[:limit - 3] + "..."
+  return f"{type(err).__name__}: {text}"
 
 
 def _display_name(name, tfds_name):

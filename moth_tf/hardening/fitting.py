@@ -130,7 +130,8 @@ def fit_hardening(model, splits, config: config_lib.HardenConfig, run_dir: str,
       its state is in the model's variables when BackupAndRestore saves them.
     epochs: the number of epochs (default: the configured budget). A driver may end the fit early
       by setting `model.stop_training`.
-    verbose: Keras progress-bar verbosity.
+    verbose: 0 silent, 1 one live progress bar over the run's steps, 2 plain progress lines (at
+      most moth_tf.progress.MAX_LINES for the run); see moth_tf.progress.StepProgress.
     what: the name used in a divergence error.
     start: when this process started the run (default: now); the wall time counts from it.
     name: the fit's name in `run_dir`: logs under `logs/{name}`, the backup in `backup_{name}/`.
@@ -146,6 +147,7 @@ def fit_hardening(model, splits, config: config_lib.HardenConfig, run_dir: str,
   """
   from moth_tf import data as data_lib
   from moth_tf import distribute
+  from moth_tf import progress
   from moth_tf import rundir
   from moth_tf import training
 
@@ -159,15 +161,22 @@ def fit_hardening(model, splits, config: config_lib.HardenConfig, run_dir: str,
                                     repeat=True,
                                     skip_batches=resume_epoch(run_dir, name) * steps_per_epoch)
   val_ds = data_lib.make_pipeline(splits.x_val, splits.y_val, 512)
+  epochs = epochs or config.epochs_for(len(splits.x_train))
   callbacks = list(driver_callbacks) + [clock,
       keras.callbacks.TerminateOnNaN(),  # No point in running the epochs after a divergence.
       keras.callbacks.TensorBoard(rundir.logs_dir(run_dir, name)),
       keras.callbacks.BackupAndRestore(os.path.join(run_dir, f"backup_{name}")),
   ]
+  # Progress is shown by StepProgress, and Keras's own display is off (verbose=0): a hardening
+  # epoch is one pass over the training data, on digits 10 steps, so Keras would count 200 epochs
+  # (200 lines, or 200 redraws of a bar) for the 2,000-step budget. StepProgress counts the run's
+  # steps instead, in one bar or in at most ~20 lines, and only reads the absolute epoch numbers
+  # Keras passes, so BackupAndRestore's checkpoints and resumes work exactly as without it.
+  if verbose:
+    callbacks.append(progress.StepProgress(epochs, steps_per_epoch, verbose=verbose, what=what))
   distribute.prepare_fit(model, model.distribute_strategy, (splits.x_train[:1], splits.y_train[:1]))
-  history = model.fit(train_ds, epochs=epochs or config.epochs_for(len(splits.x_train)),
-                      steps_per_epoch=steps_per_epoch,
-                      validation_data=val_ds, callbacks=callbacks, verbose=verbose,
+  history = model.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                      validation_data=val_ds, callbacks=callbacks, verbose=0,
                       shuffle=False)  # The pipeline shuffles.
   training.check_finite_training(history, model.classifier, what, "--harden_learning_rate",
                                  config.learning_rate)

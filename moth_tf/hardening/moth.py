@@ -593,7 +593,7 @@ def harden(classifier_factory: Callable[[], keras.Model], splits,
     run_dir: where TensorBoard logs (`logs/harden`, `logs/<log_name>`) and the resumable backup
       (`backup_harden/`) go.
     strategy: tf.distribute strategy (default: the current one).
-    verbose: Keras progress bar verbosity.
+    verbose: progress output: 0 none, 1 a live bar, 2 plain lines (moth_tf.progress).
     pgd_settings: (epsilon, steps, step_size) for mode "adv".
     hardener_class: the host-side driver (default MothHardener; the Universal and Pairwise
       baselines pass their own).

@@ -35,6 +35,7 @@ from typing import NamedTuple, Optional
 import keras
 import tensorflow as tf
 
+from moth_tf import _compat
 from moth_tf import rundir
 
 
@@ -342,12 +343,11 @@ def _wrap_savedmodel(path: str) -> keras.Model:
                           call_kwargs=endpoints.inference_kwargs,
                           training_kwargs=endpoints.training_kwargs, trainable=True,
                           name="savedmodel")
-  # SavedModel variables keep TF1-style names ("conv1_kernel:0"). Keras builds optimizer slot names
-  # from the variable path without removing the ":", which then fails as a scope name when the
-  # model is fine-tuned; use the sanitised name as the path (Keras 3.15).
+  # SavedModel variables keep TF1-style names ("conv1_kernel:0"), which Keras's optimizer cannot
+  # use as slot names when the model is fine-tuned: use the sanitised name as the path.
   for variable in layer.variables:
     if ":" in getattr(variable, "path", ""):
-      variable._path = variable.path.replace(":", "_")  # pylint: disable=protected-access
+      _compat.set_variable_path(variable, variable.path.replace(":", "_"))
   return keras.Model(inputs, layer(inputs), name="savedmodel_classifier")
 
 
@@ -472,7 +472,6 @@ def export_savedmodel(model: keras.Model, path: str):
   SavedModel without one, a TRAINING_ENDPOINT (`model(x, training=True)`), so that it can be
   fine-tuned again in training mode.
   """
-  from keras.src.export import export_utils  # pylint: disable=g-import-not-at-top
   parent = os.path.dirname(os.path.abspath(path))
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", dir=parent)
@@ -480,7 +479,7 @@ def export_savedmodel(model: keras.Model, path: str):
   try:
     # What model.export does, plus the training endpoint; the signature is model.export's, so the
     # `serve` endpoint and `serving_default` signature (its input names) stay the same.
-    signature = export_utils.get_input_signature(model)
+    signature = _compat.export_input_signature(model)
     archive = keras.export.ExportArchive()
     archive.track_and_add_endpoint("serve", model, signature)
     if inference_mode_warning(model) is None:
