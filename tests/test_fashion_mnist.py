@@ -377,25 +377,3 @@ def test_cli_trains_the_default_model_on_tiny_idx_files(tmp_path):
   assert summary["model"] == "small_cnn" and summary["dataset"] == "fashion_mnist"
   assert 0.0 <= summary["test_accuracy"] <= 1.0
 
-
-def test_resnet20_flagfile_runs_the_pipeline_on_tiny_idx_files(tmp_path, capsys):
-  """flags/fashion_mnist_resnet20.flags end to end on tiny IDX files (short budgets): a BatchNorm
-  ResNet20 trained with the data set's augmentation, measured, hardened with MOTH, measured."""
-  import json
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  data_dir = tmp_path / "idx"
-  _write_set(str(data_dir), _make_set())
-  workdir = tmp_path / "runs"
-  run_cli(f"--flagfile={os.path.join(repo, 'flags', 'fashion_mnist_resnet20.flags')}",
-          f"--data_dir={data_dir}", f"--workdir={workdir}", "--epochs=1", "--harden_steps=4",
-          "--distance_steps=3", "--warmup_steps=3", "--pair_steps=3", "--fast_steps=2",
-          "--period=2", "--batch_size=32", "--harden_batch_size=32", "--direction_blocks=1")
-  out = capsys.readouterr().out
-  assert "augmentation: random crop (2 px padding) + horizontal flip" in out
-  base = json.loads((workdir / "fashion_mnist_resnet20_natural" / "summary.json").read_text())
-  assert base["augmentation"]["recipe"] == "crop_flip"
-  assert base["train"]["recipe"]["optimizer"] == "sgd"
-  hardened = json.loads((workdir / "fashion_mnist_resnet20_moth" / "summary.json").read_text())
-  assert hardened["harden"]["batchnorm"] == hardened["config"]["harden"]["batchnorm"]
-  assert hardened["augmentation"]["recipe"] == "crop_flip"
-  assert "enlargement_mean_relative" in hardened["distance"]

@@ -21,6 +21,7 @@ from moth_tf import phases
 from cli_testing import event_files  # pylint: disable=g-bad-import-order
 from cli_testing import parsed_config
 from cli_testing import run_cli
+import test_fashion_mnist  # The tiny IDX writers. pylint: disable=g-bad-import-order
 
 _NATURAL = "digits_lenet_natural"
 _MOTH = "digits_lenet_moth"
@@ -332,3 +333,26 @@ def test_fashion_mnist_default_preset_is_its_recipe_and_flags_still_override_it(
   overridden = parsed_config("--phase=harden", "--dataset=fashion_mnist", "--portion=0.7").harden
   assert overridden == dataclasses.replace(harden, portion=0.7)
   assert parsed_config("--dataset=fashion_mnist").model == "small_cnn"
+
+
+def test_resnet20_flagfile_runs_the_pipeline_on_tiny_idx_files(tmp_path, capsys):
+  """flags/fashion_mnist_resnet20.flags end to end on tiny IDX files (short budgets): a BatchNorm
+  ResNet20 trained with the data set's augmentation, measured, hardened with MOTH, measured."""
+  import json
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  data_dir = tmp_path / "idx"
+  test_fashion_mnist._write_set(str(data_dir), test_fashion_mnist._make_set())
+  workdir = tmp_path / "runs"
+  run_cli(f"--flagfile={os.path.join(repo, 'flags', 'fashion_mnist_resnet20.flags')}",
+          f"--data_dir={data_dir}", f"--workdir={workdir}", "--epochs=1", "--harden_steps=4",
+          "--distance_steps=3", "--warmup_steps=3", "--pair_steps=3", "--fast_steps=2",
+          "--period=2", "--batch_size=32", "--harden_batch_size=32", "--direction_blocks=1")
+  out = capsys.readouterr().out
+  assert "augmentation: random crop (2 px padding) + horizontal flip" in out
+  base = json.loads((workdir / "fashion_mnist_resnet20_natural" / "summary.json").read_text())
+  assert base["augmentation"]["recipe"] == "crop_flip"
+  assert base["train"]["recipe"]["optimizer"] == "sgd"
+  hardened = json.loads((workdir / "fashion_mnist_resnet20_moth" / "summary.json").read_text())
+  assert hardened["harden"]["batchnorm"] == hardened["config"]["harden"]["batchnorm"]
+  assert hardened["augmentation"]["recipe"] == "crop_flip"
+  assert "enlargement_mean_relative" in hardened["distance"]
