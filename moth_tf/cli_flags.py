@@ -134,6 +134,9 @@ def define_flags():
   flags.DEFINE_integer("warmup_steps", None,
                        "Inversion steps of the warm-up universal triggers (reference 500).",
                        lower_bound=1)
+  flags.DEFINE_integer("warmup_samples", None,
+                       "Training images of every other class per warm-up universal trigger "
+                       "(reference 10).", lower_bound=1)
   flags.DEFINE_integer("pair_steps", None,
                        "Inversion steps of a pair's first generation in a period and after a "
                        "failure (reference 200).", lower_bound=1)
