@@ -330,6 +330,8 @@ def parse_sweep(text):
 
 
 def main():
+  # The settings below are module constants that the parts read.
+  global MODEL, FLAGFILE, FIXED_PAIR_COUNT, REFERENCE_SEED_COUNT, COST_IMAGES  # pylint: disable=global-statement
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", default=os.path.join(common.DEFAULT_WORKDIR, "fashion_bench"))
   parser.add_argument("--parts", default="base,cost,fidelity,moth,fidelity_moth")
@@ -347,10 +349,8 @@ def main():
   parser.add_argument("--out", default=os.path.join(common.REPO, "benchmarks", "results",
                                                     "fashion_mnist_benchmark.json"))
   args = parser.parse_args()
-  global MODEL, FLAGFILE, FIXED_PAIR_COUNT, REFERENCE_SEED_COUNT  # pylint: disable=global-statement
   MODEL, FLAGFILE = args.model, os.path.abspath(args.flagfile)
   FIXED_PAIR_COUNT, REFERENCE_SEED_COUNT = args.fixed_pairs, args.reference_seeds
-  global COST_IMAGES  # pylint: disable=global-statement
   COST_IMAGES = tuple(int(v) for v in args.cost_images.split(","))
   parts = args.parts.split(",")
   unknown = set(parts) - set(PARTS)
