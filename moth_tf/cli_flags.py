@@ -183,6 +183,25 @@ def define_flags():
   flags.DEFINE_integer("trigger_families", None,
                        "Independently initialised triggers kept, generated and stamped per "
                        "direction (ours; the reference has 1).", lower_bound=1)
+  # MOTH ablations: each switches one of the paper's design choices off (README, "Ablations").
+  flags.DEFINE_enum("generation", None, list(config_lib.GENERATIONS),
+                    "MOTH: two_sided (default) generates a pair's two directions together (one "
+                    "loss, one fast/rollback decision); one_sided generates each direction on its "
+                    "own.")
+  flags.DEFINE_enum("schedule", None, list(config_lib.SCHEDULES),
+                    "MOTH: what picks the pairs: karm (default: the K-arm bandit, prior U then "
+                    "reward V), prior_only (U alone), reward_only (V alone), random (uniform, "
+                    "seeded), round_robin (every pair in turn, in a fixed order, cycling).")
+  flags.DEFINE_float("schedule_epsilon", None,
+                     "MOTH: share of the K-arm schedules' choices that explore a random pair "
+                     "(default 0.3).", lower_bound=0.0, upper_bound=1.0)
+  flags.DEFINE_integer("alpha_steps", None,
+                       "MOTH: steps after the warm-up over which the K-arm score moves from the "
+                       "prior U to the reward V (default 1000).", lower_bound=1)
+  flags.DEFINE_bool("trigger_reuse", None,
+                    "MOTH: warm-start each generation from the latest trigger at --fast_cost, "
+                    "rolling back to --pair_cost after a failure (default); --notrigger_reuse: "
+                    "every generation from a random trigger at --pair_cost for --pair_steps.")
 
   # Baselines (--method=adv_train, uap, pairwise).
   flags.DEFINE_enum("batchnorm", None, list(config_lib.BATCHNORM_MODES),

@@ -54,13 +54,22 @@ class Group:
 
 
 def config_label(metadata: dict) -> str:
-  """The row a run belongs to: its method, its mode where not the default, and the model it
-  started from where that is not the natural run of its workdir (e.g. `moth (adv) from
-  adv_train`)."""
+  """The row a run belongs to: its method, its mode and ablations where not the default, and the
+  model it started from where that is not the natural run of its workdir (e.g. `moth (adv) from
+  adv_train`, `moth (one_sided, random schedule)`)."""
   label = metadata.get("method") or "unknown"
   mode = metadata.get("mode")
-  if mode and mode != "nat":
-    label += f" ({mode})"
+  tags = [mode] if mode and mode != "nat" else []
+  # MOTH's ablations (HardenConfig's generation, schedule, trigger_reuse) make rows of their own.
+  harden = ((metadata.get("config") or {}).get("harden") or {}) if label != "natural" else {}
+  if harden.get("generation", "two_sided") != "two_sided":
+    tags.append(str(harden["generation"]))
+  if harden.get("schedule", "karm") != "karm" and label == "moth":
+    tags.append(f"{harden['schedule']} schedule")
+  if harden.get("trigger_reuse", True) is False:
+    tags.append("no trigger reuse")
+  if tags:
+    label += f" ({', '.join(tags)})"
   base = tb_records.base_label(metadata.get("base") or "")
   prefix = f"{metadata.get('dataset')}_{metadata.get('model')}_"
   if base:

@@ -20,6 +20,10 @@ STRATEGIES = ("default", "mirrored", "multi_worker")
 BATCHNORM_MODES = ("mixed", "clean_stats", "frozen", "recalibrate")
 # How fits report progress (moth_tf.progress): auto = bar on a terminal, epoch lines otherwise.
 PROGRESS = ("auto", "bar", "epoch", "none")
+# MOTH's design choices that HardenConfig can switch off one at a time (the paper's ablations;
+# moth_tf.hardening.moth and moth_tf.hardening.scheduler define each).
+GENERATIONS = ("two_sided", "one_sided")
+SCHEDULES = ("karm", "prior_only", "reward_only", "random", "round_robin")
 # Where run directories go unless --workdir says otherwise.
 DEFAULT_WORKDIR = "saved_models"
 # The authors' seed values (reference 3.1): --seeds=3 uses the first three.
@@ -267,9 +271,36 @@ class HardenConfig:
   # mixed | clean_stats | frozen | recalibrate (moth_tf.hardening.model.BATCHNORM_MODES). Only
   # models with BatchNorm layers are affected.
   batchnorm: str = "mixed"
+  # Ablations: each switches one part of MOTH off (the defaults are MOTH; README, "Ablations";
+  # benchmarks/ablation_benchmark.py). They act on MOTH's driver, so also on Pairwise, except
+  # `schedule`, which Pairwise replaces with its sweep.
+  # `generation`: "two_sided" generates the two directions of a pair together (one engine block
+  # with one summed loss, and one fast / rollback decision for the pair: fast while both succeed);
+  # "one_sided" generates each direction on its own (an engine block and a loss of its own, and
+  # its own fast / rollback decision), as running a one-direction generator twice would.
+  generation: str = "two_sided"
+  # `schedule`: what picks the pairs of a period. "karm": the K-arm bandit (prior U fading into
+  # the reward V over `alpha_steps` steps, exploring with probability `epsilon`); "prior_only": U
+  # alone; "reward_only": V alone (both still explore with `epsilon`); "random": uniformly random
+  # pairs (seeded); "round_robin": the pairs in a fixed order (a round-robin tournament's rounds,
+  # whose pairs share no class), cycling.
+  schedule: str = "karm"
+  # `trigger_reuse`: a generation warm-starts from the latest successful trigger at `fast_cost`
+  # for `fast_steps` and rolls back to `pair_cost` for `pair_steps` after a failure (paper,
+  # section IV-D); False: every generation starts from a random trigger at `pair_cost` for
+  # `pair_steps`.
+  trigger_reuse: bool = True
   seed: int = 0
 
   def __post_init__(self):
+    if self.generation not in GENERATIONS:
+      raise ValueError(f"generation must be one of {', '.join(GENERATIONS)}, got "
+                       f"{self.generation!r}")
+    if self.schedule not in SCHEDULES:
+      raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+    if self.alpha_steps < 1:
+      raise ValueError(f"alpha_steps must be >= 1 (the steps over which the K-arm score moves "
+                       f"from the prior U to the reward V), got {self.alpha_steps}")
     if self.batchnorm not in BATCHNORM_MODES:
       raise ValueError(f"batchnorm must be one of {', '.join(BATCHNORM_MODES)}, got "
                        f"{self.batchnorm!r}")

@@ -1,4 +1,5 @@
-"""Figures a person can read: labelled heat maps, training curves, trigger sizes, NC anomaly index.
+"""Figures a person can read: labelled heat maps, training curves, trigger sizes, the distance of
+scheduled pairs and the previous trigger's ASR over hardening, NC anomaly index.
 
 Drawn with matplotlib (a core dependency) on the Agg backend, so no display is needed. Every
 function returns PNG bytes; callers write them atomically (moth_tf.rundir.write_bytes). matplotlib is imported inside the functions: importing this module is
@@ -179,6 +180,95 @@ def trigger_sizes_png(series: Dict[str, Tuple[np.ndarray, np.ndarray]], title: s
     ax.set_ylabel("trigger size (L1 of mask)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, markerscale=4)
+  fig.suptitle(title)
+  return _png(fig)
+
+
+def _pair_label(pair, class_names):
+  s, t = pair
+  if class_names and max(pair) < len(class_names):
+    return f"{class_names[s]} / {class_names[t]}"
+  return f"{s} / {t}"
+
+
+def pair_distance_png(series: Dict[str, Dict[Tuple[int, int], Tuple[np.ndarray, np.ndarray]]],
+                      counts: Dict[str, Dict[Tuple[int, int], int]],
+                      class_names: Optional[Sequence[str]] = None, title: str = "") -> bytes:
+  """The class distance of a few pairs over hardening (the paper's Fig. 8), one panel per method.
+
+  Args:
+    series: series[method][(s, t)] = (steps, sizes [k, 2]) with s < t: the period-average trigger
+      sizes of s->t and t->s at the end of each period on the pair.
+    counts: counts[method][(s, t)] = periods the pair was scheduled (shown in the legend).
+    class_names: names for the legend.
+    title: the figure's title.
+  """
+  plt = _pyplot()
+  if not series:
+    raise ValueError("no pair distances to draw")
+  fig, axes = plt.subplots(1, len(series), figsize=(6.5 * len(series), 4.5), squeeze=False)
+  colours = plt.get_cmap("tab10")
+  for ax, (name, pairs) in zip(axes[0], series.items()):
+    for i, (pair, (steps, sizes)) in enumerate(pairs.items()):
+      sizes = np.asarray(sizes, np.float64).reshape(len(steps), 2)
+      label = f"{_pair_label(pair, class_names)} ({counts.get(name, {}).get(pair, len(steps))} " \
+              "periods)"
+      colour = colours(i % 10)
+      ax.plot(steps, sizes[:, 0], "-o", color=colour, markersize=3, label=f"{label}: s->t")
+      ax.plot(steps, sizes[:, 1], "--s", color=colour, markersize=3, label=f"{label}: t->s")
+    ax.set_title(name)
+    ax.set_xlabel("hardening step")
+    ax.set_ylabel("trigger size (L1 of mask), period average")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.suptitle(title)
+  return _png(fig)
+
+
+def previous_asr_png(series: Dict[str, Tuple[np.ndarray, np.ndarray, np.ndarray]],
+                     highlighted: Dict[str, Sequence[Tuple[int, int]]],
+                     class_names: Optional[Sequence[str]] = None, title: str = "") -> bytes:
+  """The ASR of the previous trigger on the images of each fast generation, before it starts (the
+  paper's Fig. 9): over hardening steps (left) and as a histogram (right), one row per method.
+
+  Args:
+    series: series[method] = (steps [k], pairs [k, 2] as unordered (s < t), ASR [k]): one entry
+      per fast direction and family.
+    highlighted: per method, the pairs drawn in colour over the others' grey points.
+    class_names: names for the legend.
+    title: the figure's title.
+  """
+  plt = _pyplot()
+  if not series:
+    raise ValueError("no previous-trigger ASR to draw")
+  fig, axes = plt.subplots(len(series), 2, figsize=(12, 4 * len(series)), squeeze=False)
+  colours = plt.get_cmap("tab10")
+  for (left, right), (name, (steps, pairs, asr)) in zip(axes, series.items()):
+    steps, asr = np.asarray(steps), np.asarray(asr, np.float64)
+    pairs = np.asarray(pairs).reshape(len(steps), 2)
+    left.plot(steps, asr, ".", color="0.7", markersize=3, label="every pair")
+    for i, pair in enumerate(highlighted.get(name, ())):
+      sel = (pairs[:, 0] == pair[0]) & (pairs[:, 1] == pair[1])
+      if sel.any():
+        # The mean over the pair's directions (and families) at each step.
+        at = np.unique(steps[sel])
+        mean = [asr[sel & (steps == k)].mean() for k in at]
+        left.plot(at, mean, "-o", color=colours(i % 10), markersize=3,
+                  label=_pair_label(pair, class_names))
+    left.set_ylim(-0.02, 1.02)
+    left.set_xlabel("hardening step")
+    left.set_ylabel("ASR of the previous trigger")
+    left.set_title(f"{name}: per pair, before each fast generation")
+    left.grid(alpha=0.3)
+    left.legend(fontsize=7)
+    right.hist(asr, bins=np.linspace(0.0, 1.0, 21), color="tab:blue", edgecolor="white")
+    right.axvline(float(np.median(asr)), color="k", linestyle="--",
+                  label=f"median {np.median(asr):.2f} ({len(asr)} generations)")
+    right.set_xlabel("ASR of the previous trigger")
+    right.set_ylabel("fast generations (directions)")
+    right.set_title(f"{name}: histogram")
+    right.grid(alpha=0.3, axis="y")
+    right.legend(fontsize=8)
   fig.suptitle(title)
   return _png(fig)
 

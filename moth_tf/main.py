@@ -73,7 +73,10 @@ def config_from_flags(flag_values) -> config_lib.RunConfig:
       ("lr_decay", "lr_decay"), ("batchnorm", "batchnorm"), ("adv_mix", "adv_mix"), ("uap_epsilon", "uap_epsilon"),
       ("uap_step_size", "uap_step_size"), ("pairwise_tol", "pairwise_tol"),
       ("pairwise_patience", "pairwise_patience"),
-      ("pairwise_max_periods", "pairwise_max_periods"))
+      ("pairwise_max_periods", "pairwise_max_periods"),
+      # Ablations.
+      ("generation", "generation"), ("schedule", "schedule"), ("epsilon", "schedule_epsilon"),
+      ("alpha_steps", "alpha_steps"), ("trigger_reuse", "trigger_reuse"))
                if getattr(flag_values, flag) is not None}
   nc_overrides = {field: getattr(flag_values, f"nc_{field}") for field in (
       "steps", "samples", "asr_bound", "threshold", "unlearn_all", "stamp_share")

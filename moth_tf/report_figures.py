@@ -8,6 +8,10 @@ Per (data set, model) group, into the output folder (`<dataset>_<model>_<figure>
 * `trigger_sizes`: the trigger size of the scheduled pair over the hardening steps (MOTH and the
   methods that log it);
 * `pair_counts`: the scheduler's pair-count matrix at the end of hardening;
+* `pair_distance`: the period-average trigger sizes of a few scheduled pairs (the most and the
+  least often scheduled) over the hardening steps, per method (the paper's Fig. 8);
+* `previous_trigger_asr`: the ASR of the previous trigger on the images of each fast generation,
+  before it, over the hardening steps and as a histogram (the paper's Fig. 9);
 * `<row>_nc_anomaly_index`: Neural Cleanse's anomaly index, where a detect phase logged it.
 
 A row of several runs (seeds) draws its mean matrix and its first run's curves.
@@ -22,6 +26,11 @@ import numpy as np
 from moth_tf import comparison
 from moth_tf import figures
 from moth_tf import rundir
+from moth_tf import tb_records
+
+# Pairs drawn in the pair-distance figure: the most and the least often scheduled.
+MOST_SCHEDULED_PAIRS = 3
+LEAST_SCHEDULED_PAIRS = 2
 
 # Keras' TensorBoard callback logs under logs/<phase>/train and logs/<phase>/validation.
 _CURVES = (("train loss", "train", "epoch_loss"), ("train accuracy", "train", "epoch_accuracy"),
@@ -60,6 +69,51 @@ def _off_diagonal(matrix):
   if m.ndim == 2 and m.shape[0] == m.shape[1]:
     np.fill_diagonal(m, np.nan)  # No pair: grey, like the distance maps.
   return m
+
+
+def _matrix_rows(run, tag: str):
+  """(step, row) of every row of a matrix tag's points, the last written per step (a resumed run
+  logs the steps it redoes again)."""
+  by_step = {}
+  for point in run.points(tag):
+    value = np.asarray(point.value, np.float64)
+    if value.ndim == 2 and value.shape[1] == 4:
+      by_step[point.step] = value
+  return [(step, row) for step in sorted(by_step) for row in by_step[step]]
+
+
+def pair_distance_series(run):
+  """A run's per-period pair distances: ({(s, t): (steps, sizes [k, 2])}, {(s, t): periods}),
+  keyed by the unordered pair s < t (sizes as s->t, t->s); empty where the run logged none."""
+  series = {}
+  for step, (s, t, st, ts) in _matrix_rows(run, tb_records.PERIOD_SIZES_TAG):
+    s, t = int(s), int(t)
+    if s > t:
+      s, t, st, ts = t, s, ts, st
+    series.setdefault((s, t), []).append((step, st, ts))
+  out = {pair: (np.array([p[0] for p in points]), np.array([p[1:] for p in points]))
+         for pair, points in series.items()}
+  return out, {pair: len(points) for pair, points in series.items()}
+
+
+def selected_pairs(counts, most: int = MOST_SCHEDULED_PAIRS,
+                   least: int = LEAST_SCHEDULED_PAIRS):
+  """The `most` most often scheduled pairs, then the `least` least often scheduled of the others
+  (ties in pair order)."""
+  by_most = sorted(counts, key=lambda pair: (-counts[pair], pair))
+  top = by_most[:most]
+  rest = sorted((pair for pair in counts if pair not in top), key=lambda pair: (counts[pair], pair))
+  return top + rest[:least]
+
+
+def previous_asr_series(run):
+  """A run's previous-trigger ASRs: (steps [k], unordered pairs [k, 2], ASR [k]), or None."""
+  rows = _matrix_rows(run, tb_records.PREVIOUS_ASR_TAG)
+  if not rows:
+    return None
+  steps = np.array([step for step, _ in rows])
+  pairs = np.array([sorted((int(row[0]), int(row[1]))) for _, row in rows])
+  return steps, pairs, np.array([row[3] for _, row in rows])
 
 
 def group_figures(group: "comparison.Group", out_dir: str) -> List[str]:
@@ -127,6 +181,27 @@ def group_figures(group: "comparison.Group", out_dir: str) -> List[str]:
         group.class_names, cmap="Blues", fmt="{:.0f}", colorbar_label="periods scheduled",
         shared_scale=False,
         suptitle=f"{title}: how often the scheduler picked each pair (source -> target)"))
+  distances, distance_counts, highlighted, asrs = {}, {}, {}, {}
+  for label in labels:
+    run = group.runs[label][0]
+    series, pair_counts = pair_distance_series(run)
+    if series:
+      chosen = selected_pairs(pair_counts)
+      highlighted[label] = chosen
+      distances[label] = {pair: series[pair] for pair in chosen}
+      distance_counts[label] = pair_counts
+    asr = previous_asr_series(run)
+    if asr is not None:
+      asrs[label] = asr
+  if distances:
+    save("pair_distance", figures.pair_distance_png(
+        distances, distance_counts, group.class_names,
+        f"{title}: class distance of the most and least scheduled pairs over hardening"))
+  if asrs:
+    save("previous_trigger_asr", figures.previous_asr_png(
+        asrs, highlighted, group.class_names,
+        f"{title}: ASR of the previous trigger on the current images, before each fast "
+        "generation"))
   for label in labels:
     for run in group.runs[label]:
       index = run.latest("detect/anomaly_index")

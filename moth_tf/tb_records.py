@@ -14,7 +14,13 @@ a run directory's `logs/` (tags in brackets):
                              harden/wall_seconds, robustness/accuracy, distance/mean, ...)
     logs/distance/           [distance/matrix] [n, n], [distance/per_seed] [S, n, n],
                              [distance/seeds] [S]: tensor summaries, NaN where a direction failed
-    logs/harden_moth/        [moth/pair_count_matrix] [n, n] per epoch: the scheduler's pair counts
+    logs/harden_moth/        [moth/pair_count_matrix] [n, n] per epoch: the scheduler's pair counts;
+                             [moth/period_trigger_sizes] [P, 4] at the last step of every period:
+                             (source, target, size s->t, size t->s) of each of its P pairs, the
+                             period-average trigger sizes the scheduler's reward is updated from;
+                             [moth/previous_trigger_asr] [D, 4] at every step with fast
+                             generations: (source, target, family, ASR) of each fast direction's
+                             starting trigger (the previous one) on the generation's images
 
 A phase writes its metadata when it starts and its final metrics when it ends, so a run that was
 killed shows up with metadata and without final metrics.
@@ -35,6 +41,12 @@ FLAGS_TAG = "run/flags"
 # the scalars; the content names the kind of value.
 PLUGIN_NAME = "moth_tf"
 MATRIX_CONTENT = b"matrix"
+# MOTH's per-period pair distances and the previous trigger's ASR before each fast generation
+# (matrices, one row per pair or direction; the columns are in the summaries' descriptions).
+PERIOD_SIZES_TAG = "moth/period_trigger_sizes"
+PERIOD_SIZES_COLUMNS = "source, target, size source->target, size target->source"
+PREVIOUS_ASR_TAG = "moth/previous_trigger_asr"
+PREVIOUS_ASR_COLUMNS = "source, target, family, ASR of the previous trigger"
 
 # Config fields that become HParams (TensorBoard's HParams dashboard compares runs on them). The
 # whole config is in the metadata text; these are the ones that tell runs apart at a glance.

@@ -248,3 +248,46 @@ def test_no_runs_is_an_error(tmp_path):
     tb_reader.read_runs(str(tmp_path))
   with pytest.raises(FileNotFoundError, match="is not a directory"):
     tb_reader.read_runs(str(tmp_path / "missing"))
+
+
+def test_pair_distance_and_previous_asr_figures(tmp_path):
+  """MOTH's per-period pair distances and previous-trigger ASRs (the paper's Fig. 8 and 9) read
+  back and drawn: the most and least often scheduled pairs, a resumed step's rows replaced."""
+  run_dir = str(tmp_path / "toy_tiny_moth")
+  _write_run(run_dir, "moth", 0.9, None, wall=10.0)
+  periods = [(2, [(0, 1, 1.0, 2.0), (2, 3, 3.0, 4.0)]), (4, [(1, 0, 5.0, 6.0), (2, 3, 7.0, 8.0)]),
+             (6, [(0, 1, 9.0, 9.5), (3, 2, 1.5, 2.5)]), (8, [(0, 2, 0.5, 0.25), (1, 3, 1.0, 1.0)])]
+  with tf.summary.create_file_writer(os.path.join(run_dir, "logs", "harden_moth")).as_default():
+    tb_records.write_matrix(tb_records.PERIOD_SIZES_TAG, np.zeros((2, 4)), step=8)
+    for step, rows in periods:  # Step 8 again, as a resumed run logs it: the later rows count.
+      tb_records.write_matrix(tb_records.PERIOD_SIZES_TAG, np.array(rows), step=step)
+    for step, rows in ((3, [(0, 1, 0, 0.5), (1, 0, 0, 0.375)]), (5, [(3, 2, 0, 0.625)])):
+      tb_records.write_matrix(tb_records.PREVIOUS_ASR_TAG, np.array(rows), step=step)
+  run, = tb_reader.read_runs(str(tmp_path))
+  series, counts = report_figures.pair_distance_series(run)
+  assert counts == {(0, 1): 3, (2, 3): 3, (0, 2): 1, (1, 3): 1}
+  steps, sizes = series[(0, 1)]
+  np.testing.assert_array_equal(steps, [2, 4, 6])
+  np.testing.assert_array_equal(sizes, [[1.0, 2.0], [6.0, 5.0], [9.0, 9.5]])  # s < t oriented.
+  np.testing.assert_array_equal(series[(2, 3)][1], [[3.0, 4.0], [7.0, 8.0], [2.5, 1.5]])
+  assert report_figures.selected_pairs(counts, most=1, least=2) == [(0, 1), (0, 2), (1, 3)]
+  steps, pairs, asr = report_figures.previous_asr_series(run)
+  np.testing.assert_array_equal(steps, [3, 3, 5])
+  np.testing.assert_array_equal(pairs, [[0, 1], [0, 1], [2, 3]])
+  np.testing.assert_array_equal(asr, [0.5, 0.375, 0.625])
+  groups = comparison.build_groups([run], "natural")
+  written = report_figures.write_figures(groups, str(tmp_path / "report"))
+  names = sorted(os.path.basename(p) for p in written)
+  assert names == ["toy_tiny_pair_distance.png", "toy_tiny_previous_trigger_asr.png"]
+
+
+def test_ablations_make_rows_of_their_own():
+  def label(method="moth", **harden):
+    return comparison.config_label({"method": method, "mode": harden.pop("mode", "nat"),
+                                    "config": {"harden": harden}})
+  assert label() == label(generation="two_sided", schedule="karm", trigger_reuse=True) == "moth"
+  assert label(generation="one_sided", schedule="random", trigger_reuse=False, mode="adv") == (
+      "moth (adv, one_sided, random schedule, no trigger reuse)")
+  assert label(schedule="round_robin") == "moth (round_robin schedule)"
+  assert label("pairwise", schedule="random") == "pairwise"  # Pairwise has its own sweep.
+  assert label("natural", generation="one_sided") == "natural"

@@ -329,3 +329,77 @@ def test_choose_many_rejects_more_pairs_than_the_classes_allow():
 
 if __name__ == "__main__":
   absltest.main()
+
+
+# Ablations of the K-arm scheduler (HardenConfig.schedule).
+
+
+def test_make_scheduler_karm_is_the_pair_scheduler():
+  made = scheduler_lib.make_scheduler("karm", 10, epsilon=0.3, alpha_steps=50, seed=4)
+  plain = scheduler_lib.PairScheduler(10, epsilon=0.3, alpha_steps=50, seed=4)
+  assert type(made) is scheduler_lib.PairScheduler
+  prior = np.random.default_rng(0).random((10, 10))
+  for sched in (made, plain):
+    sched.set_prior(prior, np.arange(1.0, 11.0))
+  assert [made.choose(k) for k in range(60)] == [plain.choose(k) for k in range(60)]
+  with pytest.raises(ValueError, match="schedule must be karm, prior_only"):
+    scheduler_lib.make_scheduler("greedy", 10)
+
+
+def test_random_schedule_is_uniform_seeded_and_disjoint():
+  def picks(seed, count=3000):
+    sched = scheduler_lib.make_scheduler("random", 6, epsilon=0.0, seed=seed)
+    # A prior that the K-arm scheduler would always follow: the random schedule ignores it.
+    sched.set_prior(_unique_max_prior(6, (2, 4)), [1.0] * 6)
+    return [sched.choose(k) for k in range(count)]
+
+  first = picks(7)
+  assert first == picks(7)  # Seeded.
+  assert first[:50] != picks(8)[:50]
+  counts = {pair: first.count(pair) for pair in set(first)}
+  assert len(counts) == 30  # Every ordered pair of 6 classes, s != t.
+  assert max(counts.values()) < 1.5 * 3000 / 30 and min(counts.values()) > 0.5 * 3000 / 30
+  sched = scheduler_lib.make_scheduler("random", 10, seed=1)
+  for k in range(20):
+    classes = [c for pair in sched.choose_many(k, 5) for c in pair]
+    assert sorted(classes) == list(range(10))  # Five pairs with no class in common.
+
+
+def test_round_robin_visits_every_pair_in_a_fixed_order_cycling():
+  order = scheduler_lib.tournament_order(6)
+  assert len(order) == len(set(order)) == 15 and all(s < t for s, t in order)
+  sched = scheduler_lib.make_scheduler("round_robin", 6, seed=3)
+  picks = [sched.choose(k) for k in range(35)]
+  assert picks == order + order + order[:5]
+  # Same whatever the seed, and a restored scheduler continues the cycle.
+  other = scheduler_lib.make_scheduler("round_robin", 6, seed=99)
+  other.load_state_dict(sched.state_dict())
+  assert [other.choose(k) for k in range(10)] == order[5:15]
+  # Several pairs per period: consecutive pairs of a round share no class, and every pair is
+  # visited once before any is visited twice.
+  for n, pairs in ((10, 5), (10, 3), (7, 3)):
+    sched = scheduler_lib.make_scheduler("round_robin", n)
+    total = n * (n - 1) // 2
+    for k in range(total // pairs):
+      chosen = sched.choose_many(k, pairs)
+      classes = [c for pair in chosen for c in pair]
+      assert len(set(classes)) == 2 * pairs
+    counts = sched.count[np.triu_indices(n, 1)]
+    assert counts.max() == 1 and counts.sum() == pairs * (total // pairs)
+
+
+def test_prior_only_and_reward_only_score_one_matrix_at_every_step():
+  n = 5
+  prior = _unique_max_prior(n, (0, 3))
+  reward = np.zeros((n, n))
+  reward[1, 4] = 5.0
+  for schedule, expected in (("prior_only", (0, 3)), ("reward_only", (1, 4))):
+    sched = scheduler_lib.make_scheduler(schedule, n, epsilon=0.0, alpha_steps=10)
+    state = sched.state_dict()
+    state["prior"], state["reward"] = prior, reward
+    sched.load_state_dict(state)
+    # karm would move from (0, 3) to (1, 4) as alpha ramps over 10 steps.
+    assert {sched.choose(step) for step in (0, 5, 10, 1000)} == {expected}
+    assert sched.alpha(0) == sched.alpha(10**6) == (0.0 if schedule == "prior_only" else 1.0)
+    with pytest.raises(ValueError, match="step must be >= 0"):
+      sched.alpha(-1)

@@ -54,6 +54,27 @@ Differences from the authors' code, on purpose (see also the scheduler's module 
   keeps other minima that a differently seeded inversion finds (the 3-seed spread of the hardened
   digits model's distances is ~9%, ~1% before hardening). On digits, two families gave +59.8%
   instead of +57.7% for ~1.4x the hardening time (benchmarks/hardening_benchmark.py, `ablation`).
+* Ablations (HardenConfig's `generation`, `schedule`, `trigger_reuse`; each switches one of the
+  paper's design choices off, the defaults keep them all):
+  - `generation="one_sided"`: each direction of a pair is generated on its own. Two-sided, the
+    directions of an engine call share one block: one model call and one loss, the sum of the
+    directions' losses (each its mean or summed cross-entropy, `pair_ce_reduction`, plus cost *
+    L1), and the pair has one mode (fast while both directions succeed, rolled back to pair_cost
+    when either fails). One-sided, every direction has its own engine block (own model call and
+    loss, so its result does not depend on its partner's images, not even in the rounding) and
+    its own mode: a failed direction rolls back alone, and only it regenerates in the steps that
+    otherwise reuse. The events then count directions (`event_unit` in the results).
+  - `schedule`: "prior_only", "reward_only", "random" and "round_robin" replace the K-arm
+    scheduler (moth_tf.hardening.scheduler.make_scheduler); the period's pairs still share no
+    class.
+  - `trigger_reuse=False`: every generation starts from a random trigger (drawn from its seed by
+    the engine) at pair_cost for pair_steps; no fast mode, no rollback (all are "start"). The
+    steps that reuse within a period (`generations_per_period`) still stamp the last triggers,
+    and the store still feeds replay and the stamping of a failed direction.
+  The driver logs, for the paper's two figures: `moth/period_trigger_sizes` (each pair's
+  period-average trigger sizes at the end of its period) and `moth/previous_trigger_asr` (the ASR
+  of a fast generation's starting trigger on its images, which the engine measures at its first
+  step), see moth_tf.tb_records.
 * The learning rate ramps up linearly over `lr_warmup_steps` (100) and then decays to 0 (cosine).
   At the full rate of 0.01 from the first step, the warm-up steps, whose universal triggers flip
   ~99% of the images they are stamped on, wreck the model (digits: ~50% test accuracy after 30
@@ -130,7 +151,8 @@ class MothHardener:
       config: the hardening configuration.
       writer: TensorBoard writer for the driver's scalars and images.
       verbose: print progress lines.
-      scheduler: what picks the pair of each period (default: MOTH's K-arm PairScheduler); any
+      scheduler: what picks the pair of each period (default: config.schedule's, MOTH's K-arm
+        PairScheduler unless an ablation is asked for); any
         object with PairScheduler's choose / update / state_dict / load_state_dict / count /
         reward. A scheduler with a true `finished` attribute ends the fit (Pairwise's sweep).
       warmup: generate and stamp the universal triggers first (MOTH); off, the first step already
@@ -151,8 +173,9 @@ class MothHardener:
     self.store_patterns = np.zeros((self.n, self.n, r, h, w, c), np.float32)
     self.universal_masks = None
     self.universal_patterns = None
-    self.scheduler = scheduler or scheduler_lib.PairScheduler(
-        self.n, config.epsilon, config.alpha_steps, seed=config.seed)
+    self.scheduler = scheduler or scheduler_lib.make_scheduler(
+        config.schedule, self.n, config.epsilon, config.alpha_steps, seed=config.seed)
+    self.one_sided = config.generation == "one_sided"
     self.warmup = bool(warmup)
     # Training steps that stamp the warm-up's universal triggers, one target class each.
     self.warmup_length = self.n if warmup else 0
@@ -162,13 +185,20 @@ class MothHardener:
       raise ValueError(f"pairs_per_period={self.num_pairs}: this method's scheduler hardens one "
                        f"pair at a time; use pairs_per_period=1")
     # Under a strategy the directions of every generation are split across its replicas (the
-    # model was built in its scope, so each replica calls its own copy).
+    # model was built in its scope, so each replica calls its own copy). One-sided generation
+    # gives every direction an engine block of its own: its own tensors, model call and loss, so
+    # that nothing of a direction's result, not even the rounding, depends on its partner's
+    # images (engine module docstring, "Blocks"). Two-sided generation puts the directions of a
+    # call in as few blocks as the replicas need: one summed loss over a pair's two directions.
+    blocks = hardening_blocks(model)
+    if self.one_sided:
+      blocks = max(blocks, 2 * self.num_pairs * config.families)
     self.pair_inverter = distributed.make_inverter(
         model.classifier, engine.InversionSettings(
             steps=config.pair_steps, asr_bound=config.pair_asr, init_cost=config.pair_cost,
             ce_reduction=config.pair_ce_reduction,
             chunk_steps=max(config.pair_steps, config.fast_steps),
-            direction_blocks=hardening_blocks(model)),
+            direction_blocks=blocks),
         getattr(model, "distribute_strategy", None))
     self.step = 0
     self.ready = False
@@ -304,7 +334,8 @@ class MothHardener:
     return rng.choice(idx, self.config.trigger_samples, replace=False)
 
   def _start_period(self, rng):
-    """Chooses the period's pairs, loads their warm starts and returns each pair's first mode."""
+    """Chooses the period's pairs, loads their warm starts and returns each direction's first mode
+    (modes[p][d])."""
     cfg = self.config
     post = self.step - self.warmup_length
     self.pairs = (self.scheduler.choose_many(post, self.num_pairs) if self.num_pairs > 1
@@ -325,12 +356,65 @@ class MothHardener:
       # A pair hardened in an earlier period (the scheduler has counted this choice already)
       # starts from its stored triggers in fast mode when warm_fast_start: they reached the bound
       # on a slightly older model; with fast_first_visit so does a first visit, from the warm-up's
-      # universal triggers. A failure falls back to the full generation next step.
+      # universal triggers. A failure falls back to the full generation next step. One-sided
+      # generation decides it for each direction from that direction's stored triggers.
       revisit = self.scheduler.count[s, t] >= 2
-      if cfg.warm_fast_start and (revisit or (cfg.fast_first_visit and self._has_stored(s, t))):
-        modes.append("warm_fast")
+      if self.one_sided:
+        modes.append([self._first_mode(revisit, self._has_stored_direction(a, b))
+                      for a, b in ((s, t), (t, s))])
       else:
-        modes.append("start")
+        mode = self._first_mode(revisit, self._has_stored(s, t))
+        modes.append([mode, mode])
+    return modes
+
+  def _first_mode(self, revisit: bool, stored: bool) -> str:
+    """The mode of a period's first generation: warm_fast or start (see _start_period)."""
+    cfg = self.config
+    if cfg.warm_fast_start and (revisit or (cfg.fast_first_visit and stored)):
+      return "warm_fast"
+    return "start"
+
+  def _has_stored_direction(self, a, b) -> bool:
+    """Whether the store holds a trigger for every family of the direction a -> b."""
+    return bool(all(self.store_masks[a, b, f].sum() > 0 for f in range(self.config.families)))
+
+  def _next_mode(self, failed: bool) -> str:
+    """The mode of a generation after a period's first step: rollback after a failure, reused in
+    the period's steps that do not generate, fast otherwise."""
+    if failed:
+      return "rollback"
+    if self.period_pos >= (self.config.generations_per_period or self.config.period):
+      # The rest of the period stamps the triggers of the last (successful) generation.
+      return "reused"
+    return "fast"
+
+  def _step_modes(self, rng):
+    """The mode of every direction at this step: modes[p][d] for pair p's s->t (d=0) and t->s.
+
+    Two-sided generation decides for the pair (a failure of either direction rolls both back; the
+    pair stays fast while both succeed); one-sided for each direction on its own. Without
+    trigger_reuse every generation is a "start" (random trigger, pair_cost, pair_steps).
+    """
+    if self.period_pos == 0:
+      modes = self._start_period(rng)
+    else:
+      modes = []
+      for p in range(self.num_pairs):
+        if self.one_sided:
+          modes.append([self._next_mode(bool(self.fails[p, d].any())) for d in range(2)])
+          self.fails[p, [d for d in range(2) if modes[-1][d] == "rollback"]] = 0
+        else:
+          mode = self._next_mode(bool(self.fails[p].any()))
+          if mode == "rollback":
+            self.fails[p] = 0
+          modes.append([mode, mode])
+    if not self.config.trigger_reuse:
+      modes = [[m if m == "reused" else "start" for m in pair_modes] for pair_modes in modes]
+    # Two-sided counts pairs, one-sided directions.
+    for pair_modes in modes:
+      for mode in (pair_modes if self.one_sided else pair_modes[:1]):
+        if mode in self.events:
+          self.events[mode] += 1
     return modes
 
   def _orthogonalisation_step(self):
@@ -338,59 +422,56 @@ class MothHardener:
     start = time.time()
     rng = self._rng(2)
     families = cfg.families
-    if self.period_pos == 0:
-      modes = self._start_period(rng)
-    else:
-      modes = []
-      for p in range(self.num_pairs):
-        if self.fails[p].any():
-          modes.append("rollback")
-          self.fails[p] = 0
-        elif self.period_pos >= (cfg.generations_per_period or cfg.period):
-          # The rest of the period stamps the triggers of the pair's last (successful) generation.
-          modes.append("reused")
-        else:
-          modes.append("fast")
-    for mode in modes:
-      if mode in self.events:
-        self.events[mode] += 1
-    generated = [p for p, mode in enumerate(modes) if mode != "reused"]
+    modes = self._step_modes(rng)
+    # Directions that generate at this step, pair by pair, s->t before t->s.
+    generated = [(p, d) for p in range(self.num_pairs) for d in range(2)
+                 if modes[p][d] != "reused"]
     if not generated:
       self._end_step(np.array(self.period_sizes[-1]), modes, 0, start)
       return
+    generated_pairs = sorted({p for p, _ in generated})
     images = {}
-    for p in generated:
+    for p in generated_pairs:
+      # Both classes' images are drawn even if one direction reuses: the draws stay the same
+      # whichever directions generate.
       images[p] = []
       for c in self.pairs[p]:
         images[p].append(self.x[self._trigger_image_indices(c, rng)])
-    # One engine call per (steps, cost) setting optimises every family of both directions of the
-    # pairs that use it: direction (p, d, f) is pair p's s->t (d=0) or t->s (d=1) trigger of
-    # family f, each warm-started from its own latest trigger.
+    # One engine call per (steps, cost) setting optimises every family of the directions that use
+    # it: direction (p, d, f) is pair p's s->t (d=0) or t->s (d=1) trigger of family f, each
+    # warm-started from its own latest trigger (with trigger_reuse; else from a random one drawn
+    # from its seed).
     settings = {"start": (cfg.pair_steps, cfg.pair_cost),
                 "rollback": (cfg.rollback_steps or cfg.pair_steps, cfg.pair_cost),
                 "fast": (cfg.fast_steps, cfg.fast_cost),
                 "warm_fast": (cfg.fast_steps, cfg.fast_cost)}
     groups = {}
-    for p in generated:
-      groups.setdefault(settings[modes[p]], []).append(p)
+    for p, d in generated:
+      groups.setdefault(settings[modes[p][d]], []).append((p, d))
     success = np.zeros((self.num_pairs, 2, families), bool)
     failures = 0
+    previous_asr = []  # (source, target, family, ASR) of each fast generation's starting trigger.
     for (steps, cost), members in groups.items():
-      directions = [(p, d, f) for p in members for d in range(2) for f in range(families)]
+      directions = [(p, d, f) for p, d in members for f in range(families)]
       seeds = [distance.stable_seed(cfg.seed, self.step, d, *([f] if f or p else []),
                                     *([1000 + p] if p else []))
                for p, d, f in directions]
+      warm = cfg.trigger_reuse
       result = self.pair_inverter.invert(
           [images[p][d] for p, d, _ in directions],
           [self.pairs[p][1 - d] for p, d, _ in directions], seeds, init_cost=cost, steps=steps,
-          init_mask=np.stack([self.cur_masks[p, d, f] for p, d, f in directions]),
-          init_pattern=np.stack([self.cur_patterns[p, d, f] for p, d, f in directions]),
+          init_mask=(np.stack([self.cur_masks[p, d, f] for p, d, f in directions]) if warm
+                     else None),
+          init_pattern=(np.stack([self.cur_patterns[p, d, f] for p, d, f in directions]) if warm
+                        else None),
           early_stop_patience=cfg.generation_early_stop)
       self.events["engine_calls"] += 1
       self.events["inversion_steps"] += int(result.steps_run.max())
       failures += int((~result.success).sum())
       for k, (p, d, f) in enumerate(directions):
         a, b = self.pairs[p] if d == 0 else self.pairs[p][::-1]
+        if modes[p][d] in ("fast", "warm_fast") and result.asr_start is not None:
+          previous_asr.append((a, b, f, float(result.asr_start[k])))
         if result.success[k]:
           success[p, d, f] = True
           self.cur_masks[p, d, f] = result.mask[k]
@@ -403,7 +484,7 @@ class MothHardener:
         else:
           self.fails[p, d, f] += 1
           self.events["failed_directions"] += 1
-    self.events["generations"] += len(generated)
+    self.events["generations"] += len(generated) if self.one_sided else len(generated_pairs)
     if self.config.replay > 0:
       self._push_store()
     # Stamp a trigger only if it once succeeded: this step's, or the store's (which only ever holds
@@ -413,34 +494,43 @@ class MothHardener:
                          for d, (a, b) in enumerate((pair, pair[::-1]))]
                         for p, pair in enumerate(self.pairs)])
     # A direction's size is its smallest usable family: the class distance the model still has.
-    # A pair that reused its triggers this step keeps its last sizes.
+    # A direction that reused its trigger this step keeps its last size.
     sizes = np.array(self.period_sizes[-1]) if self.period_sizes else np.zeros(
         (self.num_pairs, 2))
-    for p in generated:
+    for p in generated_pairs:
       family_sizes = params.trigger_size(self.cur_masks[p], self.channels)
-      sizes[p] = [family_sizes[d][enabled[p, d]].min() if enabled[p, d].any()
-                  else family_sizes[d].min() for d in range(2)]
+      for d in range(2):
+        if modes[p][d] != "reused":
+          sizes[p, d] = (family_sizes[d][enabled[p, d]].min() if enabled[p, d].any()
+                         else family_sizes[d].min())
     self.model.set_pairs(self.pairs, self.cur_masks[..., None], self.cur_patterns,
                          enabled.astype(np.float32))
+    if self.writer is not None and previous_asr:
+      with self.writer.as_default():
+        tb_records.write_matrix(tb_records.PREVIOUS_ASR_TAG, np.array(previous_asr),
+                                step=self.step, description=tb_records.PREVIOUS_ASR_COLUMNS)
     self._end_step(sizes, modes, failures, start)
 
   def _end_step(self, sizes, modes, failures: int, start: float):
     """Period bookkeeping (the scheduler's update at the period's end) and the step's logs.
 
-    sizes: [P, 2], each pair's two trigger sizes at this step; modes: each pair's mode.
+    sizes: [P, 2], each pair's two trigger sizes at this step; modes: each direction's mode,
+    modes[p][d].
     """
     cfg = self.config
     self.period_sizes.append(sizes)
     self.period_pos += 1
+    period_rows = None
     if self.period_pos == cfg.period:
       avg = np.mean(self.period_sizes, axis=0)
       for p, (s, t) in enumerate(self.pairs):
         self.scheduler.update(s, t, float(avg[p, 0]), float(avg[p, 1]))
       self.period_pos = 0
+      period_rows = np.array([(s, t, avg[p, 0], avg[p, 1]) for p, (s, t) in enumerate(self.pairs)])
     self.generation_seconds += time.time() - start
     if self.writer is not None:
       s, t = self.pairs[0]
-      mode = modes[0]
+      first = modes[0]
       with self.writer.as_default():
         tf.summary.scalar("moth/pair_source", s, step=self.step)
         tf.summary.scalar("moth/pair_target", t, step=self.step)
@@ -448,9 +538,15 @@ class MothHardener:
         tf.summary.scalar("moth/trigger_size_ts", sizes[0][1], step=self.step)
         if self.num_pairs > 1:
           tf.summary.scalar("moth/mean_trigger_size", float(np.mean(sizes)), step=self.step)
-        tf.summary.scalar("moth/fast_mode", float(mode in ("fast", "warm_fast")), step=self.step)
-        tf.summary.scalar("moth/rollback", float(mode == "rollback"), step=self.step)
+        # The share of the first pair's directions in each mode (both or neither when two-sided).
+        tf.summary.scalar("moth/fast_mode", float(np.mean(
+            [m in ("fast", "warm_fast") for m in first])), step=self.step)
+        tf.summary.scalar("moth/rollback", float(np.mean([m == "rollback" for m in first])),
+                          step=self.step)
         tf.summary.scalar("moth/generation_failures", float(failures), step=self.step)
+        if period_rows is not None:
+          tb_records.write_matrix(tb_records.PERIOD_SIZES_TAG, period_rows, step=self.step,
+                                  description=tb_records.PERIOD_SIZES_COLUMNS)
 
   def after_step(self):
     self.step += 1
@@ -536,7 +632,10 @@ class MothHardener:
 
   def extra_results(self) -> dict:
     """The driver's own entries of the results dict."""
-    return {"pair_count": self.scheduler.count, "pairs_per_period": self.num_pairs}
+    # Two-sided generation counts its fast / rollback / warm_fast / reused / generations events
+    # per pair, one-sided per direction.
+    return {"pair_count": self.scheduler.count, "pairs_per_period": self.num_pairs,
+            "event_unit": "direction" if self.one_sided else "pair"}
 
   def log_epoch(self, epoch):
     if self.writer is None:
@@ -655,7 +754,12 @@ def describe(config: config_lib.HardenConfig, num_train: int, pgd_settings=None)
            else f"up to {config_lib.AUTO_PAIRS_PER_PERIOD}")
   generations = ("a generation every step" if h.generations_per_period is None
                  else f"{h.generations_per_period} generation(s) per period")
+  ablations = [text for text, on in (
+      ("one-sided generation", h.generation == "one_sided"),
+      (f"{h.schedule} pair schedule", h.schedule != "karm"),
+      ("no trigger reuse (every generation from a random trigger)", not h.trigger_reuse)) if on]
   return (f"{fitting.describe_schedule(h, num_train)}, {pairs} class pair(s) per period with "
           f"{generations}, {h.portion:.0%} of each pair class "
           f"stamped, replay {h.replay:.0%}, {h.families} trigger famil"
-          f"{'y' if h.families == 1 else 'ies'} per direction{adv}")
+          f"{'y' if h.families == 1 else 'ies'} per direction{adv}"
+          f"{''.join('; ablation: ' + a for a in ablations)}")

@@ -22,6 +22,12 @@ Deviations from the authors' code, all deliberate bug fixes:
   every universal trigger failed, the initial reward stays all zeros instead of becoming NaN.
 * Q12: the diagonal is masked out before the argmax, so s != t always.
 
+Ablations (HardenConfig.schedule, `make_scheduler`): PriorOnlyScheduler (U alone, alpha = 0),
+RewardOnlyScheduler (V alone, alpha = 1), both still exploring with probability epsilon;
+RandomPairScheduler (uniformly random pairs: the exploration branch at every choice) and
+RoundRobinScheduler (the pairs of a round-robin tournament in turn, cycling). All keep this class's
+interface and state, including `choose`'s `exclude` (the pairs of one period share no class).
+
 The scheduler is pure NumPy. Its state (`state_dict`) is a dict of NumPy arrays, so it can be kept
 in `tf.Variable`s or an `.npz` file and restored exactly, including the random stream.
 """
@@ -342,3 +348,122 @@ class PairScheduler:
       setattr(self, key, value)
     self.num_choices = num_choices
     self.seed = seed
+
+
+# ------------------------------------------------------------------------------------------------
+# Ablations of the K-arm scheduler (HardenConfig.schedule). Each keeps PairScheduler's interface
+# and state (so MothHardener drives and checkpoints it unchanged) and changes only how a pair is
+# picked; `update` still keeps the sizes and V up to date, so the logs compare across schedules.
+
+
+class PriorOnlyScheduler(PairScheduler):
+  """The K-arm scheduler scoring pairs by the warm-up's prior U alone (alpha stays 0).
+
+  It still explores with probability epsilon; V is kept up to date but never used.
+  """
+
+  def alpha(self, step: int) -> float:
+    super().alpha(step)  # Validates the step.
+    return 0.0
+
+
+class RewardOnlyScheduler(PairScheduler):
+  """The K-arm scheduler scoring pairs by the reward V alone (alpha is 1 from the first step).
+
+  It still explores with probability epsilon; V starts as the warm-up's normalised universal
+  trigger sizes (PairScheduler.set_prior), so its first greedy picks follow them.
+  """
+
+  def alpha(self, step: int) -> float:
+    super().alpha(step)
+    return 1.0
+
+
+class RandomPairScheduler(PairScheduler):
+  """Uniformly random pairs: PairScheduler's exploration branch at every choice (epsilon = 1).
+
+  The draw is PairScheduler's, keyed by (seed, number of choices), so a seed fixes the sequence
+  and a restored scheduler continues it.
+  """
+
+  def __init__(self, num_classes: int, alpha_steps: int = 1000, seed: int = 0):
+    """Args: as PairScheduler's, without epsilon (always 1)."""
+    super().__init__(num_classes, epsilon=1.0, alpha_steps=alpha_steps, seed=seed)
+
+
+def tournament_order(num_classes: int):
+  """Every unordered pair (s < t) once, round after round of a round-robin tournament.
+
+  The circle method: class n-1 (for odd n, a "bye") stays put while the others rotate; each round
+  is up to n // 2 pairs with no class in common, and the n - 1 rounds (n for odd n) hold every pair
+  exactly once. So any run of consecutive pairs inside one round shares no class.
+  """
+  n = int(num_classes)
+  m = n + (n % 2)  # An odd n gets a bye, the class index n, whose pairs are dropped.
+  order = []
+  for r in range(m - 1):
+    ring = [(k + r) % (m - 1) for k in range(m - 1)]
+    pairs = [(ring[0], m - 1)] + [(ring[k], ring[m - 1 - k]) for k in range(1, m // 2)]
+    order += [(min(a, b), max(a, b)) for a, b in pairs if max(a, b) < n]
+  return order
+
+
+class RoundRobinScheduler(PairScheduler):
+  """The pairs in a fixed order, cycling: a round-robin tournament's (`tournament_order`).
+
+  Each pick is the least-visited pair with no class in `exclude`, ties in the fixed order. With one
+  pair per period that is the fixed order, then the same again; with several pairs per period
+  (`choose_many`) a period takes the next pairs of a round (which share no class), so every pair
+  gets its turn before any gets a second one when the pairs per period divide n // 2. The visit
+  counts are PairScheduler's `count`, so the order survives a checkpoint without state of its own.
+  No randomness: the seed is kept only for the interface.
+  """
+
+  def __init__(self, num_classes: int, alpha_steps: int = 1000, seed: int = 0):
+    """Args: as PairScheduler's, without epsilon (unused)."""
+    super().__init__(num_classes, epsilon=0.0, alpha_steps=alpha_steps, seed=seed)
+    self.order = tournament_order(self.num_classes)
+
+  def choose(self, step: int, exclude: Sequence[int] = ()) -> Tuple[int, int]:
+    """The least-visited pair (s < t) with neither class in `exclude`; ties in the fixed order.
+
+    Raises:
+      ValueError: if fewer than two classes are left once `exclude` is removed.
+    """
+    self.alpha(step)  # Validates the step.
+    excluded = {int(c) for c in exclude}
+    if self.num_classes - len(excluded & set(range(self.num_classes))) < 2:
+      raise ValueError(f"no pair is left: {len(excluded)} of {self.num_classes} classes excluded")
+    candidates = [(self.count[s, t], rank, s, t) for rank, (s, t) in enumerate(self.order)
+                  if s not in excluded and t not in excluded]
+    _, _, s, t = min(candidates)
+    self.count[s, t] += 1.0
+    self.count[t, s] += 1.0
+    self.num_choices += 1
+    return s, t
+
+
+def make_scheduler(schedule: str, num_classes: int, epsilon: float = 0.3,
+                   alpha_steps: int = 1000, seed: int = 0) -> PairScheduler:
+  """The pair scheduler of a HardenConfig.schedule value.
+
+  Args:
+    schedule: "karm" (PairScheduler), "prior_only", "reward_only", "random" or "round_robin".
+    num_classes, epsilon, alpha_steps, seed: as PairScheduler's (epsilon only for the K-arm
+      schedules: karm, prior_only, reward_only).
+
+  Raises:
+    ValueError: an unknown schedule, or an argument out of range.
+  """
+  if schedule == "karm":
+    return PairScheduler(num_classes, epsilon, alpha_steps, seed=seed)
+  if schedule == "prior_only":
+    return PriorOnlyScheduler(num_classes, epsilon, alpha_steps, seed=seed)
+  if schedule == "reward_only":
+    return RewardOnlyScheduler(num_classes, epsilon, alpha_steps, seed=seed)
+  if schedule == "random":
+    return RandomPairScheduler(num_classes, alpha_steps, seed=seed)
+  if schedule == "round_robin":
+    return RoundRobinScheduler(num_classes, alpha_steps, seed=seed)
+  raise ValueError(f"schedule must be karm, prior_only, reward_only, random or round_robin, got "
+                   f"{schedule!r}")

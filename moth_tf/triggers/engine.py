@@ -113,6 +113,9 @@ class InversionResult:
       the order the images were given (flattened over directions); loss_end = loss_start where a
       direction never succeeded.
     sample_direction: [M] direction index of each flattened image.
+    asr_start: [K] attack success rate of the initial (warm-start or random) trigger on the
+      direction's images, measured at the first step before any update (MOTH logs it for the
+      previous trigger of a fast generation).
   """
   mask: np.ndarray
   pattern: np.ndarray
@@ -123,6 +126,7 @@ class InversionResult:
   loss_start: np.ndarray
   loss_end: np.ndarray
   sample_direction: np.ndarray
+  asr_start: Optional[np.ndarray] = None
 
   def loss_decrease(self) -> np.ndarray:
     """Per-image relative loss decrease (start - end) / start; 0 where undefined or failed.
@@ -325,6 +329,8 @@ class TriggerInverter:
         tf.equal(step, 0),
         lambda: tf.tensor_scatter_nd_update(st["loss_start"], sel[:, None], ce),
         lambda: st["loss_start"])
+    # The initial trigger's ASR (first step, before the update), per direction.
+    asr_start = tf.where(tf.logical_and(active, tf.equal(step, 0)), asr, st["asr_start"])
     loss_end = tf.tensor_scatter_nd_update(
         st["loss_end"], sel[:, None],
         tf.where(tf.gather(new_best, ds), ce, tf.gather(st["loss_end"], sel)))
@@ -382,7 +388,8 @@ class TriggerInverter:
                 m_pattern=m_pat, v_pattern=v_pat, cost=cost, up=up, down=down,
                 best_reg=best_reg, best_mask=best_mask, best_pattern=best_pattern,
                 anchor_reg=anchor_reg, last_significant=last_significant, done=done,
-                steps_run=steps_run, loss_start=loss_start, loss_end=loss_end)
+                steps_run=steps_run, loss_start=loss_start, loss_end=loss_end,
+                asr_start=asr_start)
 
   def _chunk(self, step, states, inputs, asr_bound, total_steps, chunk_end, early_stop_patience):
     """Runs steps [step, min(chunk_end, total_steps)) of every block not yet done.
@@ -453,6 +460,7 @@ class TriggerInverter:
         "anchor_reg": inf, "last_significant": tf.zeros([k], tf.int32),
         "done": tf.constant(block.done), "steps_run": tf.zeros([k], tf.int32),
         "loss_start": tf.zeros([num_samples]), "loss_end": tf.zeros([num_samples]),
+        "asr_start": tf.zeros([k]),
     }
 
   def invert(self, images: Sequence[np.ndarray], targets: Sequence[int], seeds: Sequence[int],
@@ -515,4 +523,5 @@ class TriggerInverter:
     return InversionResult(mask=mask, pattern=state["best_pattern"], size=size,
                            success=success, steps_run=state["steps_run"],
                            final_cost=state["cost"], loss_start=loss_start,
-                           loss_end=loss_end, sample_direction=sample_dir)
+                           loss_end=loss_end, sample_direction=sample_dir,
+                           asr_start=state["asr_start"])
