@@ -5,7 +5,6 @@ reads FLAGS. Run with --helpfull for every flag, or --flagfile=flags/NAME.flags 
 experiment.
 """
 
-import dataclasses
 import os
 import sys
 
@@ -32,6 +31,7 @@ def config_from_flags(flag_values) -> config_lib.RunConfig:
   """Builds the frozen run configuration from parsed flags (recipe defaults filled in)."""
   from moth_tf import data as data_lib
   from moth_tf import training
+  from moth_tf.hardening import runner
 
   dataset = flag_values.dataset
   recipe = training.RECIPES[dataset]
@@ -55,7 +55,6 @@ def config_from_flags(flag_values) -> config_lib.RunConfig:
       compare_to=flag_values.compare_to)
   # A measuring phase on a method's run (--phase=distance --method=moth) records that method's
   # settings too.
-  preset = config_lib.hardening_preset(flag_values.preset, dataset, flag_values.method or "moth")
   overrides = {field: getattr(flag_values, flag) for field, flag in (
       ("mode", "mode"), ("epochs", "harden_epochs"), ("steps", "harden_steps"),
       ("batch_size", "harden_batch_size"),
@@ -81,7 +80,7 @@ def config_from_flags(flag_values) -> config_lib.RunConfig:
   nc_overrides = {field: getattr(flag_values, f"nc_{field}") for field in (
       "steps", "samples", "asr_bound", "threshold", "unlearn_all", "stamp_share")
                   if getattr(flag_values, f"nc_{field}") is not None}
-  overrides["nc"] = dataclasses.replace(preset.nc, **nc_overrides)
+  overrides["nc"] = nc_overrides
   # nad: the layer and weight lists become tuples (the config is frozen and hashable).
   overrides.update({field: getattr(flag_values, flag) for field, flag in (
       ("nad_clean_share", "nad_clean_share"), ("nad_teacher_epochs", "nad_teacher_epochs"),
@@ -91,7 +90,9 @@ def config_from_flags(flag_values) -> config_lib.RunConfig:
     overrides["nad_layers"] = tuple(flag_values.nad_layers)
   if flag_values.nad_betas is not None:
     overrides["nad_betas"] = cli_flags.parse_betas(flag_values.nad_betas)
-  harden = dataclasses.replace(preset, seed=flag_values.seed, **overrides)
+  # The preset with the flags that were given on top, as moth_tf.harden builds it from a dict.
+  harden = runner.hardening_config(flag_values.preset, dataset, flag_values.method or "moth",
+                                   overrides, seed=flag_values.seed)
   try:
     colour = tuple(float(v) for v in flag_values.poison_colour)
   except ValueError:

@@ -322,17 +322,18 @@ def run_harden(config: config_lib.RunConfig, command_line=()):
   from moth_tf import distribute
   from moth_tf import evaluation
   from moth_tf.hardening import methods
+  from moth_tf.hardening import runner
 
   if config.method not in config_lib.HARDENING_METHODS:
     raise ValueError(f"--method={config.method} is the base model, made by --phase=train; harden "
                      f"with --method set to one of {', '.join(config_lib.HARDENING_METHODS)}")
-  method = methods.get_method(config.method)
+  methods.get_method(config.method)
   splits = load_splits(config)
   base_config = config if config.model_path else dataclasses.replace(config, method="natural")
   base_model, base_path = load_run_model(base_config)
   check_model_fits(base_model, splits, base_path)
-  if hasattr(method, "check_model"):  # A method's own demands on the model, before any output.
-    method.check_model(base_model, config.harden)
+  # The method's own demands on the model, before any output (the same steps as moth_tf.harden).
+  plan = runner.plan(config.method, base_model, splits, config.harden)
   strategy = distribute.get_strategy(config.strategy)
   final_dir = harden_output_dir(config)
   out_dir = distribute.worker_dir(strategy, final_dir)
@@ -345,22 +346,14 @@ def run_harden(config: config_lib.RunConfig, command_line=()):
   # A SavedModel without a training endpoint trains in inference mode; the method prints the
   # warning before it trains (moth_tf.hardening.fitting) and summary.json records it.
   model_input = model_io.describe_input(base_model, base_path)
-  from moth_tf.hardening import model as hardening_model
-  batchnorm = (config.harden.batchnorm if hardening_model.batchnorm_layers(base_model)
-               else "none (the model has no BatchNorm layer)")
+  batchnorm = plan.batchnorm
   del base_model
-  p = splits.info.train_pgd
-  pgd_settings = (p.epsilon, p.steps, p.step_size)
-  console.print_harden_start(config.method, base_path, out_dir,
-                             method.describe(config.harden, len(splits.x_train), pgd_settings)
-                             + f"; augmentation: {splits.augmentation.describe()}; BatchNorm: "
-                             + batchnorm)
+  console.print_harden_start(config.method, base_path, out_dir, plan.describe(splits))
   tb_records.write_run_metadata(out_dir, "harden", config.to_dict(), splits.info.class_names,
                                 command_line)
-  classifier, results = method.harden(
-      lambda: model_io.load_model(base_path, unsafe_load=config.unsafe_load), splits,
-      config.harden, out_dir, strategy=strategy, pgd_settings=pgd_settings,
-      verbose=fit_verbosity(config))
+  classifier, results = plan.run(
+      lambda: model_io.load_model(base_path, unsafe_load=config.unsafe_load), splits, out_dir,
+      strategy, verbose=fit_verbosity(config))
   acc_after = evaluation.accuracy(classifier, splits.x_test, splits.y_test)
   saved_path = model_io.save_model(classifier, out_dir)
   rundir.update_summary(
