@@ -1,3 +1,38 @@
-"""moth_tf: MOTH (Model Orthogonalization) class-distance hardening in TensorFlow 2 / Keras 3."""
+"""moth_tf: MOTH (Model Orthogonalization) class-distance hardening in TensorFlow 2 / Keras 3.
+
+The Python API (moth_tf.api; README, "Python API"), for a Keras model and arrays in memory:
+
+    hardened, results = moth_tf.harden(model, (x_train, y_train), test=(x_test, y_test))
+    moth_tf.class_distance(model, x, y)           # pairwise class distance: .matrix, .mean
+    moth_tf.detect_backdoor(model, x, y)          # Neural Cleanse: .flagged
+    moth_tf.backdoor_metrics(model, x, y, trigger)
+
+They are loaded on first use, so that `import moth_tf` does not import TensorFlow.
+"""
+
+import importlib as _importlib
 
 __version__ = "0.1.0"
+
+# Public name -> the module that defines it.
+_LAZY = {
+    "harden": "moth_tf.api",
+    "HardenResults": "moth_tf.api",
+    "class_distance": "moth_tf.api",
+    "detect_backdoor": "moth_tf.api",
+    "backdoor_metrics": "moth_tf.api",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name):
+  if name in _LAZY:
+    value = getattr(_importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value  # Later lookups skip this function.
+    return value
+  raise AttributeError(f"module 'moth_tf' has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_LAZY))

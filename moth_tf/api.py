@@ -1,0 +1,617 @@
+"""The Python API: moth_tf on a Keras model and arrays in memory, with no run directory.
+
+    import moth_tf
+    hardened, results = moth_tf.harden(model, (x_train, y_train), test=(x_test, y_test))
+    before = moth_tf.class_distance(model, x_test, y_test)
+    after = moth_tf.class_distance(hardened, x_test, y_test)
+
+Each function is the library call of a command-line phase (moth_tf.phases) with the run directory
+and the flags taken away: `harden` builds the same DatasetSplits and HardenConfig and runs the same
+method (moth_tf.hardening.runner) as `--phase=harden`; `class_distance`, `detect_backdoor` and
+`backdoor_metrics` wrap moth_tf.distance.measure_distance, moth_tf.detection.neural_cleanse and
+moth_tf.evaluation.backdoor.backdoor_metrics.
+
+Data: images are float arrays in [0, 1], NHWC ([N, H, W, C]; grey images have C = 1), labels integer
+class indices; `(images, labels)` tuples or a finite `tf.data.Dataset` of (image, label) pairs,
+batched or not. Models map such images to one score per class: logits, or probabilities when the
+model ends in a softmax (see `outputs` below). Bad input is a ValueError with one line that names the
+problem and the fix.
+
+`outputs` (every function but `backdoor_metrics`, which only compares predicted labels):
+
+* "auto" (default): a model whose last layer is a `keras.layers.Softmax`, or has
+  `activation="softmax"`, ends in probabilities; any other outputs as logits, unless the first
+  images' outputs are non-negative and sum to 1 per image (probabilities after all: a SavedModel,
+  say, whose softmax is not a layer).
+* "logits": the outputs are logits, as they are.
+* "probabilities": the outputs are probabilities.
+
+Trigger optimisation and hardening need logits (a softmax saturates, and its gradients vanish), so a
+softmax layer or activation is taken off a copy of the model for the work and the hardened model is
+returned ending in it again. Probabilities without a softmax that can be taken off are worked on as
+their logarithm (logits up to a constant per image), which does not undo the saturation.
+"""
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from typing import Any, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+OUTPUTS = ("auto", "logits", "probabilities")
+# Share of `train` kept for validation when `harden` gets no `val`.
+VALIDATION_SHARE = 0.1
+# Images whose outputs "auto" checks for probability rows.
+_PROBE_IMAGES = 64
+
+
+# --- Input checks ---------------------------------------------------------------------------------
+
+
+def _dataset_arrays(ds, what: str) -> Tuple[np.ndarray, np.ndarray]:
+  """A finite tf.data.Dataset of (image, label), batched or not, as two arrays."""
+  import tensorflow as tf
+
+  spec = ds.element_spec
+  if not (isinstance(spec, tuple) and len(spec) == 2 and
+          all(isinstance(s, tf.TensorSpec) for s in spec)):
+    raise ValueError(f"{what}: a tf.data.Dataset must yield (image, label) pairs of tensors, but "
+                     f"its elements are {spec}; map it to (image, label) first")
+  if ds.cardinality() == tf.data.INFINITE_CARDINALITY:
+    raise ValueError(f"{what}: the tf.data.Dataset is infinite (a repeat()?); pass a finite one")
+  rank = spec[0].shape.rank
+  if rank not in (3, 4):
+    raise ValueError(f"{what}: the tf.data.Dataset's images have shape {spec[0].shape}; give "
+                     "[H, W, C] images, or batches of them [B, H, W, C]")
+  images, labels = [], []
+  for x, y in ds.as_numpy_iterator():
+    images.append(x)
+    labels.append(np.reshape(y, (-1,)) if rank == 4 else np.reshape(y, (1, -1))[:, 0])
+  if not images:
+    raise ValueError(f"{what}: the tf.data.Dataset is empty")
+  join = np.concatenate if rank == 4 else np.stack
+  return join(images), np.concatenate(labels)
+
+
+def _arrays(data, what: str) -> Tuple[np.ndarray, np.ndarray]:
+  """(x, y) of an (images, labels) tuple or a tf.data.Dataset."""
+  if isinstance(data, (tuple, list)):
+    if len(data) != 2:
+      raise ValueError(f"{what} must be an (images, labels) pair, got a {type(data).__name__} of "
+                       f"{len(data)} items")
+    return np.asarray(data[0]), np.asarray(data[1])
+  import tensorflow as tf
+  if isinstance(data, tf.data.Dataset):
+    return _dataset_arrays(data, what)
+  raise ValueError(f"{what} must be an (images, labels) tuple of arrays or a tf.data.Dataset of "
+                   f"(image, label), got {type(data).__name__}")
+
+
+def _check_images(x, what: str) -> np.ndarray:
+  """`x` as float32 [N, H, W, C] in [0, 1], or a one-line ValueError."""
+  x = np.asarray(x)
+  if x.dtype == np.uint8:
+    raise ValueError(f"{what} images are uint8 (0..255); pass floats in [0, 1], e.g. x / 255.0")
+  if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+    raise ValueError(f"{what} images are {x.dtype}, not numbers; pass a float array in [0, 1]")
+  if x.ndim != 4:
+    hint = " (grey images: add a channel axis, x[..., None])" if x.ndim == 3 else ""
+    raise ValueError(f"{what} images have shape {x.shape}, not 4-d [N, H, W, C]{hint}")
+  if not len(x):
+    raise ValueError(f"{what} holds no images")
+  x = x.astype(np.float32, copy=False)
+  low, high = x.min(), x.max()
+  if not (np.isfinite(low) and np.isfinite(high)):
+    raise ValueError(f"{what} images hold {int(np.count_nonzero(~np.isfinite(x)))} non-finite "
+                     "values (NaN or inf); clean or drop those images")
+  if low < 0.0 or high > 1.0:
+    raise ValueError(f"{what} image values span [{low:.4g}, {high:.4g}], outside [0, 1]; scale "
+                     "them to [0, 1] (e.g. x / 255.0) and move any normalisation into the model")
+  return x
+
+
+def _check_labels(y, count: int, num_classes: int, what: str) -> np.ndarray:
+  """`y` as int64 [N] class indices in 0..num_classes-1, or a one-line ValueError."""
+  y = np.asarray(y)
+  if y.ndim == 2 and y.shape[1] == 1:
+    y = y[:, 0]
+  if y.ndim == 2:
+    raise ValueError(f"{what} labels have shape {y.shape} (one-hot?); pass integer class indices "
+                     "[N], e.g. y.argmax(axis=1)")
+  if y.ndim != 1 or len(y) != count:
+    raise ValueError(f"{what} has {count} images but labels of shape {y.shape}; give one integer "
+                     "label per image")
+  if np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0):
+    y = y.astype(np.int64)  # Whole numbers stored as floats.
+  if not np.issubdtype(y.dtype, np.integer):
+    raise ValueError(f"{what} labels are {y.dtype}, not integer class indices; pass y.astype(int)")
+  if y.min() < 0 or y.max() >= num_classes:
+    raise ValueError(f"{what} labels span {y.min()}..{y.max()}, outside the model's classes "
+                     f"0..{num_classes - 1}")
+  return y.astype(np.int64, copy=False)
+
+
+def _data(data, what: str, model, num_classes: int) -> Tuple[np.ndarray, np.ndarray]:
+  """Checked images and labels of `data` for `model`."""
+  x, y = _arrays(data, what)
+  return _images_and_labels(x, y, what, model, num_classes)
+
+
+def _images_and_labels(x, y, what, model, num_classes):
+  x = _check_images(x, what)
+  expected = tuple(model.input_shape[1:])
+  if len(expected) != 3 or any(e is not None and e != g for e, g in zip(expected, x.shape[1:])):
+    raise ValueError(f"{what} images are {x.shape[1:]} (H, W, C) but the model takes {expected}; "
+                     "resize the images or pass a model built for them")
+  return x, _check_labels(y, len(x), num_classes, what)
+
+
+def _load(model, unsafe_load: bool = False):
+  """(keras model, its path or None) of a Keras model or a path to one."""
+  import keras
+  from moth_tf.models import io as model_io
+
+  if isinstance(model, (str, os.PathLike)):
+    path = os.fspath(model)
+    return model_io.load_model(path, unsafe_load=unsafe_load), path
+  if not isinstance(model, keras.Model):
+    raise ValueError("model must be a keras.Model or the path of a .keras file or SavedModel "
+                     f"directory, got {type(model).__name__}")
+  if not model.built or not _has_input_shape(model):
+    raise ValueError("the model is not built, so its input shape is unknown; start it with "
+                     "keras.Input(shape=(H, W, C)) or call it once on a batch")
+  return model, None
+
+
+def _has_input_shape(model) -> bool:
+  try:
+    return len(model.input_shape) == 4
+  except (AttributeError, ValueError):
+    return False
+
+
+def _class_count(model, num_classes: Optional[int]) -> int:
+  """The model's number of outputs, checked against `num_classes` when given."""
+  try:
+    shape = model.output_shape
+  except (AttributeError, ValueError):
+    shape = None
+  outputs = shape[-1] if isinstance(shape, tuple) and len(shape) == 2 else None
+  if outputs is None and num_classes is None:
+    raise ValueError(f"the model's output shape is {shape}, not [batch, classes]; give it one "
+                     "score per class, or pass num_classes")
+  if num_classes is not None and outputs is not None and num_classes != outputs:
+    raise ValueError(f"num_classes={num_classes} but the model has {outputs} outputs; leave "
+                     "num_classes out or pass the model that has them")
+  n = num_classes or outputs
+  if n < 2:
+    raise ValueError(f"the model has {n} output(s); class distance needs 2 or more classes")
+  return int(n)
+
+
+def _strategy(strategy):
+  """A tf.distribute strategy: the current one for None, a named one for a string."""
+  import tensorflow as tf
+  if strategy is None:
+    return tf.distribute.get_strategy()
+  if isinstance(strategy, str):
+    from moth_tf import distribute
+    return distribute.get_strategy(strategy)
+  if not isinstance(strategy, tf.distribute.Strategy):
+    raise ValueError("strategy must be None, a tf.distribute.Strategy or one of default, "
+                     f"mirrored, multi_worker; got {type(strategy).__name__}")
+  return strategy
+
+
+# --- Logits and probabilities ---------------------------------------------------------------------
+
+
+def _softmax_end(model) -> Optional[str]:
+  """How `model` ends in a softmax that can be taken off: "layer", "activation", or None."""
+  import keras
+  layers = getattr(model, "layers", None)
+  if not layers:
+    return None
+  last = layers[-1]
+  if isinstance(last, keras.layers.Softmax):
+    return "layer"
+  activation = getattr(last, "activation", None)
+  if activation is not None and getattr(activation, "__name__", "") == "softmax":
+    return "activation"
+  return None
+
+
+def _looks_like_probabilities(model, x) -> bool:
+  scores = np.asarray(model.predict(x[:_PROBE_IMAGES], verbose=0), np.float64)
+  return bool(scores.min() >= 0.0 and np.allclose(scores.sum(axis=-1), 1.0, atol=1e-3))
+
+
+def _output_form(model, outputs: str, x) -> str:
+  """"logits", "softmax_layer", "softmax_activation" or "probabilities" (no softmax to take off)."""
+  if outputs not in OUTPUTS:
+    raise ValueError(f"outputs={outputs!r}: use one of {', '.join(OUTPUTS)}")
+  if outputs == "logits":
+    return "logits"
+  end = _softmax_end(model)
+  if end:
+    return "softmax_" + end
+  if outputs == "probabilities" or _looks_like_probabilities(model, x):
+    return "probabilities"
+  return "logits"
+
+
+_FORM_NOTES = {
+    "logits": "the model outputs logits",
+    "softmax_layer": "the model ends in a Softmax layer: worked on without it, returned with it",
+    "softmax_activation": ("the last layer has a softmax activation: worked on with a linear one, "
+                           "returned with the softmax"),
+    "probabilities": ("the model outputs probabilities without a softmax layer to take off: worked "
+                      "on as their logarithm"),
+}
+
+
+def _clone(model, strip_softmax: bool = False):
+  """A copy of `model` with its weights (the softmax taken off when asked); the original is never
+  touched."""
+  import keras
+  last = model.layers[-1]
+
+  def clone_layer(layer):
+    if strip_softmax and layer is last:
+      if isinstance(layer, keras.layers.Softmax):
+        return keras.layers.Identity(name=layer.name)
+      return layer.__class__.from_config({**layer.get_config(), "activation": "linear"})
+    return layer.__class__.from_config(layer.get_config())
+
+  try:
+    copy = keras.models.clone_model(model, clone_function=clone_layer)
+  except (TypeError, ValueError, NotImplementedError) as e:
+    raise ValueError(f"keras.models.clone_model cannot copy this model ({type(e).__name__}: "
+                     f"{str(e).splitlines()[0][:100]}); build it with the functional or "
+                     "Sequential API, or save it and pass the path") from e
+  copy.set_weights(model.get_weights())
+  return copy
+
+
+def _log_probabilities(model):
+  """`model` (probabilities) with the logarithm on top: logits up to a constant per image."""
+  import keras
+
+  inputs = keras.Input(model.input_shape[1:])
+  scores = keras.layers.Lambda(lambda p: keras.ops.log(keras.ops.maximum(p, 1e-12)),
+                               name="log_probabilities")(model(inputs))
+  return keras.Model(inputs, scores, name="log_" + model.name)
+
+
+def _logits_model(model, form: str, copy: bool):
+  """A logits view of `model` (form from `_output_form`); a copy when `copy` or when the softmax is
+  taken off."""
+  if form.startswith("softmax_"):
+    return _clone(model, strip_softmax=True)
+  base = _clone(model) if copy else model
+  return _log_probabilities(base) if form == "probabilities" else base
+
+
+# --- Hardening ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class HardenResults:
+  """What `harden` did.
+
+  Attributes:
+    method: the hardening method.
+    test_accuracy_before, test_accuracy_after: accuracy of the input and the hardened model on
+      `test` (or, without it, on the validation images: see `accuracy_split`).
+    accuracy_split: "test" or "val", the images the accuracies are measured on.
+    wall_seconds: the hardening's wall time (training and trigger generation).
+    steps: training steps run.
+    config: the moth_tf.config.HardenConfig used.
+    outputs: how the model's outputs were read: "logits", "softmax_layer", "softmax_activation"
+      (taken off for hardening, put back on the returned model) or "probabilities" (hardened as
+      their logarithm).
+    note: `outputs` in words.
+    workdir: where logs went (None: a temporary directory, deleted).
+    raw: the method's results dict (as in a run's summary.json, key "harden").
+  """
+  method: str
+  test_accuracy_before: float
+  test_accuracy_after: float
+  accuracy_split: str
+  wall_seconds: float
+  steps: int
+  config: Any
+  outputs: str
+  note: str
+  workdir: Optional[str]
+  raw: dict
+
+  def __str__(self) -> str:
+    return (f"{self.method}: {self.accuracy_split} accuracy {self.test_accuracy_before:.4f} -> "
+            f"{self.test_accuracy_after:.4f} "
+            f"({100 * (self.test_accuracy_after - self.test_accuracy_before):+.2f} points), "
+            f"{self.steps} steps in {self.wall_seconds:.1f} s; {self.note}")
+
+
+def _dataset_info(dataset: Optional[str], num_classes: int, image_shape):
+  """The DatasetInfo of user data: a registered data set's (PGD budgets, augmentation) or "user"."""
+  from moth_tf import data as data_lib
+
+  shape = tuple(int(v) for v in image_shape)
+  if dataset is None:
+    return data_lib.DatasetInfo(name="user", num_classes=num_classes, image_shape=shape,
+                                class_names=tuple(str(i) for i in range(num_classes)))
+  info = data_lib.dataset_info(dataset)
+  if info.num_classes != num_classes:
+    raise ValueError(f"dataset={dataset!r} has {info.num_classes} classes but the model has "
+                     f"{num_classes} outputs; pass dataset=None for your own data")
+  return dataclasses.replace(info, image_shape=shape)
+
+
+def harden(model, train, val=None, method: str = "moth", *, test=None,
+           dataset: Optional[str] = None,
+           config: Union[None, Any, Mapping[str, Any]] = None, outputs: str = "auto",
+           strategy=None, workdir: Optional[str] = None, augment: Optional[str] = None,
+           seed: int = 0, verbose: int = 1, unsafe_load: bool = False):
+  """Hardens a copy of a classifier with MOTH (or a baseline) and returns it.
+
+  Args:
+    model: a built keras.Model, or the path of a .keras file or SavedModel directory (loaded with
+      moth_tf.models.io.load_model). It is never modified: a copy is hardened.
+    train: training data, (images, labels) arrays or a tf.data.Dataset of (image, label).
+    val: validation data in the same forms; None: a stratified 10% of `train`, seeded by `seed`.
+    method: "moth" or a baseline (moth_tf.hardening.methods.METHODS).
+    test: data the accuracy before and after is measured on; None: `val`.
+    dataset: a registered data set's name (moth_tf.data.DATASETS) when the data is that set: its
+      hardening recipe, PGD budgets and augmentation are used. None: your own data, with the
+      method's recipe for every data set and no augmentation.
+    config: a moth_tf.config.HardenConfig, used as it is, or a dict of its fields to change on
+      the default recipe (e.g. {"steps": 500}; "nc" may be a dict of NeuralCleanseConfig fields).
+    outputs: "auto", "logits" or "probabilities" (see the module docstring).
+    strategy: None (the current tf.distribute strategy), a tf.distribute.Strategy, or "mirrored".
+    workdir: where the TensorBoard logs and the resumable backup go; a call killed part-way and
+      made again with the same workdir resumes. None: a temporary directory, deleted at the end.
+    augment: training augmentation (moth_tf.data.augment.RECIPES); None: the data set's default.
+    seed: the run's seed (config.seed unless `config` is a HardenConfig) and the validation
+      split's.
+    verbose: 0 silent, 1 a progress bar, 2 plain lines.
+    unsafe_load: load a `model` path that needs safe_mode=False (only for files you trust).
+
+  Returns:
+    (hardened keras.Model, HardenResults). The hardened model outputs what the input did (logits,
+    or probabilities through the same softmax).
+
+  Raises:
+    ValueError: bad input (shapes, labels, pixel range, unknown method or setting), one line.
+    moth_tf.training.NonFiniteTrainingError: the hardening diverged (lower the learning rate).
+  """
+  from moth_tf import data as data_lib
+  from moth_tf import evaluation
+  from moth_tf.data import augment as augment_lib
+  from moth_tf.data import base as data_base
+  from moth_tf.hardening import methods
+  from moth_tf.hardening import runner
+  from moth_tf.models import io as model_io
+
+  methods.get_method(method)  # An unknown method is refused before anything is loaded.
+  base, path = _load(model, unsafe_load)
+  num_classes = _class_count(base, None)
+  x_train, y_train = _data(train, "train", base, num_classes)
+  if val is None:
+    keep, held = data_base.stratified_split(y_train, (1 - VALIDATION_SHARE, VALIDATION_SHARE), seed)
+    if not len(held):
+      raise ValueError(f"train has too few images ({len(x_train)}) to hold out a validation "
+                       "split; pass val")
+    x_train, y_train, x_val, y_val = x_train[keep], y_train[keep], x_train[held], y_train[held]
+  else:
+    x_val, y_val = _data(val, "val", base, num_classes)
+  x_test, y_test = _data(test, "test", base, num_classes) if test is not None else (x_val, y_val)
+  info = _dataset_info(dataset, num_classes, x_train.shape[1:])
+  augmentation = augment_lib.resolve(info.augment, augment, None, x_train.shape[1])
+  splits = data_lib.DatasetSplits(info, x_train, y_train, x_val, y_val, x_test, y_test,
+                                  augmentation=augmentation)
+  harden_config = runner.hardening_config("default", info.name, method, config, seed=seed)
+  plan = runner.plan(method, base, splits, harden_config)
+  form = _output_form(base, outputs, x_train)
+  strategy = _strategy(strategy)
+
+  def classifier_factory():
+    # Called inside the strategy's scope: the copy's variables are the strategy's.
+    original = model_io.load_model(path, unsafe_load=unsafe_load) if path else base
+    return _logits_model(original, form, copy=path is None)
+
+  accuracy_before = evaluation.accuracy(base, x_test, y_test)
+  if verbose:
+    print(f"{method} hardening: {plan.describe(splits)}; {_FORM_NOTES[form]}", flush=True)
+  run_dir = workdir or tempfile.mkdtemp(prefix="moth_tf_harden_")
+  try:
+    classifier, raw = plan.run(classifier_factory, splits, run_dir, strategy, verbose=verbose)
+  finally:
+    if workdir is None:
+      shutil.rmtree(run_dir, ignore_errors=True)
+  if form.startswith("softmax_"):
+    # The input's own architecture, softmax included, with the hardened weights (the softmax has
+    # none, and a linear activation has the same weights as a softmax one).
+    hardened = _clone(base)
+    hardened.set_weights(classifier.get_weights())
+  elif form == "probabilities":
+    hardened = classifier.layers[1]  # Under the log_probabilities layer.
+  else:
+    hardened = classifier
+  accuracy_after = evaluation.accuracy(hardened, x_test, y_test)
+  results = HardenResults(
+      method=method, test_accuracy_before=accuracy_before, test_accuracy_after=accuracy_after,
+      accuracy_split="test" if test is not None else "val", wall_seconds=raw["wall_seconds"],
+      steps=raw["steps"], config=harden_config, outputs=form, note=_FORM_NOTES[form],
+      workdir=workdir, raw={**raw, "method": method, "batchnorm": plan.batchnorm})
+  if verbose:
+    print(results, flush=True)
+  return hardened, results
+
+
+# --- Measurements ---------------------------------------------------------------------------------
+
+
+def _measured_model(base, path: Optional[str], x, outputs: str, strategy):
+  """The logits model to optimise triggers on, built in the strategy's scope (`base` loaded from
+  `path`, or the caller's model when `path` is None)."""
+  import tensorflow as tf
+  form = _output_form(base, outputs, x)
+  default = strategy is tf.distribute.get_strategy()
+  with strategy.scope():
+    if path and not default:  # Loaded again in the scope, as the command line does.
+      base = _load(path)[0]
+    return _logits_model(base, form, copy=not default and path is None)
+
+
+def _seed_values(seeds: Union[int, Sequence[int]]) -> Tuple[int, ...]:
+  """Seeds as the command line's --seeds=N picks them (the reference's first), or as given."""
+  from moth_tf import config as config_lib
+  if isinstance(seeds, (int, np.integer)):
+    if seeds < 1:
+      raise ValueError(f"seeds={seeds}: give a number of seeds >= 1 or a list of seed values")
+    return (config_lib.REFERENCE_SEEDS + tuple(range(1, seeds + 1)))[:seeds]
+  return tuple(int(s) for s in seeds)
+
+
+def class_distance(model, x, y, *, num_classes: Optional[int] = None, samples: int = 100,
+                   steps: int = 1000, seeds: Union[int, Sequence[int]] = 3,
+                   pairs: Optional[Sequence[Tuple[int, int]]] = None, asr_bound: float = 0.9,
+                   early_stop_patience: int = 200, outputs: str = "auto", strategy=None,
+                   verbose: int = 1):
+  """Measures the class distance of a model: the smallest trigger that flips class s into t.
+
+  The defaults are the command line's (`--phase=distance`): 100 images per direction, 1,000 steps,
+  the reference's first three seeds.
+
+  Args:
+    model: a built keras.Model or the path of a .keras file or SavedModel directory.
+    x, y: held-out images (float [0, 1], NHWC) and integer labels to draw each direction's images
+      from.
+    num_classes: n; None: the model's number of outputs.
+    samples: images of the source class per direction (up to).
+    steps: optimisation steps per direction.
+    seeds: the number of seeds (the reference's values first) or a list of seed values; the
+      distance is the element-wise minimum over seeds.
+    pairs: ordered (source, target) pairs to measure; None: all n(n-1).
+    asr_bound: the share of images a trigger must flip.
+    early_stop_patience: stop a direction after this many steps without a 1% smaller trigger
+      (0: run every step).
+    outputs: "auto", "logits" or "probabilities" (see the module docstring).
+    strategy: None, a tf.distribute.Strategy or "mirrored": its replicas share the directions.
+    verbose: 0 silent, 1 a progress bar, 2 one line at the end.
+
+  Returns:
+    moth_tf.distance.DistanceResult: `matrix` [n, n] (source, target; NaN on the diagonal and
+    where no seed reached the bound), `mean`, `failures`, `per_seed`, `wall_seconds`.
+
+  Raises:
+    ValueError: bad input or settings (one line).
+  """
+  from moth_tf import config as config_lib
+  from moth_tf import distance
+  from moth_tf import phases
+
+  strategy = _strategy(strategy)
+  base, path = _load(model)
+  n = _class_count(base, num_classes)
+  x, y = _images_and_labels(x, y, "x", base, n)
+  settings = config_lib.DistanceConfig(samples=samples, steps=steps, seeds=_seed_values(seeds),
+                                       asr_bound=asr_bound,
+                                       early_stop_patience=early_stop_patience)
+  logits = _measured_model(base, path, x, outputs, strategy)
+  return distance.measure_distance(
+      logits, x, y, n, phases.inversion_settings(settings), settings.seeds, samples=samples,
+      pairs=[tuple(p) for p in pairs] if pairs is not None else None, split_name="user",
+      verbose=verbose, strategy=strategy)
+
+
+def detect_backdoor(model, x, y, *, num_classes: Optional[int] = None,
+                    config: Union[None, Any, Mapping[str, Any]] = None, outputs: str = "auto",
+                    strategy=None, verbose: int = 1):
+  """Neural Cleanse: reverse-engineers one trigger per label and flags the outlying small ones.
+
+  Args:
+    model: a built keras.Model or the path of a .keras file or SavedModel directory.
+    x, y: clean held-out images (float [0, 1], NHWC) and integer labels.
+    num_classes: n; None: the model's number of outputs.
+    config: a moth_tf.config.NeuralCleanseConfig, or a dict of its fields to change on the
+      defaults (e.g. {"steps": 300, "samples": 10}).
+    outputs: "auto", "logits" or "probabilities" (see the module docstring).
+    strategy: None, a tf.distribute.Strategy or "mirrored": its replicas share the labels.
+    verbose: 0 silent, 1 a progress bar, 2 one line at the end.
+
+  Returns:
+    moth_tf.detection.DetectionResult: `flagged` (the suspected backdoor targets), `l1_norms`,
+    `anomaly_index`, `masks`, `patterns`.
+
+  Raises:
+    ValueError: bad input or an unknown setting (one line).
+  """
+  from moth_tf import detection
+  from moth_tf.hardening import runner
+
+  nc = runner.neural_cleanse_config(config)
+  strategy = _strategy(strategy)
+  base, path = _load(model)
+  n = _class_count(base, num_classes)
+  x, y = _images_and_labels(x, y, "x", base, n)
+  logits = _measured_model(base, path, x, outputs, strategy)
+  return detection.neural_cleanse(logits, x, y, n, nc, verbose=verbose, strategy=strategy)
+
+
+def _trigger(trigger, image_shape):
+  """A BackdoorTrigger of a trigger, a saved trigger's path, or (mask, pattern, target)."""
+  from moth_tf.attacks import backdoor
+
+  if isinstance(trigger, backdoor.BackdoorTrigger):
+    found = trigger
+  elif isinstance(trigger, (str, os.PathLike)):
+    return backdoor.load_trigger(os.fspath(trigger), image_shape)
+  elif isinstance(trigger, (tuple, list)) and len(trigger) == 3:
+    mask, pattern, target = trigger
+    mask = np.asarray(mask, np.float32)
+    found = backdoor.BackdoorTrigger(mask=mask[..., None] if mask.ndim == 2 else mask,
+                                     pattern=np.asarray(pattern, np.float32), target=int(target))
+  else:
+    raise ValueError("trigger must be a moth_tf.attacks.backdoor.BackdoorTrigger, the path of a "
+                     "poisoned run (trigger.npz + trigger.json), or (mask [H, W], pattern "
+                     f"[H, W, C], target); got {type(trigger).__name__}")
+  h, w, _ = image_shape
+  if found.mask.shape != (h, w, 1) or tuple(found.pattern.shape) != tuple(image_shape):
+    raise ValueError(f"the trigger's mask {found.mask.shape} and pattern {found.pattern.shape} do "
+                     f"not fit {tuple(image_shape)} images; give a mask [H, W] and a pattern "
+                     "[H, W, C] of the images' size")
+  return found
+
+
+def backdoor_metrics(model, x, y, trigger, num_classes: Optional[int] = None) -> dict:
+  """C-Acc, ASR and R-Acc of a model under a backdoor trigger.
+
+  Args:
+    model: a built keras.Model or the path of a .keras file or SavedModel directory (logits or
+      probabilities: only predicted labels count).
+    x, y: clean held-out images (float [0, 1], NHWC) and integer labels.
+    trigger: a moth_tf.attacks.backdoor.BackdoorTrigger (e.g. from make_trigger); the path of a
+      poisoned run directory or its trigger.npz; or a tuple (mask, pattern, target): mask [H, W]
+      or [H, W, 1] and pattern [H, W, C] in [0, 1], stamped as (1 - mask) * x + mask * pattern,
+      sending every other class to `target` (all-to-one).
+    num_classes: n; None: the model's number of outputs.
+
+  Returns:
+    dict: "c_acc" (clean accuracy), "asr" (stamped images of the other classes classified as the
+    target), "r_acc" (stamped images still classified as their class), "images",
+    "stamped_images".
+
+  Raises:
+    ValueError: bad input, or a trigger that does not fit the images (one line).
+    FileNotFoundError: no trigger at the path.
+  """
+  from moth_tf.evaluation import backdoor as backdoor_eval
+
+  base, _ = _load(model)
+  n = _class_count(base, num_classes)
+  x, y = _images_and_labels(x, y, "x", base, n)
+  return backdoor_eval.backdoor_metrics(base, x, y, _trigger(trigger, x.shape[1:]), n)
