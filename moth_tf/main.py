@@ -53,8 +53,6 @@ def config_from_flags(flag_values) -> config_lib.RunConfig:
       batch_directions=flag_values.batch_directions,
       direction_blocks=flag_values.direction_blocks,
       compare_to=flag_values.compare_to)
-  # A measuring phase on a method's run (--phase=distance --method=moth) records that method's
-  # settings too.
   overrides = {field: getattr(flag_values, flag) for field, flag in (
       ("mode", "mode"), ("epochs", "harden_epochs"), ("steps", "harden_steps"),
       ("batch_size", "harden_batch_size"),
@@ -90,7 +88,9 @@ def config_from_flags(flag_values) -> config_lib.RunConfig:
     overrides["nad_layers"] = tuple(flag_values.nad_layers)
   if flag_values.nad_betas is not None:
     overrides["nad_betas"] = cli_flags.parse_betas(flag_values.nad_betas)
-  # The preset with the flags that were given on top, as moth_tf.harden builds it from a dict.
+  # The preset with the flags that were given on top, as moth_tf.harden builds it from a dict. A
+  # measuring phase on a method's run (--phase=distance --method=moth) records that method's
+  # settings too.
   harden = runner.hardening_config(flag_values.preset, dataset, flag_values.method or "moth",
                                    overrides, seed=flag_values.seed)
   try:
