@@ -213,7 +213,7 @@ class HardenConfig:
   # Warm starts come from the store; the reference keeps the largest successful trigger per
   # direction, we keep the latest (it is closer to the current model's minimal trigger).
   store_largest: bool = False
-  # Trigger generation (issue 13; the published schedule is generations_per_period=None,
+  # Trigger generation (the published schedule is generations_per_period=None,
   # warm_fast_start=False, fast_first_visit=False, pairs_per_period=1, fixed_trigger_images=False,
   # as in REFERENCE_HARDENING). `generations_per_period`: the first that many steps of a period
   # generate the pairs' triggers; the others stamp the last ones again (a failed generation is

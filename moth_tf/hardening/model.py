@@ -14,8 +14,8 @@ between steps, so the step is one traced graph for the whole run:
   images of every other class.
 
 Randomness inside the step is stateless, seeded by (optimizer step, replica id), so runs are
-repeatable and a resumed run draws the same numbers. Fractions apply to each replica's own batch
-(shared/STYLE.md section 2: slicing in a train_step acts per replica).
+repeatable and a resumed run draws the same numbers. Fractions apply to each replica's own batch:
+under a strategy, a train_step sees only its replica's share of the global batch.
 
 BatchNorm: stamped (or otherwise perturbed) images share the batch with clean ones, so in training mode
 they enter the batch statistics and the moving averages the model later uses at test time. The

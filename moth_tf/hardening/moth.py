@@ -15,7 +15,7 @@ before every training step decides what that step stamps:
    0.2 while both directions keep succeeding, back to 200 / 1e-3 after a failure. The step stamps
    them on `portion` of the batch's class-s and class-t images (labels kept). At the end of the
    period the scheduler's reward V is updated from the average trigger sizes.
-3. Our default generation schedule (issue 13; the published one is
+3. Our default generation schedule (the published one is
    config.PUBLISHED_GENERATION, used by `--preset=reference`) does the same work for less:
    * `pairs_per_period` (default min(5, n // 2)) pairs with no class in common per period, chosen
      one after another by the scheduler; all their directions are generated in one batched engine
