@@ -154,8 +154,8 @@ def fit_hardening(model, splits, config: config_lib.HardenConfig, run_dir: str,
   clock = RunClock(start or time.time())
   steps_per_epoch = config.steps_per_epoch_for(len(splits.x_train))
   # A resumed run continues the uninterrupted run's stream of batches: the seeded shuffle is
-  # replayed and the batches of the finished epochs skipped. (Random augmentation, for the data
-  # sets that have it, draws anew.)
+  # replayed and the batches of the finished epochs skipped; augmentation is seeded by each batch's
+  # place in that stream, so the resumed batches are augmented as in the uninterrupted run.
   train_ds = data_lib.make_pipeline(splits.x_train, splits.y_train, config.batch_size,
                                     shuffle=True, augment=splits.augmentation, seed=config.seed,
                                     repeat=True,
