@@ -17,6 +17,13 @@ early stop, 3 seeds); fashion_mnist uses flags/fashion_mnist.flags (30 images, 3
 entry) are reused unless --fresh, so an interrupted benchmark continues. The table is printed and
 written, with every figure, to benchmarks/results/baselines_<dataset>.json (and .md).
 
+Another model: --model=resnet20 --flagfile=flags/fashion_mnist_resnet20.flags. The flagfile comes
+first on every command (base training, hardening budget, distance protocol), so every row shares its
+settings; results go to baselines_<dataset>_<model>.json.
+
+    python benchmarks/baselines_benchmark.py --dataset=fashion_mnist --model=resnet20 \
+        --flagfile=flags/fashion_mnist_resnet20.flags --methods=finetune,moth,universal,adv_train
+
 Costs on the project's 2-core CPU (measured; see the README): digits about 45 minutes for every
 row (Pairwise about half of it), fashion_mnist without pairwise about 90 minutes.
 """
@@ -35,8 +42,10 @@ ALL_METHODS = ("finetune", "adv_train", "uap", "universal", "pairwise", "moth", 
 DEFAULT_MODELS = {"digits": "lenet", "fashion_mnist": "small_cnn"}
 
 
-def distance_args(dataset):
-  """The distance flags of the data set's protocol."""
+def distance_args(dataset, flagfile=None):
+  """The distance flags of the data set's protocol (none beyond a run's own flagfile)."""
+  if flagfile:
+    return []
   if dataset == "fashion_mnist":
     return [f"--flagfile={os.path.join(common.REPO, 'flags', 'fashion_mnist.flags')}"]
   return ["--seeds=3"]
@@ -55,9 +64,10 @@ def robust_accuracy(output):
 class Bench:
   """Runs and measures one data set's rows; every figure lands in `self.results`."""
 
-  def __init__(self, dataset, workdir, fresh, out_path):
+  def __init__(self, dataset, workdir, fresh, out_path, model=None, flagfile=None):
     self.dataset = dataset
-    self.model = DEFAULT_MODELS[dataset]
+    self.model = model or DEFAULT_MODELS[dataset]
+    self.flagfile = flagfile
     self.workdir = workdir
     self.fresh = fresh
     self.out_path = out_path
@@ -65,6 +75,8 @@ class Bench:
     self.results.setdefault("rows", {})
     self.results["machine"] = common.machine_note()
     self.results["dataset"] = dataset
+    self.results["model"] = self.model
+    self.results["flagfile"] = flagfile
 
   def save(self):
     os.makedirs(os.path.dirname(self.out_path), exist_ok=True)
@@ -73,7 +85,9 @@ class Bench:
     os.replace(self.out_path + ".tmp", self.out_path)
 
   def cli(self, *args, workdir=None):
-    wall, out = common.run_cli(f"--dataset={self.dataset}", f"--model={self.model}", *args,
+    # The flagfile first: flags after it win (it may set --phase=pipeline).
+    flagfile = [f"--flagfile={self.flagfile}"] if self.flagfile else []
+    wall, out = common.run_cli(*flagfile, f"--dataset={self.dataset}", f"--model={self.model}", *args,
                                workdir=workdir or self.workdir)
     return wall, out
 
@@ -87,7 +101,8 @@ class Bench:
     compare = [f"--compare_to={compare_to}"] if compare_to else []
     if "distance" not in row:
       # The flagfile first: flags after it win (it sets --phase=pipeline).
-      wall, _ = self.cli(*distance_args(self.dataset), "--phase=distance", *target, *compare,
+      wall, _ = self.cli(*distance_args(self.dataset, self.flagfile), "--phase=distance", *target,
+                         *compare,
                          workdir=workdir)
       out_dir = (self.run_dir(method, workdir) if method else os.path.join(
           workdir, f"{self.dataset}_external_model"))
@@ -107,7 +122,9 @@ class Bench:
 
   def base(self):
     start = time.time()
-    path = common.ensure_base_model(self.workdir, self.dataset, self.model)
+    path = os.path.join(self.run_dir("natural"), "model.keras")
+    if not os.path.exists(path):
+      self.cli("--phase=train")
     row = self.results["rows"].setdefault("natural", {})
     summary = read_json(os.path.join(self.run_dir("natural"), "summary.json"))
     row["test_accuracy"] = summary["test_accuracy"]
@@ -202,14 +219,20 @@ def main():
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--dataset", default="digits", choices=sorted(DEFAULT_MODELS))
   parser.add_argument("--methods", default=",".join(ALL_METHODS))
+  parser.add_argument("--model", default=None,
+                      help="the model to build (default: the data set's benchmark model)")
+  parser.add_argument("--flagfile", default=None,
+                      help="a flagfile put first on every command (training, budget, distance)")
   parser.add_argument("--workdir", default=None)
   parser.add_argument("--fresh", action="store_true",
                       help="forget the JSON of an earlier run (run directories are reused)")
   args = parser.parse_args()
-  workdir = args.workdir or os.path.join(common.REPO, "benchmarks", "results",
-                                         f"baselines_{args.dataset}")
-  out_path = os.path.join(common.REPO, "benchmarks", "results", f"baselines_{args.dataset}.json")
-  bench = Bench(args.dataset, workdir, args.fresh, out_path)
+  name = f"baselines_{args.dataset}" + (
+      f"_{args.model}" if args.model and args.model != DEFAULT_MODELS[args.dataset] else "")
+  workdir = args.workdir or os.path.join(common.REPO, "benchmarks", "results", name)
+  out_path = os.path.join(common.REPO, "benchmarks", "results", f"{name}.json")
+  flagfile = os.path.abspath(args.flagfile) if args.flagfile else None
+  bench = Bench(args.dataset, workdir, args.fresh, out_path, args.model, flagfile)
   start = time.time()
   bench.base()
   for name in args.methods.split(","):
