@@ -19,6 +19,14 @@ Augmented defences: `--defence_augment=crop` hardens every defence with that tra
 (`--augment`), from the natural and poisoned runs of `--base_from=<an earlier benchmark workdir>`
 (copied, so both sets of rows start from the same poisoned model); the tables go to
 backdoor_<dataset>_<recipe>.{json,md}. `--skip_distance` measures the backdoor metrics only.
+
+Another model: --model=resnet20 --flagfile=flags/fashion_mnist_resnet20.flags puts the flagfile
+first on every command (training and poisoning recipe with its augmentation, hardening budget,
+distance protocol); tables go to backdoor_<dataset>_<model>[_<recipe>].{json,md}. The defences then
+use the data set's augmentation unless --defence_augment names another recipe (none included).
+
+    python benchmarks/backdoor_benchmark.py --dataset=fashion_mnist --model=resnet20 \
+        --flagfile=flags/fashion_mnist_resnet20.flags --methods=moth,nc,nad,finetune
 """
 
 import argparse
@@ -38,8 +46,9 @@ class Bench:
   """Runs one data set's backdoor scenario; every figure lands in `self.results`."""
 
   def __init__(self, dataset, workdir, fresh, out_path, poison_args, defence_args=(),
-               skip_distance=False):
-    self.dataset, self.model, self.workdir = dataset, DEFAULT_MODELS[dataset], workdir
+               skip_distance=False, model=None, flagfile=None):
+    self.dataset, self.model, self.workdir = dataset, model or DEFAULT_MODELS[dataset], workdir
+    self.flagfile = flagfile
     self.out_path, self.poison_args = out_path, poison_args
     self.defence_args, self.skip_distance = list(defence_args), skip_distance
     self.results = read_json(out_path) if os.path.exists(out_path) and not fresh else {}
@@ -47,6 +56,8 @@ class Bench:
     self.results.setdefault("detection", {})
     self.results["machine"] = common.machine_note()
     self.results["dataset"] = dataset
+    self.results["model"] = self.model
+    self.results["flagfile"] = flagfile
 
   def save(self):
     os.makedirs(os.path.dirname(self.out_path), exist_ok=True)
@@ -55,7 +66,9 @@ class Bench:
     os.replace(self.out_path + ".tmp", self.out_path)
 
   def cli(self, *args):
-    return common.run_cli(f"--dataset={self.dataset}", f"--model={self.model}", *args,
+    # The flagfile first: flags after it win (it may set --phase=pipeline).
+    flagfile = [f"--flagfile={self.flagfile}"] if self.flagfile else []
+    return common.run_cli(*flagfile, f"--dataset={self.dataset}", f"--model={self.model}", *args,
                           workdir=self.workdir)
 
   def run_dir(self, name):
@@ -91,7 +104,7 @@ class Bench:
       if os.path.exists(path) and os.path.getmtime(path) > os.path.getmtime(model):
         wall = None  # A measurement of this very model file, left by an earlier or manual run.
       else:
-        wall, _ = self.cli(*distance_args(self.dataset), "--phase=distance",
+        wall, _ = self.cli(*distance_args(self.dataset, self.flagfile), "--phase=distance",
                            *self.target_args(label), *compare)
       d = read_json(path)
       row["distance"] = {"mean": d["mean"], "failures": len(d["failures"]), "cli_seconds": wall}
@@ -102,7 +115,8 @@ class Bench:
     print(f"{label}: {json.dumps(row)}", flush=True)
 
   def base_models(self):
-    common.ensure_base_model(self.workdir, self.dataset, self.model)
+    if not os.path.exists(os.path.join(self.run_dir("natural"), "model.keras")):
+      self.cli("--phase=train")
     row = self.results["rows"].setdefault("poisoned", {})
     if "train_seconds" not in row:
       if not os.path.exists(os.path.join(self.run_dir("poisoned"), "model.keras")):
@@ -184,6 +198,10 @@ def main():
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--dataset", default="digits", choices=sorted(DEFAULT_MODELS))
   parser.add_argument("--methods", default=",".join(ALL_METHODS))
+  parser.add_argument("--model", default=None,
+                      help="the model to build (default: the data set's benchmark model)")
+  parser.add_argument("--flagfile", default=None,
+                      help="a flagfile put first on every command (training, budget, distance)")
   parser.add_argument("--poison_args", default="--poison_size=3",
                       help="extra flags of --phase=poison, space separated")
   parser.add_argument("--workdir", default=None)
@@ -195,21 +213,23 @@ def main():
   parser.add_argument("--skip_distance", action="store_true",
                       help="measure the backdoor metrics only (no class distance)")
   args = parser.parse_args()
-  suffix = f"_{args.defence_augment}" if args.defence_augment else ""
+  model = args.model or DEFAULT_MODELS[args.dataset]
+  suffix = (f"_{model}" if model != DEFAULT_MODELS[args.dataset] else "") + (
+      f"_{args.defence_augment}" if args.defence_augment else "")
   workdir = args.workdir or os.path.join(common.REPO, "benchmarks", "results",
                                          f"backdoor_{args.dataset}{suffix}")
   out_path = os.path.join(common.REPO, "benchmarks", "results",
                           f"backdoor_{args.dataset}{suffix}.json")
   if args.base_from:
     import shutil
-    model = DEFAULT_MODELS[args.dataset]
     for run in ("natural", "poisoned"):
       target = os.path.join(workdir, f"{args.dataset}_{model}_{run}")
       if not os.path.exists(target):
         shutil.copytree(os.path.join(args.base_from, f"{args.dataset}_{model}_{run}"), target)
   defence_args = [f"--augment={args.defence_augment}"] if args.defence_augment else []
+  flagfile = os.path.abspath(args.flagfile) if args.flagfile else None
   bench = Bench(args.dataset, workdir, args.fresh, out_path, args.poison_args.split(),
-                defence_args, args.skip_distance)
+                defence_args, args.skip_distance, model, flagfile)
   start = time.time()
   bench.base_models()
   if not args.skip_distance:  # Detection reads the distance matrices.
