@@ -28,7 +28,7 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 from moth_tf import config as config_lib  # pylint: disable=g-import-not-at-top
 from moth_tf import data  # pylint: disable=g-import-not-at-top
-from moth_tf import distance  # pylint: disable=g-import-not-at-top
+from moth_tf.evaluation import distance  # pylint: disable=g-import-not-at-top
 from moth_tf.models import io as model_io  # pylint: disable=g-import-not-at-top
 from moth_tf.triggers import engine  # pylint: disable=g-import-not-at-top
 

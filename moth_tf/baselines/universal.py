@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from moth_tf import config as config_lib
-from moth_tf import distance
+from moth_tf.evaluation import distance
 from moth_tf.hardening import fitting
 from moth_tf.hardening import moth
 from moth_tf.triggers import distributed

@@ -74,7 +74,7 @@ Differences from the authors' code, on purpose (see also the scheduler's module 
   The driver logs, for the paper's two figures: `moth/period_trigger_sizes` (each pair's
   period-average trigger sizes at the end of its period) and `moth/previous_trigger_asr` (the ASR
   of a fast generation's starting trigger on its images, which the engine measures at its first
-  step), see moth_tf.tb_records.
+  step), see moth_tf.records.
 * The learning rate ramps up linearly over `lr_warmup_steps` (100) and then decays to 0 (cosine).
   At the full rate of 0.01 from the first step, the warm-up steps, whose universal triggers flip
   ~99% of the images they are stamped on, wreck the model (digits: ~50% test accuracy after 30
@@ -95,8 +95,8 @@ import numpy as np
 import tensorflow as tf
 
 from moth_tf import config as config_lib
-from moth_tf import distance
-from moth_tf import tb_records
+from moth_tf.evaluation import distance
+from moth_tf.reporting import records
 from moth_tf.hardening import fitting
 from moth_tf.hardening import scheduler as scheduler_lib
 from moth_tf.triggers import distributed
@@ -507,8 +507,8 @@ class MothHardener:
                          enabled.astype(np.float32))
     if self.writer is not None and previous_asr:
       with self.writer.as_default():
-        tb_records.write_matrix(tb_records.PREVIOUS_ASR_TAG, np.array(previous_asr),
-                                step=self.step, description=tb_records.PREVIOUS_ASR_COLUMNS)
+        records.write_matrix(records.PREVIOUS_ASR_TAG, np.array(previous_asr),
+                                step=self.step, description=records.PREVIOUS_ASR_COLUMNS)
     self._end_step(sizes, modes, failures, start)
 
   def _end_step(self, sizes, modes, failures: int, start: float):
@@ -545,8 +545,8 @@ class MothHardener:
                           step=self.step)
         tf.summary.scalar("moth/generation_failures", float(failures), step=self.step)
         if period_rows is not None:
-          tb_records.write_matrix(tb_records.PERIOD_SIZES_TAG, period_rows, step=self.step,
-                                  description=tb_records.PERIOD_SIZES_COLUMNS)
+          records.write_matrix(records.PERIOD_SIZES_TAG, period_rows, step=self.step,
+                                  description=records.PERIOD_SIZES_COLUMNS)
 
   def after_step(self):
     self.step += 1
@@ -645,7 +645,7 @@ class MothHardener:
                        step=epoch)
       tf.summary.image("moth/pair_count", distance.heatmap_image(self.scheduler.count)[None],
                        step=epoch)
-      tb_records.write_matrix("moth/pair_count_matrix", self.scheduler.count, step=epoch)
+      records.write_matrix("moth/pair_count_matrix", self.scheduler.count, step=epoch)
       if self.cur_masks is not None:
         tf.summary.image("moth/current_masks", self.cur_masks.reshape(
             -1, *self.cur_masks.shape[-2:], 1), step=epoch, max_outputs=8)
