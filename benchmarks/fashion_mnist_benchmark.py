@@ -1,4 +1,4 @@
-"""Issue 8 benchmark: Fashion-MNIST (28x28) as the second measuring stick, through the command line.
+"""Benchmark: Fashion-MNIST (28x28) as the second measuring stick, through the command line.
 
 Needs the Fashion-MNIST IDX files (`apt-get install dataset-fashion-mnist`, or --data_dir).
 

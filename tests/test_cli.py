@@ -309,7 +309,7 @@ def test_hardened_model_missing_says_harden(trained, capsys):
 
 
 # -------------------------------------------------------------------------------------------------
-# Bad input (issue 10): one line on stderr, exit code 1, nothing written.
+# Bad input: one line on stderr, exit code 1, nothing written.
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -7,7 +7,7 @@ range. All images in moth_tf are float in [0, 1] (normalisation lives inside the
 attack works on that scale; CIFAR's 8/255 budget is epsilon=8/255 here.
 
 The attack expects a model that returns LOGITS and uses the true softmax cross-entropy on them.
-(The reference `measure` ran its attack on the softmax output as if it were logits, quirk Q15; this
+(The reference `measure` ran its attack on the softmax output as if it were logits; this
 is not reproduced.)
 
 The loop is a `tf.while_loop`, so inside a `tf.function` (for example a Keras `train_step`, per

@@ -27,22 +27,22 @@ before every training step decides what that step stamps:
    * `fixed_trigger_images` (off by default; on in the Fashion-MNIST recipe): one seeded sample of
      training images per class for every generation;
    * `fast_cost`, `period` (the Fashion-MNIST recipe: 0.015 and 9): the fast generations' initial
-     cost (0.2 as published, but on a summed cross-entropy, quirk Q3) and the period length;
+     cost (0.2 as published, but on a summed cross-entropy) and the period length;
    * `generation_early_stop` (off): the engine's early stop inside a pair generation.
-   With MOTH's recipe (2,000 steps of 6-step periods, no replay) digits gains +61.2% class distance
-   at 0.9916 test accuracy in 68 s, against +57.7% at 0.9916 in 206 s for the published schedule
-   (medians of three runs; README, "Trigger generation").
+   With MOTH's recipe (2,000 steps of 6-step periods, no replay) this enlarges the class distance
+   of digits about as much as the published schedule, at the same test accuracy, in a fraction of
+   its time (results: "Trigger generation").
 
 Differences from the authors' code, on purpose (see also the scheduler's module docstring):
 
 * Trigger images are `trigger_samples` random training images of each class of the pair, not the
   current batch's images: with batch 128 a class has ~13 images (and none at all for many of the 43
-  GTSRB classes, quirk Q7); a fixed-size set makes every generation well-posed.
+  GTSRB classes); a fixed-size set makes every generation well-posed.
 * The stamped share is a fraction of each class's images in the batch (`portion`, default 0.5), not
-  int(0.1 * min(#s, #t)) which is 1 image or none (Q7); `--preset=reference` restores 0.1.
+  int(0.1 * min(#s, #t)) which is 1 image or none; `--preset=reference` restores 0.1.
 * The pair triggers minimise the mean cross-entropy + cost * L1 (like the distance measure), so they
-  stay near-minimal; the reference sums the cross-entropy (quirk Q3), which makes the same cost ~N
-  times weaker and its stamped triggers about twice the measured class distance on digits.
+  stay near-minimal; the reference sums the cross-entropy over the N images, which makes the same
+  cost ~N times weaker and its stamped triggers much larger than the measured class distance.
 * Trigger replay (`replay`; 0.3 for Pairwise and Universal, 0 in MOTH's recipe): that share of
   the batch's other images carries the stored trigger of its class toward a random other class, so
   pairs hardened in earlier periods are not forgotten while the scheduler works on others (0 = as
@@ -51,9 +51,9 @@ Differences from the authors' code, on purpose (see also the scheduler's module 
   that many independently initialised triggers (family 0 starts from the warm-up's universal
   trigger, the others from random ones), all generated in the same batched engine call, and each
   stamped image carries one of them at random. A model hardened against one trigger per direction
-  keeps other minima that a differently seeded inversion finds (the 3-seed spread of the hardened
-  digits model's distances is ~9%, ~1% before hardening). On digits, two families gave +59.8%
-  instead of +57.7% for ~1.4x the hardening time (benchmarks/hardening_benchmark.py, `ablation`).
+  keeps other minima that a differently seeded inversion finds (the seed-to-seed spread of a
+  hardened model's distances is much wider than before hardening). More families harden a little
+  more for proportionally more generation time (benchmarks/hardening_benchmark.py, `ablation`).
 * Ablations (HardenConfig's `generation`, `schedule`, `trigger_reuse`; each switches one of the
   paper's design choices off, the defaults keep them all):
   - `generation="one_sided"`: each direction of a pair is generated on its own. Two-sided, the
@@ -76,13 +76,13 @@ Differences from the authors' code, on purpose (see also the scheduler's module 
   of a fast generation's starting trigger on its images, which the engine measures at its first
   step), see moth_tf.reporting.records.
 * The learning rate ramps up linearly over `lr_warmup_steps` (100) and then decays to 0 (cosine).
-  At the full rate of 0.01 from the first step, the warm-up steps, whose universal triggers flip
-  ~99% of the images they are stamped on, wreck the model (digits: ~50% test accuracy after 30
-  steps) and most of the budget goes into re-learning the task.
+  At the full rate from the first step, the warm-up steps, whose universal triggers flip nearly
+  every image they are stamped on, wreck the model and most of the budget goes into re-learning
+  the task.
 * A failed generation keeps stamping the last successful trigger of that direction (the reference
-  stamps an all-zero mask, a no-op); no training step is ever skipped (Q8).
-* The pair orientation of stored triggers is tracked per direction (Q9); every warm-up target
-  starts from a fresh random trigger (Q11).
+  stamps an all-zero mask, a no-op); no training step is ever skipped.
+* The pair orientation of stored triggers is tracked per direction; every warm-up target
+  starts from a fresh random trigger.
 * The warm-up steps are the first n of the `epochs * steps_per_epoch` steps (the reference adds n).
 * A resumed run continues at the epoch boundary of its last checkpoint and starts a fresh period.
 """
