@@ -187,11 +187,11 @@ class MothHardener:
   at every epoch end. The first n steps stamp the warm-up's universal triggers; every later step is
   `orthogonalisation_step`, MOTH's five public steps in turn:
 
-      modes = self.step_modes(rng)                        # what each direction does
-      images = self.trigger_images(rng, pairs)            # the images it is generated on
+      modes = self.step_modes(rng)                           # what each direction does
+      images = self.trigger_images(rng, generating_pairs)    # what their triggers train on
       success, failures, asr = self.generate(images, modes)  # batched engine calls
-      sizes = self.stamp(success, modes)                  # what the training step stamps
-      self.end_step(sizes, modes, failures, start)        # period bookkeeping, scheduler, logs
+      sizes = self.stamp(success, modes)                     # what the training step stamps
+      self.end_step(sizes, modes, failures, start)           # period end: scheduler update; logs
 
   A schedule variant extends it in one of two ways:
   * a different choice of pairs: pass a `scheduler` (moth_tf.baselines.pairwise); the step stays;
