@@ -43,5 +43,5 @@ setuptools.setup(
         # are skipped without it); each release requires the TensorFlow of the same version.
         "test": ["pytest>=7", "tf_keras"],
     },
-    entry_points={"console_scripts": ["moth_tf=moth_tf.main:run_main"]},
+    entry_points={"console_scripts": ["moth_tf=moth_tf.cli.main:run_main"]},
 )

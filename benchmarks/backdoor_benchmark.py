@@ -1,4 +1,4 @@
-"""Issue 11 benchmark: the backdoor scenario, through the command line.
+"""Benchmark: the backdoor scenario, through the command line.
 
 1. The natural base model (`--phase=train`) and a poisoned one (`--phase=poison`: a 3x3 white patch
    in the bottom-right corner on 10% of the training images, all-to-one to class 0, by default).

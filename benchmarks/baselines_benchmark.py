@@ -1,4 +1,4 @@
-"""Issue 9 benchmark: MOTH beside the baselines, one comparison table, through the command line.
+"""Benchmark: MOTH beside the baselines, one comparison table, through the command line.
 
 From one natural base model of the data set, every method is run with `--phase=harden
 --method=NAME` at the default budget (Pairwise at its own: one sweep over all pairs), then measured

@@ -1,4 +1,4 @@
-"""Issue 8 benchmark: Fashion-MNIST (28x28) as the second measuring stick, through the command line.
+"""Benchmark: Fashion-MNIST (28x28) as the second measuring stick, through the command line.
 
 Needs the Fashion-MNIST IDX files (`apt-get install dataset-fashion-mnist`, or --data_dir).
 
@@ -173,7 +173,7 @@ def part_fidelity(base_model_path, label="base model"):
   import numpy as np
   from moth_tf import config as config_lib
   from moth_tf import data
-  from moth_tf import distance
+  from moth_tf.evaluation import distance
   from moth_tf.models import io as model_io
   from moth_tf.triggers import engine
 

@@ -1,4 +1,4 @@
-"""Issue 13 benchmark: MOTH's trigger generation, today's default beside cheaper variants.
+"""Benchmark: MOTH's trigger generation, today's default beside cheaper variants.
 
 Each variant hardens the same natural base model with `--phase=harden --method=moth` plus its flags,
 in a workdir of its own, then measures `--phase=distance --compare_to=<base run>` (digits: 3 seeds;
@@ -28,14 +28,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=g-import-not-at-top
 from baselines_benchmark import DEFAULT_MODELS, distance_args, read_json  # pylint: disable=g-import-not-at-top
 
-# "published": the schedule as published and the default until issue 13 (a full generation to start
+# "published": the schedule as published and moth_tf's earlier default (a full generation to start
 # every period, then a fast one in every step; one pair per period; 2,000 steps). "default": today's.
 PUBLISHED = ("--pairs_per_period=1", "--generations_per_period=3", "--nowarm_fast_start",
              "--nofast_first_visit", "--nofixed_trigger_images", "--harden_steps=2000",
              "--period=3", "--fast_cost=0.2", "--fast_steps=40", "--pair_steps=200",
              "--warmup_steps=500")
-# Until issue 13 MOTH hardened with each data set's replay (digits 0.3, Fashion-MNIST 0); the
-# published-schedule rows keep it.
+# With the published schedule MOTH hardened with each data set's replay (digits 0.3, Fashion-MNIST
+# 0); the published-schedule rows keep it.
 PUBLISHED_REPLAY = {"digits": "--replay=0.3"}
 VARIANTS = {
     "published": PUBLISHED,

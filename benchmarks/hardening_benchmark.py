@@ -1,4 +1,4 @@
-"""Issue 4 benchmark: MOTH hardening of lenet on digits, through the command line.
+"""Benchmark: MOTH hardening of lenet on digits, through the command line.
 
 Parts (all by default; pick with --parts=a,b,...):
   main      fresh base model -> distance (3 seeds) -> default hardening -> distance (3 seeds):

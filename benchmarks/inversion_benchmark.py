@@ -1,4 +1,4 @@
-"""Issue 3 benchmark: the full class-distance matrix of lenet on digits, batched vs one pair at a time.
+"""Benchmark: the full class-distance matrix of lenet on digits, batched vs one pair at a time.
 
 Measures, on the trained base model (trained first through the CLI if missing):
 1. The 10x10 distance matrix with 3 seeds, 1000 steps, up to 100 images, all 90 directions of a seed
@@ -28,7 +28,7 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 from moth_tf import config as config_lib  # pylint: disable=g-import-not-at-top
 from moth_tf import data  # pylint: disable=g-import-not-at-top
-from moth_tf import distance  # pylint: disable=g-import-not-at-top
+from moth_tf.evaluation import distance  # pylint: disable=g-import-not-at-top
 from moth_tf.models import io as model_io  # pylint: disable=g-import-not-at-top
 from moth_tf.triggers import engine  # pylint: disable=g-import-not-at-top
 

@@ -1,4 +1,4 @@
-"""Issue 2 benchmark: base training of lenet on digits from the command line.
+"""Benchmark: base training of lenet on digits from the command line.
 
 Runs `python -m moth_tf.main --phase=train --dataset=digits` in a fresh workdir, then
 `--phase=test`, and prints test accuracy and wall times (training alone, and the whole process

@@ -15,7 +15,7 @@ import numpy as np
 
 import moth_tf
 from moth_tf import data
-from moth_tf import distance
+from moth_tf.evaluation import distance
 
 
 def train_cnn(x, y, epochs: int) -> keras.Model:

@@ -12,7 +12,13 @@ They are loaded on first use, so that `import moth_tf` does not import TensorFlo
 
 import importlib as _importlib
 
+from moth_tf import _deprecated as _deprecated_paths
+
 __version__ = "0.1.0"
+
+# The module paths that moved into subpackages (moth_tf.distance, moth_tf.phases, ...) import with
+# a DeprecationWarning for one release; python -m moth_tf.main / .report / .prepare keep working.
+_deprecated_paths.install()
 
 # Public name -> the module that defines it.
 _LAZY = {

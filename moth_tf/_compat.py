@@ -24,7 +24,8 @@ KERAS_FIX = f'pip install "keras{KERAS_RANGE}"'
 
 class KerasInternalsError(ImportError):
   """The installed Keras lacks an internal that moth_tf patches or calls."""
-  # main.py prints this as one line (no traceback) when it comes up while importing the phases.
+  # moth_tf.cli.main prints this as one line (no traceback) when it comes up while importing the
+  # phases.
   keras_compat = True
 
 

@@ -5,11 +5,11 @@
     before = moth_tf.class_distance(model, x_test, y_test)
     after = moth_tf.class_distance(hardened, x_test, y_test)
 
-Each function is the library call of a command-line phase (moth_tf.phases) with the run directory
-and the flags taken away: `harden` builds the same DatasetSplits and HardenConfig and runs the same
-method (moth_tf.hardening.runner) as `--phase=harden`; `class_distance`, `detect_backdoor` and
-`backdoor_metrics` wrap moth_tf.distance.measure_distance, moth_tf.detection.neural_cleanse and
-moth_tf.evaluation.backdoor.backdoor_metrics.
+Each function is the library call of a command-line phase (moth_tf.cli.phases) with the run
+directory and the flags taken away: `harden` builds the same DatasetSplits and HardenConfig and runs
+the same method (moth_tf.hardening.runner) as `--phase=harden`; `class_distance`, `detect_backdoor`
+and `backdoor_metrics` wrap moth_tf.evaluation.distance.measure_distance,
+moth_tf.evaluation.detection.neural_cleanse and moth_tf.evaluation.backdoor.backdoor_metrics.
 
 Data: images are float arrays in [0, 1], NHWC ([N, H, W, C]; grey images have C = 1), labels integer
 class indices; `(images, labels)` tuples or a finite `tf.data.Dataset` of (image, label) pairs,
@@ -504,15 +504,15 @@ def class_distance(model, x, y, *, num_classes: Optional[int] = None, samples: i
     verbose: 0 silent, 1 a progress bar, 2 one line at the end.
 
   Returns:
-    moth_tf.distance.DistanceResult: `matrix` [n, n] (source, target; NaN on the diagonal and
-    where no seed reached the bound), `mean`, `failures`, `per_seed`, `wall_seconds`.
+    moth_tf.evaluation.distance.DistanceResult: `matrix` [n, n] (source, target; NaN on the
+    diagonal and where no seed reached the bound), `mean`, `failures`, `per_seed`, `wall_seconds`.
 
   Raises:
     ValueError: bad input or settings (one line).
   """
   from moth_tf import config as config_lib
-  from moth_tf import distance
-  from moth_tf import phases
+  from moth_tf.evaluation import distance
+  from moth_tf.cli import phases
 
   strategy = _strategy(strategy)
   base, path = _load(model)
@@ -544,13 +544,13 @@ def detect_backdoor(model, x, y, *, num_classes: Optional[int] = None,
     verbose: 0 silent, 1 a progress bar, 2 one line at the end.
 
   Returns:
-    moth_tf.detection.DetectionResult: `flagged` (the suspected backdoor targets), `l1_norms`,
-    `anomaly_index`, `masks`, `patterns`.
+    moth_tf.evaluation.detection.DetectionResult: `flagged` (the suspected backdoor targets),
+    `l1_norms`, `anomaly_index`, `masks`, `patterns`.
 
   Raises:
     ValueError: bad input or an unknown setting (one line).
   """
-  from moth_tf import detection
+  from moth_tf.evaluation import detection
   from moth_tf.hardening import runner
 
   nc = runner.neural_cleanse_config(config)

@@ -10,8 +10,8 @@ import os
 from absl import flags
 from absl.testing import flagsaver
 
-from moth_tf import cli_flags
-from moth_tf import main as main_lib
+from moth_tf.cli import flags as cli_flags
+from moth_tf.cli import main as main_lib
 
 FLAGS = flags.FLAGS
 

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from moth_tf import comparison
+from moth_tf.reporting import comparison
 from moth_tf import config as config_lib
 from moth_tf import data as data_lib
-from moth_tf import report_figures
-from moth_tf import tb_reader
-from moth_tf import tb_records
+from moth_tf.reporting import report_figures
+from moth_tf.reporting import reader
+from moth_tf.reporting import records
 from moth_tf import training
 from moth_tf.hardening import model as model_lib
 from moth_tf.hardening import moth
@@ -291,16 +291,16 @@ def test_summaries_are_written_and_read_back_by_the_report(base, tmp_path):
   _run(hardener, 10 + periods * config.period)
   writer.flush()
   # Who the run is, as the harden phase writes it (the report groups runs by it).
-  tb_records.write_run_metadata(
+  records.write_run_metadata(
       run_dir, "harden", {"data": {"dataset": "digits"}, "model": "lenet", "method": "moth",
                           "seed": 0, "harden": {"mode": "nat"}}, [str(c) for c in range(10)])
-  tb_records.write_final_metrics(run_dir, "harden", {"steps": hardener.step})
+  records.write_final_metrics(run_dir, "harden", {"steps": hardener.step})
 
-  runs = tb_reader.read_runs(str(tmp_path))
+  runs = reader.read_runs(str(tmp_path))
   assert len(runs) == 1
   run = runs[0]
   # (a) One row per pair at the last step of each period: what the scheduler's reward got.
-  period_points = run.points(tb_records.PERIOD_SIZES_TAG)
+  period_points = run.points(records.PERIOD_SIZES_TAG)
   assert [p.step for p in period_points] == [u[0] for u in updates]
   np.testing.assert_array_equal(np.concatenate([p.value for p in period_points]),
                                 np.array([u[1:] for u in updates], np.float64))
@@ -311,7 +311,7 @@ def test_summaries_are_written_and_read_back_by_the_report(base, tmp_path):
   fast = [(c["step"], c["targets"][d], c["result"].asr_start[d]) for c in calls
           for d in range(len(c["targets"])) if c["kwargs"]["steps"] == config.fast_steps]
   assert fast
-  asr_points = run.points(tb_records.PREVIOUS_ASR_TAG)
+  asr_points = run.points(records.PREVIOUS_ASR_TAG)
   rows = [(p.step, int(row[1]), row[3]) for p in asr_points for row in p.value]
   assert rows == [(step, target, pytest.approx(float(asr))) for step, target, asr in fast]
   assert all(0.0 <= r[2] <= 1.0 and r[2] * config.trigger_samples == int(

@@ -209,7 +209,7 @@ def test_the_flags_resolve_to_a_concrete_recipe():
 def test_bad_augment_flag_is_one_line(capsys):
   cli_testing.define_flags_once()
   with pytest.raises(SystemExit):
-    from moth_tf import main as main_lib
+    from moth_tf.cli import main as main_lib
     from absl.testing import flagsaver
     with flagsaver.flagsaver():
       main_lib.parse_flags(["prog", "--augment=rotate"])

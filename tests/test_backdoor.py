@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from moth_tf import detection
+from moth_tf.evaluation import detection
 from moth_tf.attacks import backdoor
 from moth_tf.baselines import nc
 from moth_tf.evaluation import backdoor as backdoor_eval

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import pytest
 
-from moth_tf import main as main_lib
+from moth_tf.cli import main as main_lib
 from moth_tf import rundir
 
 import cli_testing  # pylint: disable=g-bad-import-order

@@ -1,8 +1,8 @@
 """Smoke tests of the command line (`python -m moth_tf.main`) on the digits data set.
 
 The binary runs in-process: flags are parsed with FLAGS([...]) inside `flagsaver.flagsaver()`, which
-restores every flag (value and `present`) afterwards, and `moth_tf.main.main(['prog'])` is called
-directly. One test also runs the real binary in a subprocess.
+restores every flag (value and `present`) afterwards, and `moth_tf.cli.main.main(['prog'])` is
+called directly. One test also runs the real binary in a subprocess.
 """
 
 import contextlib
@@ -19,7 +19,7 @@ from absl.testing import flagsaver
 import numpy as np
 import pytest
 
-from moth_tf import main as main_lib
+from moth_tf.cli import main as main_lib
 
 from cli_testing import define_flags_once  # pylint: disable=g-bad-import-order
 from cli_testing import event_files
@@ -309,7 +309,7 @@ def test_hardened_model_missing_says_harden(trained, capsys):
 
 
 # -------------------------------------------------------------------------------------------------
-# Bad input (issue 10): one line on stderr, exit code 1, nothing written.
+# Bad input: one line on stderr, exit code 1, nothing written.
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,4 +1,4 @@
-"""Tests of the data loaders (moth_tf.data) and of the raw-archive converter (moth_tf.prepare).
+"""Tests of the data loaders (moth_tf.data) and of the raw-archive converter (moth_tf.data.prepare).
 
 CIFAR-10 and SVHN run through the real loaders with tfds's mock data, and through tfds's real
 download-and-prepare path with the download manager serving tiny fake files (no network); GTSRB and
@@ -15,7 +15,7 @@ from PIL import Image
 import pytest
 
 from moth_tf import data
-from moth_tf import prepare
+from moth_tf.data import prepare
 from moth_tf.data import local_sets
 from moth_tf.data import tfds_sets
 

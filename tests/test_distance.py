@@ -1,5 +1,5 @@
-"""Tests of moth_tf.distance: split choice, direction sampling, the pairwise measurement (a tiny
-real model, and a fake inverter whose sizes are set by hand), enlargement and the text/PNG
+"""Tests of moth_tf.evaluation.distance: split choice, direction sampling, the pairwise measurement
+(a tiny real model, and a fake inverter whose sizes are set by hand), enlargement and the text/PNG
 outputs."""
 
 import keras
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from moth_tf import distance
+from moth_tf.evaluation import distance
 from moth_tf.data import base
 from moth_tf.triggers import engine
 

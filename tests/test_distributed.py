@@ -120,7 +120,7 @@ _REPLICAS = textwrap.dedent("""
 @pytest.mark.parametrize("replicas,cases", [(2, "conv_dense,conv_dense_2_blocks"),
                                             (3, "conv_dense")])
 def test_replicas_give_the_bits_of_one_device(tmp_path, replicas, cases):
-  """One device and N CPU replicas give the same result, bit for bit (issue 13)."""
+  """One device and N CPU replicas give the same result, bit for bit."""
   script = tmp_path / "replicas.py"
   script.write_text(_REPLICAS)
   proc = subprocess.run([sys.executable, str(script), os.path.dirname(__file__), str(replicas),

@@ -408,7 +408,7 @@ def test_universal_trigger_losses(patch_model):
   # The successful trigger lowered every image's loss ((start - end) / start in (0, 1]).
   assert np.all(r.loss_end[:16] < r.loss_start[:16])
   assert np.all((speed[:16] > 0) & (speed[:16] <= 1))
-  # The failed direction: loss_end = loss_start and speed 0 (not the reference's 1, quirk Q10).
+  # The failed direction: loss_end = loss_start and speed 0 (not the reference's 1).
   np.testing.assert_array_equal(r.loss_end[16:], r.loss_start[16:])
   np.testing.assert_array_equal(speed[16:], 0.0)
   # loss_start is the CE of the initial (seeded) random trigger: check one image by hand.

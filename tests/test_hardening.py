@@ -273,7 +273,7 @@ def test_resume_after_an_interruption_equals_the_uninterrupted_run(base, tmp_pat
 
 
 def test_a_direction_without_any_successful_trigger_is_not_stamped(base):
-  """A failed generation keeps stamping the last *successful* trigger (module docstring, Q8); a
+  """A failed generation keeps stamping the last *successful* trigger (module docstring); a
   direction that never had one must not stamp its random starting point.
 
   The classifier always predicts class 0 and has no input gradient: every trigger toward class 0

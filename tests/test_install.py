@@ -107,7 +107,7 @@ def test_the_command_line_stops_in_one_line_on_a_keras_without_the_internals(tmp
       "import sys\n"
       "from keras.src.backend.tensorflow import trainer\n"
       "del trainer.reduce_per_replica\n"
-      "from moth_tf import main\n"
+      "from moth_tf.cli import main\n"
       f"sys.argv = ['moth_tf', '--phase=test', '--workdir={tmp_path}']\n"
       "main.run_main()\n")
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(

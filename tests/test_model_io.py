@@ -24,7 +24,7 @@ import tensorflow as tf
 from moth_tf import config as config_lib
 from moth_tf import data
 from moth_tf import evaluation
-from moth_tf import phases
+from moth_tf.cli import phases
 from moth_tf import rundir
 from moth_tf import training
 from moth_tf.models import io as model_io

@@ -255,7 +255,7 @@ def test_flags_become_the_config_fields():
   assert (default.nad_clean_share, default.nad_teacher_epochs, default.nad_epochs,
           default.nad_power, default.nad_layers, default.nad_betas) == (0.05, 10, 20, 2.0, None,
                                                                        None)
-  from moth_tf import cli_flags
+  from moth_tf.cli import flags as cli_flags
   assert cli_flags.parse_betas(["1", "2.5"]) == (1.0, 2.5)
   with pytest.raises(ValueError, match="--nad_betas must be comma-separated numbers"):
     cli_flags.parse_betas(["1", "x"])

@@ -1,4 +1,5 @@
-"""Property tests for moth_tf.attacks.pgd on tiny models with known gradients."""
+"""Property tests for moth_tf.attacks.pgd (and moth_tf.evaluation.robustness, which attacks with
+it) on tiny models with known gradients."""
 
 import os
 import subprocess
@@ -11,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from moth_tf.attacks import pgd
+from moth_tf.evaluation import robustness
 
 _SHAPE = (4, 4, 1)
 
@@ -258,7 +260,8 @@ class RobustAccuracyTest(tf.test.TestCase):
     # Class 0 has margin 0.2 > epsilon and survives; class 1 has margin 0.05 < epsilon and is
     # pushed to 0.5 + 0.05 * sign(w), i.e. class 0. Class 2 has no images. Batches of 5, 5, 2.
     x, y = _margin_data(7, 5, 0.2, 0.05)
-    result = pgd.robust_accuracy(model, x, y, epsilon=0.1, steps=3, step_size=0.1, batch_size=5)
+    result = robustness.robust_accuracy(model, x, y, epsilon=0.1, steps=3, step_size=0.1,
+                                        batch_size=5)
     self.assertAllEqual(result.confusion, [[7, 0, 0], [5, 0, 0], [0, 0, 0]])
     self.assertAlmostEqual(result.accuracy, 7 / 12)
     self.assertAlmostEqual(float(result), 7 / 12)
@@ -269,13 +272,13 @@ class RobustAccuracyTest(tf.test.TestCase):
   def test_small_epsilon_keeps_everything(self):
     model = _linear_model()
     x, y = _margin_data(4, 3, 0.2, 0.05)
-    result = pgd.robust_accuracy(model, x, y, epsilon=0.02, steps=3, step_size=0.02)
+    result = robustness.robust_accuracy(model, x, y, epsilon=0.02, steps=3, step_size=0.02)
     self.assertEqual(result.accuracy, 1.0)
     self.assertAllEqual(result.confusion, [[4, 0], [0, 3]])
 
   def test_attack_function_traces_once_for_all_batch_sizes(self):
     model = _random_model()
-    attack = pgd._make_attack_fn(model, _SHAPE, 0.1, 2, 0.05)  # pylint: disable=protected-access
+    attack = robustness._make_attack_fn(model, _SHAPE, 0.1, 2, 0.05)  # pylint: disable=protected-access
     for n, k in ((5, 0), (5, 1), (2, 2)):
       x, y = _random_batch(n, seed=k)
       attack(tf.constant(x), tf.constant(y, tf.int64), tf.constant([0, k], tf.int64))
@@ -284,8 +287,8 @@ class RobustAccuracyTest(tf.test.TestCase):
   def test_is_reproducible(self):
     model = _random_model()
     x, y = _random_batch(40)
-    first = pgd.robust_accuracy(model, x, y, 0.1, 3, 0.03, batch_size=16, seed=4)
-    second = pgd.robust_accuracy(model, x, y, 0.1, 3, 0.03, batch_size=16, seed=4)
+    first = robustness.robust_accuracy(model, x, y, 0.1, 3, 0.03, batch_size=16, seed=4)
+    second = robustness.robust_accuracy(model, x, y, 0.1, 3, 0.03, batch_size=16, seed=4)
     self.assertAllEqual(first.confusion, second.confusion)
     self.assertEqual(first.confusion.sum(), 40)
 
@@ -293,9 +296,9 @@ class RobustAccuracyTest(tf.test.TestCase):
     model = _random_model()
     x, _ = _random_batch(4)
     with self.assertRaises(ValueError):
-      pgd.robust_accuracy(model, x, [0, 1, 2, 3], 0.1, 1, 0.1)
+      robustness.robust_accuracy(model, x, [0, 1, 2, 3], 0.1, 1, 0.1)
     with self.assertRaises(ValueError):
-      pgd.robust_accuracy(model, x, [0, 1], 0.1, 1, 0.1)
+      robustness.robust_accuracy(model, x, [0, 1], 0.1, 1, 0.1)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Smoke tests of the hardening and pipeline phases of the command line on the digits data set.
 
 As in tests/test_cli.py, the binary runs in-process: flags are parsed inside `flagsaver.flagsaver()`
-and `moth_tf.main.main(['prog'])` is called directly. Budgets are tiny: with --harden_batch_size=100
-the 1,257 training digits give 13 hardening steps, 10 of warm-up and one 3-step pair period.
+and `moth_tf.cli.main.main(['prog'])` is called directly. Budgets are tiny: with
+--harden_batch_size=100 the 1,257 training digits give 13 hardening steps, 10 of warm-up and one
+3-step pair period.
 """
 
 import contextlib
@@ -16,7 +17,7 @@ import re
 import pytest
 
 from moth_tf import config as config_lib
-from moth_tf import phases
+from moth_tf.cli import phases
 
 from cli_testing import event_files  # pylint: disable=g-bad-import-order
 from cli_testing import parsed_config

@@ -1,5 +1,5 @@
-"""The report read back from crafted event files with known values (moth_tf.tb_records writes them
-as the phases do; tf.summary for the backdoor and NC phases' tags)."""
+"""The report read back from crafted event files with known values (moth_tf.reporting.records writes
+them as the phases do; tf.summary for the backdoor and NC phases' tags)."""
 
 import os
 
@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from moth_tf import comparison
-from moth_tf import distance
-from moth_tf import report_figures
-from moth_tf import tb_reader
-from moth_tf import tb_records
+from moth_tf.reporting import comparison
+from moth_tf.evaluation import distance
+from moth_tf.reporting import report_figures
+from moth_tf.reporting import reader
+from moth_tf.reporting import records
 
 N = 4
 CLASSES = ["cat", "dog", "emu", "fox"]
@@ -34,20 +34,20 @@ def _write_run(run_dir, method, accuracy, matrix, seed=0, wall=None, robust=None
                finish=True):
   phase = "train" if method == "natural" else "harden"
   config = _config(method, seed, mode)
-  tb_records.write_run_metadata(run_dir, phase, config, CLASSES, ["prog", f"--method={method}"])
+  records.write_run_metadata(run_dir, phase, config, CLASSES, ["prog", f"--method={method}"])
   if finish:
     metrics = {"test_accuracy": accuracy}
     if phase == "harden":
       metrics.update(wall_seconds=wall, steps=20)
-    tb_records.write_final_metrics(run_dir, phase, metrics)
+    records.write_final_metrics(run_dir, phase, metrics)
   if matrix is not None:
-    tb_records.write_run_metadata(run_dir, "distance", config, CLASSES, session=False)
-    tb_records.write_matrices(run_dir, "distance", {"matrix": matrix})
+    records.write_run_metadata(run_dir, "distance", config, CLASSES, session=False)
+    records.write_matrices(run_dir, "distance", {"matrix": matrix})
     finite = matrix[np.isfinite(matrix)]
-    tb_records.write_final_metrics(run_dir, "distance", {"mean": float(finite.mean())})
+    records.write_final_metrics(run_dir, "distance", {"mean": float(finite.mean())})
   if robust is not None:
-    tb_records.write_run_metadata(run_dir, "robustness", config, CLASSES, session=False)
-    tb_records.write_final_metrics(run_dir, "robustness", {"accuracy": robust})
+    records.write_run_metadata(run_dir, "robustness", config, CLASSES, session=False)
+    records.write_final_metrics(run_dir, "robustness", {"accuracy": robust})
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +83,8 @@ def test_matrices_and_metrics_read_back_exactly(tmp_path):
   matrix = _matrix(1.7, 5)
   per_seed = np.stack([matrix, matrix + 1])
   _write_run(run_dir, "natural", 0.8765432101234567, None)
-  tb_records.write_matrices(run_dir, "distance", {"matrix": matrix, "per_seed": per_seed})
-  (run,) = tb_reader.read_runs(str(tmp_path))
+  records.write_matrices(run_dir, "distance", {"matrix": matrix, "per_seed": per_seed})
+  (run,) = reader.read_runs(str(tmp_path))
   np.testing.assert_array_equal(run.latest("distance/matrix"), matrix)  # NaN diagonal kept.
   np.testing.assert_array_equal(run.latest("distance/per_seed"), per_seed)
   # Scalars are float32 in TensorBoard: the value comes back to float32 precision.
@@ -96,7 +96,7 @@ def test_matrices_and_metrics_read_back_exactly(tmp_path):
 
 
 def test_table_equals_what_was_written(logdir):
-  groups = comparison.build_groups(tb_reader.read_runs(logdir), "natural")
+  groups = comparison.build_groups(reader.read_runs(logdir), "natural")
   rows = _rows(groups)
   assert [r["method"] for r in groups[0].rows] == ["natural", "moth", "finetune"]
   assert (groups[0].dataset, groups[0].model) == ("toy", "tiny")
@@ -127,11 +127,11 @@ def test_table_equals_what_was_written(logdir):
 
 
 def test_unfinished_run_is_marked_not_fatal(logdir):
-  rows = _rows(comparison.build_groups(tb_reader.read_runs(logdir), "natural"))
+  rows = _rows(comparison.build_groups(reader.read_runs(logdir), "natural"))
   finetune = rows["finetune"]
   assert finetune["test_accuracy"] is None
   assert "harden unfinished" in finetune["notes"]
-  text = comparison.to_markdown(comparison.build_groups(tb_reader.read_runs(logdir), "natural"))
+  text = comparison.to_markdown(comparison.build_groups(reader.read_runs(logdir), "natural"))
   assert "| finetune (!) | 1 |" in text
   assert "harden unfinished (still running, or killed)" in text
   assert "0.9300 ± 0.0141" in text  # moth's two seeds.
@@ -147,7 +147,7 @@ def test_truncated_event_file_is_reported(tmp_path):
       os.path.join(distance_dir, f)) > 200][-1])
   with open(victim, "rb+") as f:
     f.truncate(os.path.getsize(victim) - 7)
-  (run,) = tb_reader.read_runs(str(tmp_path))
+  (run,) = reader.read_runs(str(tmp_path))
   assert any("truncated or corrupt event file" in p and os.path.basename(victim) in p
              for p in run.problems), run.problems
   rows = _rows(comparison.build_groups([run], "natural"))
@@ -156,18 +156,18 @@ def test_truncated_event_file_is_reported(tmp_path):
 
 
 def test_csv_and_json_round_trip(logdir):
-  groups = comparison.build_groups(tb_reader.read_runs(logdir), "natural")
+  groups = comparison.build_groups(reader.read_runs(logdir), "natural")
   rows = [row for g in groups for row in g.rows]
   assert comparison.rows_from_csv(comparison.to_csv(groups)) == rows
   assert comparison.rows_from_json(comparison.to_json(groups)) == rows
 
 
 def test_baseline_flag_and_missing_baseline(logdir):
-  groups = comparison.build_groups(tb_reader.read_runs(logdir), "moth")
+  groups = comparison.build_groups(reader.read_runs(logdir), "moth")
   rows = _rows(groups)
   assert [r["method"] for r in groups[0].rows][0] == "moth"
   assert rows["natural"]["accuracy_change"] == pytest.approx(0.90 - 0.93, rel=1e-5)
-  text = comparison.to_markdown(comparison.build_groups(tb_reader.read_runs(logdir), "nad"))
+  text = comparison.to_markdown(comparison.build_groups(reader.read_runs(logdir), "nad"))
   assert "no run labelled 'nad' in this group" in text
 
 
@@ -176,19 +176,19 @@ def test_measurement_of_a_model_path_joins_the_run_that_made_it(tmp_path):
   its own: those figures belong to the hardened run's row."""
   workdir = tmp_path / "w"
   hardened = str(workdir / "toy_external_model_moth")
-  tb_records.write_run_metadata(hardened, "harden", _config(
+  records.write_run_metadata(hardened, "harden", _config(
       "moth", mode="adv", model_path="/elsewhere/toy_tiny_adv_train/model.keras"), CLASSES)
-  tb_records.write_final_metrics(hardened, "harden", {"test_accuracy": 0.9, "wall_seconds": 5})
+  records.write_final_metrics(hardened, "harden", {"test_accuracy": 0.9, "wall_seconds": 5})
   measured = str(workdir / "toy_external_model")
   config = _config("natural", model_path=os.path.join(hardened, "model.keras"))
-  tb_records.write_run_metadata(measured, "robustness", config, CLASSES, session=False)
-  tb_records.write_final_metrics(measured, "robustness", {"accuracy": 0.75})
+  records.write_run_metadata(measured, "robustness", config, CLASSES, session=False)
+  records.write_final_metrics(measured, "robustness", {"accuracy": 0.75})
   # Alone (the hardened run not copied along), it is a row of its own: an external model.
-  alone = tb_reader.read_runs(measured)
+  alone = reader.read_runs(measured)
   assert [r.metadata["method"] for r in alone] == ["external"]
   assert [r["method"] for r in comparison.build_groups(alone)[0].rows] == [
       "external from toy_external_model_moth"]
-  runs = tb_reader.read_runs(str(tmp_path))
+  runs = reader.read_runs(str(tmp_path))
   assert len(runs) == 1 and runs[0].merged_from == [os.path.join("w", "toy_external_model")]
   rows = _rows(comparison.build_groups(runs, "natural"))
   assert rows["moth (adv) from adv_train"]["robust_accuracy"] == pytest.approx(0.75)
@@ -205,7 +205,7 @@ def test_hparams_listed_through_tensorboards_data_api(logdir):
   from werkzeug import test as werkzeug_test
   from werkzeug import wrappers
 
-  multiplexer = tb_reader.load_multiplexer(logdir)
+  multiplexer = reader.load_multiplexer(logdir)
   provider = data_provider.MultiplexerDataProvider(multiplexer, logdir)
   plugin = hparams_plugin.HParamsPlugin(base_plugin.TBContext(
       logdir=logdir, multiplexer=multiplexer, data_provider=provider))
@@ -233,7 +233,7 @@ def test_hparams_listed_through_tensorboards_data_api(logdir):
 
 
 def test_figures(logdir, tmp_path):
-  groups = comparison.build_groups(tb_reader.read_runs(logdir), "natural")
+  groups = comparison.build_groups(reader.read_runs(logdir), "natural")
   written = report_figures.write_figures(groups, str(tmp_path))
   names = sorted(os.path.basename(p) for p in written)
   assert names == ["toy_tiny_distance_change.png", "toy_tiny_distance_heatmaps.png",
@@ -245,9 +245,9 @@ def test_figures(logdir, tmp_path):
 
 def test_no_runs_is_an_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="no TensorBoard event files under"):
-    tb_reader.read_runs(str(tmp_path))
+    reader.read_runs(str(tmp_path))
   with pytest.raises(FileNotFoundError, match="is not a directory"):
-    tb_reader.read_runs(str(tmp_path / "missing"))
+    reader.read_runs(str(tmp_path / "missing"))
 
 
 def test_pair_distance_and_previous_asr_figures(tmp_path):
@@ -258,12 +258,12 @@ def test_pair_distance_and_previous_asr_figures(tmp_path):
   periods = [(2, [(0, 1, 1.0, 2.0), (2, 3, 3.0, 4.0)]), (4, [(1, 0, 5.0, 6.0), (2, 3, 7.0, 8.0)]),
              (6, [(0, 1, 9.0, 9.5), (3, 2, 1.5, 2.5)]), (8, [(0, 2, 0.5, 0.25), (1, 3, 1.0, 1.0)])]
   with tf.summary.create_file_writer(os.path.join(run_dir, "logs", "harden_moth")).as_default():
-    tb_records.write_matrix(tb_records.PERIOD_SIZES_TAG, np.zeros((2, 4)), step=8)
+    records.write_matrix(records.PERIOD_SIZES_TAG, np.zeros((2, 4)), step=8)
     for step, rows in periods:  # Step 8 again, as a resumed run logs it: the later rows count.
-      tb_records.write_matrix(tb_records.PERIOD_SIZES_TAG, np.array(rows), step=step)
+      records.write_matrix(records.PERIOD_SIZES_TAG, np.array(rows), step=step)
     for step, rows in ((3, [(0, 1, 0, 0.5), (1, 0, 0, 0.375)]), (5, [(3, 2, 0, 0.625)])):
-      tb_records.write_matrix(tb_records.PREVIOUS_ASR_TAG, np.array(rows), step=step)
-  run, = tb_reader.read_runs(str(tmp_path))
+      records.write_matrix(records.PREVIOUS_ASR_TAG, np.array(rows), step=step)
+  run, = reader.read_runs(str(tmp_path))
   series, counts = report_figures.pair_distance_series(run)
   assert counts == {(0, 1): 3, (2, 3): 3, (0, 2): 1, (1, 3): 1}
   steps, sizes = series[(0, 1)]

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from moth_tf import comparison
+from moth_tf.reporting import comparison
 
 from cli_testing import run_cli  # pylint: disable=g-bad-import-order
 
@@ -134,7 +134,7 @@ def test_no_runs_is_one_line_and_exit_1(tmp_path):
 
 
 def test_help_imports_neither_tensorflow_nor_matplotlib():
-  code = ("import sys; import moth_tf.report as r; r.define_flags(); "
+  code = ("import sys; import moth_tf.reporting.report as r; r.define_flags(); "
           "print('tensorflow' in sys.modules, 'matplotlib' in sys.modules)")
   env = dict(os.environ, PYTHONPATH=_REPO)
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,

@@ -38,7 +38,7 @@ class PairSchedulerTest(parameterized.TestCase):
     n = 5
     rng = np.random.default_rng(0)
     # Every off-diagonal score is negative, so an unmasked argmax would land on the zero diagonal
-    # (reference quirk Q12).
+    # (the reference could pick s == t there).
     prior = -rng.uniform(1.0, 2.0, size=(n, n))
     reward = -rng.uniform(1.0, 2.0, size=(n, n))
     sched = _scheduler_with(prior=prior, reward=reward, epsilon=epsilon)
@@ -185,7 +185,7 @@ class PairSchedulerTest(parameterized.TestCase):
 
   def test_failed_universal_triggers_give_finite_state(self):
     n = 4
-    # The reference reports a loss decrease of 1 for failed inversions (Q10); add NaN for good
+    # The reference reports a loss decrease of 1 for failed inversions; add NaN for good
     # measure.
     prior = np.full((n, n), 0.1)
     prior[:, 1] = 1.0

@@ -1,4 +1,4 @@
-"""The command line's stderr filter (moth_tf.stderr_filter): TF's native start-up chatter goes,
+"""The command line's stderr filter (moth_tf.cli.stderr_filter): TF's native start-up chatter goes,
 everything else stays."""
 
 import os
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from moth_tf import stderr_filter
+from moth_tf.cli import stderr_filter
 
 # Lines seen on this project's CPU machine before every one-line error (TF 2.20).
 _CHATTER = [
@@ -51,7 +51,7 @@ def test_off_when_the_user_asks_for_logs():
   assert not stderr_filter.wanted(["prog", "-v=1"], {})
 
 
-@pytest.mark.parametrize("module", ["moth_tf.main", "moth_tf"])
+@pytest.mark.parametrize("module", ["moth_tf.main", "moth_tf.cli", "moth_tf"])
 def test_a_user_error_is_one_line_on_stderr(module, tmp_path):
   env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
   proc = subprocess.run(

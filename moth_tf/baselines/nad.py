@@ -319,8 +319,8 @@ def describe(config: config_lib.HardenConfig, num_train: int, pgd_settings=None)
 
 
 def _schedule(config, num_train, epochs):
-  # No learning-rate ramp: it exists for MOTH's first batches, whose universal triggers flip ~99% of
-  # the stamped images; NAD trains on clean images only, and its short fits on a 5% subset (on
+  # No learning-rate ramp: it exists for MOTH's first batches, whose universal triggers flip nearly
+  # every stamped image; NAD trains on clean images only, and its short fits on a 5% subset (on
   # digits one step per epoch) would spend most of their steps ramping (NAD itself has no ramp).
   return fitting.learning_rate_schedule(dataclasses.replace(config, lr_warmup_steps=0), num_train,
                                         total_steps=epochs * config.steps_per_epoch_for(num_train))

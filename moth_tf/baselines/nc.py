@@ -1,12 +1,12 @@
 """`--method=nc`: Neural Cleanse unlearning (Wang et al., IEEE S&P 2019).
 
-First Neural Cleanse's detection (moth_tf.detection: one reversed trigger per label, all labels in
-one engine call, MAD outlier test) on held-out clean images of the model being defended; then
-fine-tuning in which `nc.stamp_share` (default 20%, as the paper) of every batch carries the reversed
-trigger of a flagged label (each stamped image one of them, at random), with its correct label, so
-the model unlearns the shortcut. `--nc_unlearn_all` unlearns every label's trigger instead of the
-flagged ones only. The optimiser, schedule and budget are the shared ones (`finetune`'s), so the
-comparison with `finetune` isolates the unlearning.
+First Neural Cleanse's detection (moth_tf.evaluation.detection: one reversed trigger per label, all
+labels in one engine call, MAD outlier test) on held-out clean images of the model being defended;
+then fine-tuning in which `nc.stamp_share` (default 20%, as the paper) of every batch carries the
+reversed trigger of a flagged label (each stamped image one of them, at random), with its correct
+label, so the model unlearns the shortcut. `--nc_unlearn_all` unlearns every label's trigger instead
+of the flagged ones only. The optimiser, schedule and budget are the shared ones (`finetune`'s), so
+the comparison with `finetune` isolates the unlearning.
 
 When nothing is flagged (and not --nc_unlearn_all) there is nothing to unlearn: the run says so in
 a WARNING line, records it in summary.json (`harden.nc.note`) and fine-tunes on clean batches.
@@ -84,9 +84,9 @@ def harden(classifier_factory, splits, config: config_lib.HardenConfig, run_dir:
   continues the fine-tuning.
   """
   del pgd_settings
-  from moth_tf import console
-  from moth_tf import detection
-  from moth_tf import distance
+  from moth_tf.cli import console
+  from moth_tf.evaluation import detection
+  from moth_tf.evaluation import distance
 
   nc = config.nc
   split, _ = distance.choose_split(splits, nc.samples)

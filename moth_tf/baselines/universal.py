@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from moth_tf import config as config_lib
-from moth_tf import distance
+from moth_tf.evaluation import distance
 from moth_tf.hardening import fitting
 from moth_tf.hardening import moth
 from moth_tf.triggers import distributed
@@ -44,7 +44,13 @@ class UniversalHardener(moth.MothHardener):
     """The class whose universal trigger training step `step` (after the warm-up) hardens."""
     return ((step - self.warmup_length) // self.config.period) % self.n
 
-  def _orthogonalisation_step(self):
+  def orthogonalisation_step(self):
+    """Regenerates the universal trigger toward this period's target class and stamps it.
+
+    The MothHardener extension point: it replaces MOTH's pair generation (step_modes, generate,
+    stamp, end_step) whole. The mode follows MOTH's cost schedule: "start" at a period's first
+    step, "rollback" after a failed generation, "fast" while they succeed.
+    """
     cfg = self.config
     start = time.time()
     self.model.warm_ratio.assign(cfg.portion)  # Universal stamps `portion` of the other images.
@@ -57,11 +63,11 @@ class UniversalHardener(moth.MothHardener):
     else:
       steps, cost, mode = cfg.fast_steps, cfg.fast_cost, "fast"
       self.events["fast"] += 1
-    images, _ = self.universal_images(self._rng(2), g)
+    images, _ = self.universal_images(self.step_rng(2), g)
     if self.universal_masks is not None and self.universal_masks[g].sum() > 0:
       init_mask, init_pattern = self.universal_masks[g], self.universal_patterns[g]
     else:
-      init_mask, init_pattern = self._random_trigger(self._rng(3))
+      init_mask, init_pattern = self.random_trigger(self.step_rng(3))
     result = self.universal_inverter.invert(
         [images], [g], [distance.stable_seed(cfg.seed, self.step, 5)], init_cost=cost,
         steps=steps, init_mask=init_mask[None], init_pattern=init_pattern[None])
@@ -82,7 +88,7 @@ class UniversalHardener(moth.MothHardener):
       self.store_patterns[:, g, 0] = result.pattern[0]
       self.store_masks[g, g] = 0.0
       self.store_patterns[g, g] = 0.0
-      self._push_store()
+      self.push_store()
     usable = self.universal_masks is not None and self.universal_masks[g].sum() > 0
     if usable:
       self.model.set_warmup(g, self.universal_masks[g], self.universal_patterns[g])

@@ -1,7 +1,7 @@
 """GTSRB and LISA traffic signs from `.npz` files made by `python -m moth_tf.prepare`.
 
 Both sets come only as raw archives of full-size images with box annotations (LISA is not in tfds
-at all), so `moth_tf.prepare` turns the official archives into `{data_dir}/gtsrb.npz` and
+at all), so `moth_tf.data.prepare` turns the official archives into `{data_dir}/gtsrb.npz` and
 `{data_dir}/lisa.npz` once, and these loaders read them back. The default
 data_dir is $MOTH_TF_DATA_DIR, else ~/moth_tf_data.
 

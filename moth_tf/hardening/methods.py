@@ -11,7 +11,7 @@ Every method is one module with the same two entry points:
 * optional `check_model(classifier, config)`: raises a one-line ValueError when the method cannot
   work on this model (NAD without its attention layers), before the run writes anything.
 
-`moth_tf.phases` looks the method up here and does everything else (loading the base model,
+`moth_tf.cli.phases` looks the method up here and does everything else (loading the base model,
 accuracy before and after, saving, summary.json) the same way for all of them. Adding a method is
 one module and one line below. Importing this registry does not import TensorFlow.
 """

@@ -280,8 +280,8 @@ class StampingModel(HardeningModel):
     self.sched_choices = state("sched_choices", (), "int32")
     self.global_step = state("global_step", (), "int32")
     self.initialized = state("initialized", (), "int32")
-    # The driver's counters and the current period's progress (moth_tf.hardening.moth
-    # DRIVER_STATE_FIELDS), and the trigger sizes of the period's steps so far, so that a resumed
+    # The driver's counters and the current period's progress (moth_tf.hardening.moth.DriverState,
+    # by field order), and the trigger sizes of the period's steps so far, so that a resumed
     # run continues the period it was in and reports the counters of the whole run.
     self.driver_state = state("driver_state", (16,))
     self.period_sizes = state("period_sizes", (MAX_CHECKPOINTED_PERIOD, k))

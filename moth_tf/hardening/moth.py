@@ -27,22 +27,22 @@ before every training step decides what that step stamps:
    * `fixed_trigger_images` (off by default; on in the Fashion-MNIST recipe): one seeded sample of
      training images per class for every generation;
    * `fast_cost`, `period` (the Fashion-MNIST recipe: 0.015 and 9): the fast generations' initial
-     cost (0.2 as published, but on a summed cross-entropy, quirk Q3) and the period length;
+     cost (0.2 as published, but on a summed cross-entropy) and the period length;
    * `generation_early_stop` (off): the engine's early stop inside a pair generation.
-   With MOTH's recipe (2,000 steps of 6-step periods, no replay) digits gains +61.2% class distance
-   at 0.9916 test accuracy in 68 s, against +57.7% at 0.9916 in 206 s for the published schedule
-   (medians of three runs; README, "Trigger generation").
+   With MOTH's recipe (2,000 steps of 6-step periods, no replay) this enlarges the class distance
+   of digits about as much as the published schedule, at the same test accuracy, in a fraction of
+   its time (results: "Trigger generation").
 
 Differences from the authors' code, on purpose (see also the scheduler's module docstring):
 
 * Trigger images are `trigger_samples` random training images of each class of the pair, not the
   current batch's images: with batch 128 a class has ~13 images (and none at all for many of the 43
-  GTSRB classes, quirk Q7); a fixed-size set makes every generation well-posed.
+  GTSRB classes); a fixed-size set makes every generation well-posed.
 * The stamped share is a fraction of each class's images in the batch (`portion`, default 0.5), not
-  int(0.1 * min(#s, #t)) which is 1 image or none (Q7); `--preset=reference` restores 0.1.
+  int(0.1 * min(#s, #t)) which is 1 image or none; `--preset=reference` restores 0.1.
 * The pair triggers minimise the mean cross-entropy + cost * L1 (like the distance measure), so they
-  stay near-minimal; the reference sums the cross-entropy (quirk Q3), which makes the same cost ~N
-  times weaker and its stamped triggers about twice the measured class distance on digits.
+  stay near-minimal; the reference sums the cross-entropy over the N images, which makes the same
+  cost ~N times weaker and its stamped triggers much larger than the measured class distance.
 * Trigger replay (`replay`; 0.3 for Pairwise and Universal, 0 in MOTH's recipe): that share of
   the batch's other images carries the stored trigger of its class toward a random other class, so
   pairs hardened in earlier periods are not forgotten while the scheduler works on others (0 = as
@@ -51,9 +51,9 @@ Differences from the authors' code, on purpose (see also the scheduler's module 
   that many independently initialised triggers (family 0 starts from the warm-up's universal
   trigger, the others from random ones), all generated in the same batched engine call, and each
   stamped image carries one of them at random. A model hardened against one trigger per direction
-  keeps other minima that a differently seeded inversion finds (the 3-seed spread of the hardened
-  digits model's distances is ~9%, ~1% before hardening). On digits, two families gave +59.8%
-  instead of +57.7% for ~1.4x the hardening time (benchmarks/hardening_benchmark.py, `ablation`).
+  keeps other minima that a differently seeded inversion finds (the seed-to-seed spread of a
+  hardened model's distances is much wider than before hardening). More families harden a little
+  more for proportionally more generation time (benchmarks/hardening_benchmark.py, `ablation`).
 * Ablations (HardenConfig's `generation`, `schedule`, `trigger_reuse`; each switches one of the
   paper's design choices off, the defaults keep them all):
   - `generation="one_sided"`: each direction of a pair is generated on its own. Two-sided, the
@@ -74,19 +74,20 @@ Differences from the authors' code, on purpose (see also the scheduler's module 
   The driver logs, for the paper's two figures: `moth/period_trigger_sizes` (each pair's
   period-average trigger sizes at the end of its period) and `moth/previous_trigger_asr` (the ASR
   of a fast generation's starting trigger on its images, which the engine measures at its first
-  step), see moth_tf.tb_records.
+  step), see moth_tf.reporting.records.
 * The learning rate ramps up linearly over `lr_warmup_steps` (100) and then decays to 0 (cosine).
-  At the full rate of 0.01 from the first step, the warm-up steps, whose universal triggers flip
-  ~99% of the images they are stamped on, wreck the model (digits: ~50% test accuracy after 30
-  steps) and most of the budget goes into re-learning the task.
+  At the full rate from the first step, the warm-up steps, whose universal triggers flip nearly
+  every image they are stamped on, wreck the model and most of the budget goes into re-learning
+  the task.
 * A failed generation keeps stamping the last successful trigger of that direction (the reference
-  stamps an all-zero mask, a no-op); no training step is ever skipped (Q8).
-* The pair orientation of stored triggers is tracked per direction (Q9); every warm-up target
-  starts from a fresh random trigger (Q11).
+  stamps an all-zero mask, a no-op); no training step is ever skipped.
+* The pair orientation of stored triggers is tracked per direction; every warm-up target
+  starts from a fresh random trigger.
 * The warm-up steps are the first n of the `epochs * steps_per_epoch` steps (the reference adds n).
 * A resumed run continues at the epoch boundary of its last checkpoint and starts a fresh period.
 """
 
+import dataclasses
 import time
 from typing import Callable, Optional
 
@@ -95,8 +96,8 @@ import numpy as np
 import tensorflow as tf
 
 from moth_tf import config as config_lib
-from moth_tf import distance
-from moth_tf import tb_records
+from moth_tf.evaluation import distance
+from moth_tf.reporting import records
 from moth_tf.hardening import fitting
 from moth_tf.hardening import scheduler as scheduler_lib
 from moth_tf.triggers import distributed
@@ -104,11 +105,52 @@ from moth_tf.triggers import engine
 from moth_tf.triggers import params
 
 
-# What StampingModel.driver_state holds (indices), checkpointed at every epoch end.
-DRIVER_STATE_FIELDS = ("fast", "rollback", "failed_directions", "generations",
-                       "generation_seconds", "warmup_seconds", "period_pos", "in_period",
-                       "failed_last", "period_steps_done", "warm_fast", "reused",
-                       "engine_calls", "inversion_steps")
+@dataclasses.dataclass
+class DriverState:
+  """The driver's counters and the period in progress, checkpointed at every epoch end.
+
+  The pair and its current triggers are checkpointed apart (StampingModel's pair_classes,
+  pair_masks, pair_patterns; the step stamped them), as are the trigger store, the scheduler and
+  the trigger sizes of the period's steps so far.
+
+  Attributes:
+    fast, rollback, warm_fast, reused, generations: generations (or steps without one) of each
+      kind: per pair when two-sided, per direction when one-sided.
+    failed_directions: generations of a direction that missed the ASR bound.
+    engine_calls: batched engine calls; inversion_steps: their longest direction's steps, summed.
+    generation_seconds, warmup_seconds: host time spent generating triggers, and in the warm-up.
+    period_pos: steps done in the current period; in_period: 1 inside a period, else 0.
+    failed_last: 1 if a direction of the period's last generation failed (it rolls back next).
+    period_steps_done: trigger sizes recorded in the current period.
+  """
+  fast: float = 0.0
+  rollback: float = 0.0
+  failed_directions: float = 0.0
+  generations: float = 0.0
+  generation_seconds: float = 0.0
+  warmup_seconds: float = 0.0
+  period_pos: float = 0.0
+  in_period: float = 0.0
+  failed_last: float = 0.0
+  period_steps_done: float = 0.0
+  warm_fast: float = 0.0
+  reused: float = 0.0
+  engine_calls: float = 0.0
+  inversion_steps: float = 0.0
+
+  # StampingModel.driver_state is a float32 vector: the fields in the order above, then zeros. The
+  # layout is the checkpoint format, so append new fields at the end only (older checkpoints then
+  # resume with zeros in them).
+  def to_vector(self, size: int) -> np.ndarray:
+    values = [getattr(self, field.name) for field in dataclasses.fields(self)]
+    vector = np.zeros((size,), np.float32)
+    vector[:len(values)] = values
+    return vector
+
+  @classmethod
+  def from_vector(cls, vector) -> "DriverState":
+    values = np.asarray(vector).tolist()
+    return cls(*values[:len(dataclasses.fields(cls))])
 
 
 def pairs_per_period(config: config_lib.HardenConfig, num_classes: int) -> int:
@@ -139,7 +181,25 @@ def hardening_blocks(model) -> int:
 
 
 class MothHardener:
-  """Host-side state of one MOTH run: trigger store, scheduler, period bookkeeping, timing."""
+  """Host-side state of one MOTH run: trigger store, scheduler, period bookkeeping, timing.
+
+  MothCallback calls `before_step` and `after_step` around every training step and `save_state`
+  at every epoch end. The first n steps stamp the warm-up's universal triggers; every later step is
+  `orthogonalisation_step`, MOTH's five public steps in turn:
+
+      modes = self.step_modes(rng)                           # what each direction does
+      images = self.trigger_images(rng, generating_pairs)    # what their triggers train on
+      success, failures, asr = self.generate(images, modes)  # batched engine calls
+      sizes = self.stamp(success, modes)                     # what the training step stamps
+      self.end_step(sizes, modes, failures, start)           # period end: scheduler update; logs
+
+  A schedule variant extends it in one of two ways:
+  * a different choice of pairs: pass a `scheduler` (moth_tf.baselines.pairwise); the step stays;
+  * different triggers: subclass and override `orthogonalisation_step` (and `extra_results` for
+    its own result entries), using `step_rng`, `random_trigger`, `universal_images` and
+    `push_store` (moth_tf.baselines.universal). Its counters go into `events` and its period
+    progress into `period_pos` and `fails`, which `save_state` checkpoints (DriverState).
+  """
 
   def __init__(self, model, x_train: np.ndarray, y_train: np.ndarray,
                config: config_lib.HardenConfig,
@@ -224,7 +284,9 @@ class MothHardener:
     """The period's (first) pair, or None between periods."""
     return self.pairs[0] if self.pairs else None
 
-  def _rng(self, *salt):
+  def step_rng(self, *salt):
+    """The step's random generator: seeded by the run's seed, the step and `salt`, so that a
+    resumed run draws what the uninterrupted run drew."""
     return np.random.default_rng([self.config.seed, self.step, *salt])
 
   # ----------------------------------------------------------------------------------------------
@@ -246,7 +308,7 @@ class MothHardener:
     """Universal triggers toward every class (batched), the prior U and the store's warm starts."""
     start = time.time()
     cfg = self.config
-    rng = self._rng(1)
+    rng = self.step_rng(1)
     images, origin = map(list, zip(*(self.universal_images(rng, t) for t in range(self.n))))
     inverter = distributed.make_inverter(self.model.classifier, engine.InversionSettings(
         steps=cfg.warmup_steps, asr_bound=cfg.warmup_asr, init_cost=cfg.pair_cost,
@@ -276,7 +338,7 @@ class MothHardener:
         self.store_masks[:, t, 0] = result.mask[t]
         self.store_patterns[:, t, 0] = result.pattern[t]
         self.store_masks[t, t] = 0.0  # No trigger from a class to itself.
-    self._push_store()
+    self.push_store()
     self.warmup_seconds = time.time() - start
     if self.verbose:
       ok = int(result.success.sum())
@@ -305,9 +367,10 @@ class MothHardener:
         self.model.set_warmup(None)
       return
     self.model.set_warmup(None)
-    self._orthogonalisation_step()
+    self.orthogonalisation_step()
 
-  def _random_trigger(self, rng):
+  def random_trigger(self, rng):
+    """A (mask [H, W], pattern [H, W, C]) drawn uniformly from [0, 1) with `rng`."""
     h, w = self.store_masks.shape[-2:]
     return rng.random((h, w)).astype(np.float32), rng.random(
         (h, w, self.channels)).astype(np.float32)
@@ -348,7 +411,7 @@ class MothHardener:
       for d in range(2):
         for f in range(cfg.families):
           if self.cur_masks[p, d, f].sum() <= 0:  # No trigger yet: start from a random one.
-            self.cur_masks[p, d, f], self.cur_patterns[p, d, f] = self._random_trigger(rng)
+            self.cur_masks[p, d, f], self.cur_patterns[p, d, f] = self.random_trigger(rng)
     self.fails[:] = 0
     self.period_sizes = []
     modes = []
@@ -388,8 +451,13 @@ class MothHardener:
       return "reused"
     return "fast"
 
-  def _step_modes(self, rng):
+  def step_modes(self, rng):
     """The mode of every direction at this step: modes[p][d] for pair p's s->t (d=0) and t->s.
+
+    "start" (random or stored trigger at pair_cost for pair_steps), "warm_fast" and "fast" (the
+    latest trigger at fast_cost for fast_steps), "rollback" (after a failure: back to pair_cost)
+    or "reused" (no generation: the step stamps the direction's last trigger). At a period's first
+    step it chooses the period's pairs first (the scheduler) and loads their warm starts.
 
     Two-sided generation decides for the pair (a failure of either direction rolls both back; the
     pair stays fast while both succeed); one-sided for each direction on its own. Without
@@ -417,30 +485,69 @@ class MothHardener:
           self.events[mode] += 1
     return modes
 
-  def _orthogonalisation_step(self):
-    cfg = self.config
+  def orthogonalisation_step(self):
+    """One training step after the warm-up: generate the period's triggers and stamp them.
+
+    The extension point of a schedule variant (class docstring). MOTH's version draws everything
+    from `step_rng(2)`, in this order: the random starts of the period's first step, then the
+    trigger images.
+    """
     start = time.time()
-    rng = self._rng(2)
-    families = cfg.families
-    modes = self._step_modes(rng)
-    # Directions that generate at this step, pair by pair, s->t before t->s.
-    generated = [(p, d) for p in range(self.num_pairs) for d in range(2)
-                 if modes[p][d] != "reused"]
-    if not generated:
-      self._end_step(np.array(self.period_sizes[-1]), modes, 0, start)
+    rng = self.step_rng(2)
+    modes = self.step_modes(rng)
+    if all(mode == "reused" for pair_modes in modes for mode in pair_modes):
+      self.end_step(np.array(self.period_sizes[-1]), modes, 0, start)
       return
-    generated_pairs = sorted({p for p, _ in generated})
+    images = self.trigger_images(rng, self._generating_pairs(modes))
+    success, failures, previous_asr = self.generate(images, modes)
+    sizes = self.stamp(success, modes)
+    if self.writer is not None and previous_asr:
+      with self.writer.as_default():
+        records.write_matrix(records.PREVIOUS_ASR_TAG, np.array(previous_asr),
+                             step=self.step, description=records.PREVIOUS_ASR_COLUMNS)
+    self.end_step(sizes, modes, failures, start)
+
+  def _generating_pairs(self, modes):
+    """The pairs (indices) with a direction that generates at this step."""
+    return [p for p in range(self.num_pairs) if any(mode != "reused" for mode in modes[p])]
+
+  def trigger_images(self, rng, pairs):
+    """{p: [class-s images, class-t images]} for the given pairs: what their triggers are
+    generated on (`_trigger_image_indices`).
+
+    Both classes' images are drawn even if one direction reuses: the draws stay the same whichever
+    directions generate.
+    """
     images = {}
-    for p in generated_pairs:
-      # Both classes' images are drawn even if one direction reuses: the draws stay the same
-      # whichever directions generate.
+    for p in pairs:
       images[p] = []
       for c in self.pairs[p]:
         images[p].append(self.x[self._trigger_image_indices(c, rng)])
-    # One engine call per (steps, cost) setting optimises every family of the directions that use
-    # it: direction (p, d, f) is pair p's s->t (d=0) or t->s (d=1) trigger of family f, each
-    # warm-started from its own latest trigger (with trigger_reuse; else from a random one drawn
-    # from its seed).
+    return images
+
+  def generate(self, images, modes):
+    """Generates the triggers of every direction that does not reuse, and keeps the results.
+
+    One engine call per (steps, cost) setting optimises every family of the directions that use
+    it: direction (p, d, f) is pair p's s->t (d=0) or t->s (d=1) trigger of family f, each
+    warm-started from its own latest trigger (with trigger_reuse; else from a random one drawn
+    from its seed). A success becomes the direction's current trigger and enters the store (the
+    latest, or as the reference the largest: `store_largest`); a failure counts toward the
+    direction's rollback.
+
+    Args:
+      images: trigger_images' dict.
+      modes: step_modes' modes[p][d].
+
+    Returns:
+      (success [P, 2, families] bool, failed generations, previous_asr): the last holds (source,
+      target, family, ASR) of each fast generation's starting trigger.
+    """
+    cfg = self.config
+    families = cfg.families
+    # Directions that generate at this step, pair by pair, s->t before t->s.
+    generated = [(p, d) for p in range(self.num_pairs) for d in range(2)
+                 if modes[p][d] != "reused"]
     settings = {"start": (cfg.pair_steps, cfg.pair_cost),
                 "rollback": (cfg.rollback_steps or cfg.pair_steps, cfg.pair_cost),
                 "fast": (cfg.fast_steps, cfg.fast_cost),
@@ -450,7 +557,7 @@ class MothHardener:
       groups.setdefault(settings[modes[p][d]], []).append((p, d))
     success = np.zeros((self.num_pairs, 2, families), bool)
     failures = 0
-    previous_asr = []  # (source, target, family, ASR) of each fast generation's starting trigger.
+    previous_asr = []
     for (steps, cost), members in groups.items():
       directions = [(p, d, f) for p, d in members for f in range(families)]
       seeds = [distance.stable_seed(cfg.seed, self.step, d, *([f] if f or p else []),
@@ -476,7 +583,6 @@ class MothHardener:
           success[p, d, f] = True
           self.cur_masks[p, d, f] = result.mask[k]
           self.cur_patterns[p, d, f] = result.pattern[k]
-          # The store keeps the latest successful trigger (or, as the reference, the largest).
           if (not self.config.store_largest or
               result.mask[k].sum() > self.store_masks[a, b, f].sum()):
             self.store_masks[a, b, f] = result.mask[k]
@@ -484,20 +590,29 @@ class MothHardener:
         else:
           self.fails[p, d, f] += 1
           self.events["failed_directions"] += 1
-    self.events["generations"] += len(generated) if self.one_sided else len(generated_pairs)
+    self.events["generations"] += (len(generated) if self.one_sided
+                                   else len(self._generating_pairs(modes)))
     if self.config.replay > 0:
-      self._push_store()
-    # Stamp a trigger only if it once succeeded: this step's, or the store's (which only ever holds
-    # successful triggers); never the random start of a family that failed.
+      self.push_store()
+    return success, failures, previous_asr
+
+  def stamp(self, success, modes):
+    """Assigns what the training step stamps: each direction's current triggers, every family
+    that once succeeded (this step, or the store, which only ever holds successful triggers;
+    never the random start of a family that failed).
+
+    Returns:
+      [P, 2] trigger sizes: a direction's smallest stamped family, the class distance the model
+      still has; a direction that reused its trigger keeps its last size.
+    """
+    families = self.config.families
     enabled = np.array([[[success[p, d, f] or self.store_masks[a, b, f].sum() > 0
                           for f in range(families)]
                          for d, (a, b) in enumerate((pair, pair[::-1]))]
                         for p, pair in enumerate(self.pairs)])
-    # A direction's size is its smallest usable family: the class distance the model still has.
-    # A direction that reused its trigger this step keeps its last size.
     sizes = np.array(self.period_sizes[-1]) if self.period_sizes else np.zeros(
         (self.num_pairs, 2))
-    for p in generated_pairs:
+    for p in self._generating_pairs(modes):
       family_sizes = params.trigger_size(self.cur_masks[p], self.channels)
       for d in range(2):
         if modes[p][d] != "reused":
@@ -505,13 +620,9 @@ class MothHardener:
                          else family_sizes[d].min())
     self.model.set_pairs(self.pairs, self.cur_masks[..., None], self.cur_patterns,
                          enabled.astype(np.float32))
-    if self.writer is not None and previous_asr:
-      with self.writer.as_default():
-        tb_records.write_matrix(tb_records.PREVIOUS_ASR_TAG, np.array(previous_asr),
-                                step=self.step, description=tb_records.PREVIOUS_ASR_COLUMNS)
-    self._end_step(sizes, modes, failures, start)
+    return sizes
 
-  def _end_step(self, sizes, modes, failures: int, start: float):
+  def end_step(self, sizes, modes, failures: int, start: float):
     """Period bookkeeping (the scheduler's update at the period's end) and the step's logs.
 
     sizes: [P, 2], each pair's two trigger sizes at this step; modes: each direction's mode,
@@ -545,8 +656,8 @@ class MothHardener:
                           step=self.step)
         tf.summary.scalar("moth/generation_failures", float(failures), step=self.step)
         if period_rows is not None:
-          tb_records.write_matrix(tb_records.PERIOD_SIZES_TAG, period_rows, step=self.step,
-                                  description=tb_records.PERIOD_SIZES_COLUMNS)
+          records.write_matrix(records.PERIOD_SIZES_TAG, period_rows, step=self.step,
+                                  description=records.PERIOD_SIZES_COLUMNS)
 
   def after_step(self):
     self.step += 1
@@ -556,14 +667,15 @@ class MothHardener:
   # ----------------------------------------------------------------------------------------------
   # Checkpointed state (lives in the model's non-trainable weights).
 
-  def _push_store(self):
+  def push_store(self):
+    """Copies the trigger store into the model (replay stamps from it; checkpoints keep it)."""
     self.model.store_masks.assign(self.store_masks[..., None])
     self.model.store_patterns.assign(self.store_patterns)
 
   def save_state(self):
     """Copies the host state into the model's variables (BackupAndRestore then saves them)."""
     m = self.model
-    self._push_store()
+    self.push_store()
     state = self.scheduler.state_dict()
     m.sched_prior.assign(state["prior"].astype(np.float32))
     m.sched_size.assign(state["size"].astype(np.float32))
@@ -572,16 +684,13 @@ class MothHardener:
     m.sched_choices.assign(int(state["num_choices"]))
     m.global_step.assign(self.step)
     m.initialized.assign(1)
-    # Counters and the period in progress (the pair and its current triggers are in pair_classes,
-    # pair_masks and pair_patterns already: the step stamped them).
-    values = dict(self.events, generation_seconds=self.generation_seconds,
-                  warmup_seconds=self.warmup_seconds, period_pos=self.period_pos,
-                  in_period=float(self.period_pos > 0),
-                  failed_last=float(self.fails.any()),
-                  period_steps_done=len(self.period_sizes))
-    vector = np.zeros(m.driver_state.shape, np.float32)
-    vector[:len(DRIVER_STATE_FIELDS)] = [values[k] for k in DRIVER_STATE_FIELDS]
-    m.driver_state.assign(vector)
+    state = DriverState(
+        **{k: self.events[k] for k in ("fast", "rollback", "failed_directions", "generations",
+                                       "warm_fast", "reused", "engine_calls", "inversion_steps")},
+        generation_seconds=self.generation_seconds, warmup_seconds=self.warmup_seconds,
+        period_pos=self.period_pos, in_period=float(self.period_pos > 0),
+        failed_last=float(self.fails.any()), period_steps_done=len(self.period_sizes))
+    m.driver_state.assign(state.to_vector(m.driver_state.shape[0]))
     sizes = np.zeros(m.period_sizes.shape, np.float32)
     done = self.period_sizes[:len(sizes)]
     if done:
@@ -610,21 +719,21 @@ class MothHardener:
     self.universal_patterns = np.stack(
         [self.store_patterns[(t + 1) % self.n, t, 0] for t in range(self.n)])
     self._period_reset()
-    values = dict(zip(DRIVER_STATE_FIELDS, m.driver_state.numpy().tolist()))
-    self.events = {k: int(values[k]) for k in self.events}
-    self.generation_seconds = values["generation_seconds"]
-    self.warmup_seconds = values["warmup_seconds"]
-    done = int(values["period_steps_done"])
-    if values["in_period"] and done <= m.period_sizes.shape[0]:
+    state = DriverState.from_vector(m.driver_state.numpy())
+    self.events = {k: int(getattr(state, k)) for k in self.events}
+    self.generation_seconds = state.generation_seconds
+    self.warmup_seconds = state.warmup_seconds
+    done = int(state.period_steps_done)
+    if state.in_period and done <= m.period_sizes.shape[0]:
       # Continue the period the checkpoint was taken in, as the uninterrupted run does.
-      self.period_pos = int(values["period_pos"])
+      self.period_pos = int(state.period_pos)
       p, r = self.num_pairs, self.config.families
       self.pairs = [tuple(int(c) for c in pair)
                     for pair in m.pair_classes.numpy().reshape(p, 2)]
       self.cur_masks = m.pair_masks.numpy()[..., 0].reshape(p, 2, r, *self.store_masks.shape[-2:])
       self.cur_patterns = m.pair_patterns.numpy().reshape(
           p, 2, r, *self.store_patterns.shape[-3:])
-      self.fails[:] = int(values["failed_last"])
+      self.fails[:] = int(state.failed_last)
       self.period_sizes = [row.astype(np.float64).reshape(p, 2)
                            for row in m.period_sizes.numpy()[:done]]
     if self.verbose:
@@ -645,7 +754,7 @@ class MothHardener:
                        step=epoch)
       tf.summary.image("moth/pair_count", distance.heatmap_image(self.scheduler.count)[None],
                        step=epoch)
-      tb_records.write_matrix("moth/pair_count_matrix", self.scheduler.count, step=epoch)
+      records.write_matrix("moth/pair_count_matrix", self.scheduler.count, step=epoch)
       if self.cur_masks is not None:
         tf.summary.image("moth/current_masks", self.cur_masks.reshape(
             -1, *self.cur_masks.shape[-2:], 1), step=epoch, max_outputs=8)

@@ -1,6 +1,6 @@
 """One hardening run, as `--phase=harden` and `moth_tf.harden` both make it.
 
-The command line (moth_tf.main, moth_tf.phases) and the Python API (moth_tf.api) differ in where
+The command line (moth_tf.cli) and the Python API (moth_tf.api) differ in where
 the model, the data and the settings come from (a run directory and flags, or objects in memory);
 what happens between them is here, once:
 

@@ -16,11 +16,11 @@ epsilon the scheduler explores instead and returns a uniformly random ordered pa
 
 Deviations from the authors' code, all deliberate bug fixes:
 
-* Q5: `size` and `reward` are separate arrays; nothing is aliased.
-* Q6, Q10: a failed universal trigger (size 0 or NaN) gets a prior of 0 rather than the maximal
+* `size` and `reward` are separate arrays; nothing is aliased.
+* A failed universal trigger (size 0 or NaN) gets a prior of 0 rather than the maximal
   "speed" 1, its direction is treated as "size unknown" and no division by zero can happen. When
   every universal trigger failed, the initial reward stays all zeros instead of becoming NaN.
-* Q12: the diagonal is masked out before the argmax, so s != t always.
+* The diagonal is masked out before the argmax, so s != t always.
 
 Ablations (HardenConfig.schedule, `make_scheduler`): PriorOnlyScheduler (U alone, alpha = 0),
 RewardOnlyScheduler (V alone, alpha = 1), both still exploring with probability epsilon;
@@ -131,22 +131,22 @@ class PairScheduler:
 
     Sets, for every i != t:
       * prior[i, t] = U[i, t] if the trigger toward t succeeded, else 0. The reference's failed
-        triggers report a loss decrease of 1 and so look maximally fast (Q10); a failed inversion
+        triggers report a loss decrease of 1 and so look maximally fast; a failed inversion
         says nothing about how close the classes are, so it gets no prior. Non-finite U entries are
         also replaced by 0.
       * size[i, t] = universal_sizes[t], or 0 ("unknown") if it failed.
       * reward[i, t] = size[i, t] / max(size), as the reference does on the first post-warm-up
-        step. This mixes units with the later relative-growth rewards (Q23): V starts as a
+        step. This mixes units with the later relative-growth rewards: V starts as a
         normalised distance in [0, 1] and becomes an EMA of relative growth as pairs are updated.
         It is kept to match the reference's early choices. When every trigger failed, max(size) is
-        0 and V stays all zeros (the reference divides by zero, Q10).
+        0 and V stays all zeros (the reference divides by zero).
     The diagonals stay 0. `count` and the number of choices are not touched.
 
     Raises:
       ValueError: if the shapes do not match num_classes.
     """
     n = self.num_classes
-    prior = np.array(prior, dtype=np.float64)  # A copy: never alias the caller's array (Q5).
+    prior = np.array(prior, dtype=np.float64)  # A copy: never alias the caller's array.
     if prior.shape != (n, n):
       raise ValueError(f"prior must have shape {(n, n)}, got {prior.shape}")
     if len(universal_sizes) != n:
@@ -200,7 +200,7 @@ class PairScheduler:
       score += (1.0 - alpha) * (self.prior + self.prior.T)
     if alpha > 0.0:
       score += alpha * (self.reward + self.reward.T)
-    # The reference could pick s == t when every off-diagonal score is negative (Q12).
+    # The reference could pick s == t when every off-diagonal score is negative.
     np.fill_diagonal(score, -np.inf)
     return score
 
@@ -275,7 +275,7 @@ class PairScheduler:
       * size[d] <= 0 (size unknown, i.e. the universal trigger failed): size[d] = a and reward[d]
         is unchanged. There is no earlier size to measure growth against, so the first
         measurement only sets the baseline. (The reference instead makes V an alias of the size
-        matrix here, Q5, and can later divide by zero, Q6.)
+        matrix here, and can later divide by zero.)
       * otherwise: reward[d] = (reward[d] + (a - size[d]) / size[d]) / 2, then size[d] = a. (A
         growth that overflows to inf, possible only for a denormal old size, is not added.)
 

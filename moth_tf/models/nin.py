@@ -22,7 +22,7 @@ def nin(input_shape, num_classes, normalization=None):
     2: Conv5x5-192, 1x1-192, 1x1-192, MaxPool 3x3/2 'same', Dropout 0.5.
     3: Conv3x3-192, 1x1-192, 1x1-num_classes, ReLU, GlobalAveragePooling.
 
-  The ReLU before the pooling of the class maps is the authors' quirk, kept on purpose: every logit
+  The ReLU before the pooling of the class maps is the authors' design, kept on purpose: every logit
   is >= 0, so a class can never score below zero. Code that assumes logits of either sign (margins,
   losses relying on negative logits) should allow for it.
 
@@ -50,7 +50,7 @@ def nin(input_shape, num_classes, normalization=None):
   x = _conv(192, 3, "block3_conv")(x)
   x = _conv(192, 1, "block3_mlp1")(x)
   x = _conv(num_classes, 1, "block3_mlp2", activation=None)(x)
-  # The authors' quirk: a ReLU on the class maps, so the pooled logits are never negative.
+  # As the authors' network: a ReLU on the class maps, so the pooled logits are never negative.
   x = keras.layers.ReLU(name="class_map_relu")(x)
   logits = keras.layers.GlobalAveragePooling2D(name="global_pool")(x)
   return keras.Model(inputs, logits, name="nin")

@@ -22,7 +22,7 @@ def vgg19(input_shape, num_classes, normalization=None):
   Convs are named `block{b}_conv{k}` and pools `block{b}_pool`. The head is Flatten ->
   Dense 4096 (`fc_cifa10`) -> BN -> ReLU -> Dropout 0.5 -> Dense 4096 (`fc2`) -> BN -> ReLU ->
   Dropout 0.5 -> Dense n (`predictions_cifa10`) -> BN. The final BatchNormalization on the logits is
-  a quirk of the authors' network, kept so that their weights and behaviour carry over: the model's
+  a peculiarity of the authors' network, kept so that their weights and behaviour carry over: the model's
   output is the batch-normalised logits. All convs and dense layers use he_normal and L2 1e-4; the
   BNs use Keras defaults.
 
@@ -58,6 +58,6 @@ def vgg19(input_shape, num_classes, normalization=None):
     x = keras.layers.ReLU(name=f"{name}_relu")(x)
     x = keras.layers.Dropout(0.5, name=f"{name}_dropout")(x)
   x = _regularized(keras.layers.Dense, num_classes, name="predictions_cifa10")(x)
-  # The authors' quirk: BN on the logits (their softmax followed it).
+  # As the authors' network: BN on the logits (their softmax followed it).
   logits = keras.layers.BatchNormalization(name="predictions_bn")(x)
   return keras.Model(inputs, logits, name="vgg19")

@@ -15,13 +15,13 @@ after which the best mask and pattern are perturbed by +-0.01 (uniform) and the 
 from there. Deliberate differences from the authors' code, each for a reason:
 
 * The classification loss is the true cross-entropy on logits. The reference's Keras code swaps the
-  arguments of `categorical_crossentropy` (quirk Q1) and so minimises ~16.1 * (1 - p_target).
+  arguments of `categorical_crossentropy` and so minimises ~16.1 * (1 - p_target).
 * Every step is one Adam update on the whole image set of each direction ("full-set steps"), not
   mini-batches of 32. On the sets used here (<= 100 images) that is one to four fewer launches per step
   and the same arithmetic; the measured distances agree with the one-pair mode (tests and
   benchmarks/inversion_benchmark.py).
 * The best trigger is the one whose ASR and size were measured (before the step's update); Keras
-  snapshots the mask after the update (quirk Q16), which was never evaluated.
+  snapshots the mask after the update, which was never evaluated.
 * Optional early stop: a direction stops once its best size has not improved by `early_stop_tol`
   (relative) for `early_stop_patience` steps. Stopped directions leave the batch, so the remaining
   ones run faster. 0 disables it (every direction runs all steps, as the reference).
@@ -79,7 +79,7 @@ class InversionSettings:
   cost_multiplier_down: float = 1.5 ** 1.5
   perturbation: float = 0.01
   # "mean": mean CE over a direction's images + cost * L1 (reference Trigger); "sum": summed CE
-  # + cost * L1 (reference TriggerCombo, quirk Q3; MOTH's hardening costs were tuned with it).
+  # + cost * L1 (reference TriggerCombo; MOTH's hardening costs were tuned with it).
   ce_reduction: str = "mean"
   early_stop_patience: int = 0
   early_stop_tol: float = 0.01
@@ -132,7 +132,7 @@ class InversionResult:
     """Per-image relative loss decrease (start - end) / start; 0 where undefined or failed.
 
     This is the "speed" of a universal trigger that MOTH's warm-up prior is built from. Unlike the
-    reference (quirk Q10), a failed direction reports 0, not the maximal speed 1.
+    reference, a failed direction reports 0, not the maximal speed 1.
     """
     start, end = self.loss_start, self.loss_end
     ok = (start > 0) & self.success[self.sample_direction]

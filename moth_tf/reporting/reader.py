@@ -2,8 +2,8 @@
 
 `read_runs(logdir)` walks `logdir` for event files (TensorBoard's EventMultiplexer finds them and
 its EventAccumulator reads them; nothing here parses the record format) and gathers them into runs:
-a run is a run directory, the folder that holds `logs/` (see moth_tf.tb_records for what each phase
-writes there). Who a run is (data set, model, method, mode, seed, base model) comes from the
+a run is a run directory, the folder that holds `logs/` (see moth_tf.reporting.records for what each
+phase writes there). Who a run is (data set, model, method, mode, seed, base model) comes from the
 metadata the phases wrote, never from the folder's name.
 
 A truncated or corrupt event file (a run killed while writing, an incomplete copy) is read up to
@@ -19,12 +19,12 @@ import os
 from typing import Dict, List, Optional, Tuple
 
 
-from moth_tf import tb_records
+from moth_tf.reporting import records
 
 # The phases that make a run (the others measure a model that exists).
 MAKER_PHASES = ("harden", "train")
 # Tensor summaries read back: scalars, text (metadata), matrices, and ones without a plugin.
-_READ_PLUGINS = ("scalars", "text", tb_records.PLUGIN_NAME, "")
+_READ_PLUGINS = ("scalars", "text", records.PLUGIN_NAME, "")
 
 
 @dataclasses.dataclass
@@ -43,7 +43,7 @@ class Run:
     path: the run directory, relative to the log directory read.
     series: (subfolder of logs/, tag) -> points in the order written; scalars as floats, other
       tensors as NumPy arrays, text as str.
-    phases: phase (subfolder of logs/) -> the metadata that phase wrote (moth_tf.tb_records).
+    phases: phase (subfolder of logs/) -> the metadata that phase wrote (moth_tf.reporting.records).
     problems: what is wrong with the logs (truncated files, unfinished phases).
     merged_from: other run directories whose measurements of this run's model were merged in.
   """
@@ -199,7 +199,7 @@ def read_runs(logdir: str) -> List[Run]:
         continue  # Images, histograms, graphs: the table and figures do not read them.
       points = [Point(e.step, e.wall_time, _decode(e)) for e in accumulator.Tensors(tag)]
       run.series.setdefault((sub, tag), []).extend(points)
-      if tag == tb_records.METADATA_TAG:
+      if tag == records.METADATA_TAG:
         for point in points:
           record = _parse_metadata(point.value) if isinstance(point.value, str) else None
           if record is not None:
@@ -243,7 +243,7 @@ def _merge_measurements(runs: List[Run]) -> List[Run]:
     base = run.metadata.get("base") or ""
     target = None
     if not run.made_here and base:
-      candidates = by_name.get(tb_records.base_label(base), [])
+      candidates = by_name.get(records.base_label(base), [])
       same_parent = [c for c in candidates
                      if os.path.dirname(c.path) == os.path.dirname(run.path)]
       target = (same_parent or candidates or [None])[0]

@@ -95,7 +95,7 @@ class DetectionResult:
 def label_images(x: np.ndarray, y: np.ndarray, target: int, num_classes: int, samples: int,
                  seed: int) -> np.ndarray:
   """Up to `samples` seeded images of every class but `target`: the images label t's trigger flips."""
-  from moth_tf import distance
+  from moth_tf.evaluation import distance
   parts = [distance.direction_images(x, y, s, target, seed, samples)
            for s in range(num_classes) if s != target]
   return np.concatenate([p for p in parts if len(p)])
@@ -116,7 +116,7 @@ def neural_cleanse(model, x: np.ndarray, y: np.ndarray, num_classes: int, config
       scope); None: one device.
   """
   import keras  # Progress bar only.
-  from moth_tf import distance
+  from moth_tf.evaluation import distance
   from moth_tf.triggers import distributed
   from moth_tf.triggers import engine
 

@@ -10,11 +10,11 @@ import shlex
 import time
 
 from moth_tf import config as config_lib
-from moth_tf import console
+from moth_tf.cli import console
 from moth_tf import data as data_lib
 from moth_tf import progress as progress_lib
 from moth_tf import rundir
-from moth_tf import tb_records
+from moth_tf.reporting import records as tb_records
 from moth_tf import training
 from moth_tf.models import io as model_io
 
@@ -144,7 +144,7 @@ def run_test(config: config_lib.RunConfig, command_line=()):
 
 def run_robustness(config: config_lib.RunConfig, command_line=()):
   """L-inf PGD robust accuracy (reference 3.4, on logits) on up to 1,000 validation images."""
-  from moth_tf.attacks import pgd
+  from moth_tf.evaluation import robustness
 
   splits = load_splits(config)
   model, path = load_run_model(config)
@@ -152,7 +152,7 @@ def run_robustness(config: config_lib.RunConfig, command_line=()):
   x, y = splits.x_val[:1000], splits.y_val[:1000]
   p = splits.info.eval_pgd
   start = time.time()
-  result = pgd.robust_accuracy(model, x, y, p.epsilon, p.steps, p.step_size, seed=config.seed)
+  result = robustness.robust_accuracy(model, x, y, p.epsilon, p.steps, p.step_size, seed=config.seed)
   print(f"PGD robust accuracy: {result.accuracy:.4f} on {len(x)} validation images (L-inf eps "
         f"{p.epsilon:.4g}, {p.steps} steps of {p.step_size:.4g}); model {path}")
   tb_records.write_run_metadata(output_dir(config), "robustness", config.to_dict(),
@@ -224,7 +224,7 @@ def measure_and_record(model, splits, config: config_lib.RunConfig, out_dir: str
   """
   import numpy as np
   import tensorflow as tf
-  from moth_tf import distance
+  from moth_tf.evaluation import distance
 
   dist = config.distance
   split, note = distance.choose_split(splits, dist.samples)
@@ -559,8 +559,8 @@ def run_detect(config: config_lib.RunConfig, command_line=()):
   class-distance matrix when distance.json is there; writes detection.json and nc_norms.png."""
   import numpy as np
   import tensorflow as tf
-  from moth_tf import detection
-  from moth_tf import distance
+  from moth_tf.evaluation import detection
+  from moth_tf.evaluation import distance
   from moth_tf import distribute
   from moth_tf.attacks import backdoor
 
@@ -601,7 +601,7 @@ def run_detect(config: config_lib.RunConfig, command_line=()):
       print(f"the backdoor's target {trigger.target} is {'flagged' if hit else 'NOT flagged'}; "
             f"clean labels flagged: {payload['clean_labels_flagged'] or 'none'}")
   rundir.write_json(os.path.join(out_dir, "detection.json"), payload)
-  from moth_tf import figures
+  from moth_tf.reporting import figures
   figure = figures.anomaly_index_png(
       np.nan_to_num(found.l1_norms), np.nan_to_num(found.anomaly_index, posinf=10, neginf=-10),
       found.flagged, splits.info.class_names, title=f"Neural Cleanse on {path}",

@@ -1,12 +1,12 @@
 """Everything the phases print to the terminal, in one place: start lines, results and tables.
 
-The phases (moth_tf.phases) compute and record; the wording and layout of what a user reads live
+The phases (moth_tf.cli.phases) compute and record; the wording and layout of what a user reads live
 here, so every hardening method reports through the same lines.
 """
 
 import sys
 
-from moth_tf import distance
+from moth_tf.evaluation import distance
 
 
 def print_warning(text: str):

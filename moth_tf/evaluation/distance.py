@@ -206,8 +206,9 @@ def format_matrix(matrix: np.ndarray, fmt: str = "{:7.2f}") -> str:
 
 def readable_heatmap_png(matrix: np.ndarray, class_names=None,
                          title: str = "class distance") -> bytes:
-  """The labelled heat map (class names, values in the cells, colour bar; moth_tf.figures)."""
-  from moth_tf import figures
+  """The labelled heat map (class names, values in the cells, colour bar; drawn by
+  moth_tf.reporting.figures)."""
+  from moth_tf.reporting import figures
   return figures.distance_heatmap_png(matrix, class_names, title)
 
 

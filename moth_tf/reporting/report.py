@@ -7,8 +7,8 @@ from several machines), reads them with TensorBoard's own API, prints one compar
     python -m moth_tf.report --logdir=saved_models/
     python -m moth_tf.report --logdir=runs/ --baseline=natural --format=csv --out=/tmp/report
 
-Intentionally thin: the flags go to moth_tf.tb_reader (reading), moth_tf.comparison (the table)
-and moth_tf.report_figures (the figures).
+Intentionally thin: the flags go to moth_tf.reporting.reader (reading),
+moth_tf.reporting.comparison (the table) and moth_tf.reporting.report_figures (the figures).
 """
 
 import os
@@ -17,7 +17,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 if __name__ == "__main__":
-  from moth_tf import stderr_filter  # pylint: disable=g-import-not-at-top
+  from moth_tf.cli import stderr_filter  # pylint: disable=g-import-not-at-top
   if stderr_filter.wanted(sys.argv, os.environ):
     stderr_filter.install()  # Before TensorBoard's reader loads TensorFlow.
 
@@ -53,13 +53,13 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS.logdir:
     _error("--logdir is required: the folder holding the runs to compare")
-  from moth_tf import comparison
+  from moth_tf.reporting import comparison
   from moth_tf import rundir
-  from moth_tf import tb_reader
+  from moth_tf.reporting import reader
 
   start = time.time()
   try:
-    runs = tb_reader.read_runs(FLAGS.logdir)
+    runs = reader.read_runs(FLAGS.logdir)
   except FileNotFoundError as e:
     _error(str(e))
   groups = comparison.build_groups(runs, FLAGS.baseline)
@@ -72,7 +72,7 @@ def main(argv):
     rundir.write_bytes(table_file, text.encode("utf-8"))
     written.append(table_file)
     if FLAGS.figures:
-      from moth_tf import report_figures  # pylint: disable=g-import-not-at-top
+      from moth_tf.reporting import report_figures  # pylint: disable=g-import-not-at-top
       written += report_figures.write_figures(groups, out_dir)
   except rundir.OutputNotWritableError as e:
     _error(f"{e} (--out)")

@@ -1,4 +1,5 @@
-"""The report's figures: which runs' logs feed which picture (the drawing is moth_tf.figures).
+"""The report's figures: which runs' logs feed which picture (the drawing is
+moth_tf.reporting.figures).
 
 Per (data set, model) group, into the output folder (`<dataset>_<model>_<figure>.png`):
 
@@ -23,10 +24,10 @@ from typing import List, Sequence
 
 import numpy as np
 
-from moth_tf import comparison
-from moth_tf import figures
+from moth_tf.reporting import comparison
+from moth_tf.reporting import figures
 from moth_tf import rundir
-from moth_tf import tb_records
+from moth_tf.reporting import records
 
 # Pairs drawn in the pair-distance figure: the most and the least often scheduled.
 MOST_SCHEDULED_PAIRS = 3
@@ -86,7 +87,7 @@ def pair_distance_series(run):
   """A run's per-period pair distances: ({(s, t): (steps, sizes [k, 2])}, {(s, t): periods}),
   keyed by the unordered pair s < t (sizes as s->t, t->s); empty where the run logged none."""
   series = {}
-  for step, (s, t, st, ts) in _matrix_rows(run, tb_records.PERIOD_SIZES_TAG):
+  for step, (s, t, st, ts) in _matrix_rows(run, records.PERIOD_SIZES_TAG):
     s, t = int(s), int(t)
     if s > t:
       s, t, st, ts = t, s, ts, st
@@ -108,7 +109,7 @@ def selected_pairs(counts, most: int = MOST_SCHEDULED_PAIRS,
 
 def previous_asr_series(run):
   """A run's previous-trigger ASRs: (steps [k], unordered pairs [k, 2], ASR [k]), or None."""
-  rows = _matrix_rows(run, tb_records.PREVIOUS_ASR_TAG)
+  rows = _matrix_rows(run, records.PREVIOUS_ASR_TAG)
   if not rows:
     return None
   steps = np.array([step for step, _ in rows])

@@ -1,10 +1,10 @@
-"""The comparison table of runs read back from TensorBoard logs (moth_tf.tb_reader).
+"""The comparison table of runs read back from TensorBoard logs (moth_tf.reporting.reader).
 
 Runs are grouped by (data set, model); within a group, runs of one configuration (same method,
 mode and base model; different seeds or machines) form one row, with the mean and, for two or more
 runs, the sample standard deviation of every figure. Enlargement is measured against the baseline
 row's distance matrix (the mean over its runs), exactly as `--compare_to` does
-(moth_tf.distance.enlargement).
+(moth_tf.evaluation.distance.enlargement).
 
 Formats: Markdown for people; CSV and JSON for programs, both with every value at full precision
 and read back by `rows_from_csv` / `rows_from_json`.
@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from moth_tf import tb_records
+from moth_tf.reporting import records
 
 # (key, header, kind): the table's figures, in order. kind decides the Markdown formatting.
 COLUMNS = (
@@ -50,7 +50,7 @@ class Group:
   baseline: str
   rows: List[dict]
   class_names: List[str]
-  runs: Dict[str, list]  # row label -> its tb_reader.Run objects (for the figures)
+  runs: Dict[str, list]  # row label -> its reader.Run objects (for the figures)
 
 
 def config_label(metadata: dict) -> str:
@@ -70,7 +70,7 @@ def config_label(metadata: dict) -> str:
     tags.append("no trigger reuse")
   if tags:
     label += f" ({', '.join(tags)})"
-  base = tb_records.base_label(metadata.get("base") or "")
+  base = records.base_label(metadata.get("base") or "")
   prefix = f"{metadata.get('dataset')}_{metadata.get('model')}_"
   if base:
     label += " from " + (base[len(prefix):] if base.startswith(prefix) else base)
@@ -79,7 +79,7 @@ def config_label(metadata: dict) -> str:
 
 def run_figures(run, baseline_matrix: Optional[np.ndarray]) -> dict:
   """The table's figures of one run (None where its logs do not have them)."""
-  from moth_tf import distance
+  from moth_tf.evaluation import distance
   figures = {
       "enlargement_mean_relative": None, "enlargement_ratio_of_means": None,
       # The latest test accuracy written: a later --phase=test replaces the one at training end.
@@ -135,7 +135,7 @@ def build_groups(runs: Sequence, baseline: str = "natural") -> List[Group]:
   """Groups runs by (data set, model) and computes each group's rows.
 
   Args:
-    runs: tb_reader.Run objects.
+    runs: reader.Run objects.
     baseline: the row label the accuracy change and the enlargement are measured against.
 
   Returns:

@@ -1,6 +1,6 @@
 """moth_tf command line: `python -m moth_tf.main --phase=... --dataset=...`.
 
-Intentionally thin: flags -> a frozen RunConfig -> moth_tf.phases. This is the only module that
+Intentionally thin: flags -> a frozen RunConfig -> moth_tf.cli.phases. This is the only module that
 reads FLAGS. Run with --helpfull for every flag, or --flagfile=flags/NAME.flags for a recorded
 experiment.
 """
@@ -10,10 +10,10 @@ import sys
 
 # Keep TensorFlow's C++ start-up chatter (CUDA probing, CPU feature notes) out of the user's terminal.
 # The log level silences what goes through TF's own logging; the filter, installed before anything
-# imports TensorFlow, drops the lines that ignore it (see moth_tf.stderr_filter).
+# imports TensorFlow, drops the lines that ignore it (see moth_tf.cli.stderr_filter).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 if __name__ == "__main__":
-  from moth_tf import stderr_filter  # pylint: disable=g-import-not-at-top
+  from moth_tf.cli import stderr_filter  # pylint: disable=g-import-not-at-top
   if stderr_filter.wanted(sys.argv, os.environ):
     stderr_filter.install()
 
@@ -21,7 +21,7 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
 
-from moth_tf import cli_flags
+from moth_tf.cli import flags as cli_flags
 from moth_tf import config as config_lib
 
 FLAGS = flags.FLAGS
@@ -156,7 +156,7 @@ def main(argv):
     if FLAGS.cpu_devices:
       from moth_tf import distribute
       distribute.split_cpu(FLAGS.cpu_devices)
-    from moth_tf import phases  # Imported here so --help does not pay for importing TensorFlow.
+    from moth_tf.cli import phases  # Imported here so --help does not pay for importing TensorFlow.
   except ImportError as e:
     # moth_tf._compat's one line for a Keras that lacks the internals moth_tf patches: the fix is
     # an install command, so no traceback.

@@ -180,7 +180,7 @@ def write_final_metrics(run_dir: str, phase: str, metrics: Dict[str, Optional[fl
 
 def write_matrix(tag: str, matrix, step: int = 0, description: str = ""):
   """Writes an array as a tensor summary on the current default writer (float64, exactly; NaN
-  kept), to be read back with moth_tf.tb_reader."""
+  kept), to be read back with moth_tf.reporting.reader."""
   import tensorflow as tf
   from tensorboard.compat.proto import summary_pb2
   metadata = summary_pb2.SummaryMetadata(
