@@ -88,7 +88,7 @@ def test_harden_arrays_copies_the_model(digits, logits_model, tmp_path, monkeypa
   assert isinstance(results, moth_tf.HardenResults)
   assert results.method == "moth" and results.accuracy_split == "test"
   assert results.steps == 20 and results.outputs == "logits"  # 2 epochs of 10 on 1,257 images.
-  assert results.config.steps == 20 and results.config.period == 6  # MOTH's recipe, then TINY.
+  assert results.config.steps == 20 and results.config.moth.period == 6  # MOTH's recipe, then TINY.
   assert 0.8 < results.test_accuracy_before <= 1 and 0.5 < results.test_accuracy_after <= 1
   assert results.test_accuracy_after == pytest.approx(
       float(np.mean(np.argmax(hardened.predict(digits.x_test, verbose=0), 1) == digits.y_test)))

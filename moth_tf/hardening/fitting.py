@@ -238,7 +238,7 @@ def common_results(history, wall_seconds: float, steps: int, config: config_lib.
       "generation_seconds": 0.0,
       "warmup_seconds": 0.0,
       "final_train_accuracy": float(accuracy[-1]) if accuracy else None,
-      "config": dataclasses.asdict(config),
+      "config": config_lib.flat_dict(config),
   }
   results.update(extra)
   results["training_seconds"] = (results["wall_seconds"] - results["generation_seconds"]
