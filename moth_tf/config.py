@@ -135,10 +135,9 @@ def _check_fields(config):
     items = value if isinstance(value, tuple) else (value,)
     bad = [item for item in items if not in_range(item, metadata)]
     if bad:
-      why = f" ({metadata['why']})" if "why" in metadata else ""
-      shown = list(value) if isinstance(value, tuple) else value
-      raise ValueError(f"{name} must be {text}{why}, got {shown:g}" if not isinstance(shown, list)
-                       else f"{name} must be {text}{why}, got {shown}")
+      shown = list(value) if isinstance(value, tuple) else f"{value:g}"
+      why = f" ({metadata['why']});" if "why" in metadata else ","
+      raise ValueError(f"{name} must be {text}{why} got {shown}")
 
 
 def _check(condition: bool, message: str):
