@@ -223,7 +223,8 @@ def test_bad_input_is_one_line(digits, logits_model):
   _bad(harden, logits_model, ((x * 255).astype(np.uint8), y), match="uint8")
   _bad(harden, logits_model, (x, y), method="magic", match="unknown hardening method 'magic'")
   _bad(harden, logits_model, (x, y), config={"stepz": 5},
-       match="unknown hardening setting 'stepz'; valid settings: epochs, steps")
+       match=r"unknown hardening setting 'stepz' \(did you mean 'steps'\?\); valid settings: "
+             "epochs, steps")
   _bad(harden, logits_model, (x, y), config={"nc": {"stepz": 5}},
        match="unknown Neural Cleanse setting 'stepz'")
   _bad(harden, logits_model, (x, y), outputs="scores", match="outputs='scores'")
