@@ -1,17 +1,32 @@
 """Frozen, validated configuration of one run. `main.py` builds these from flags; library code takes
 them (or their fields) as explicit arguments and never reads flags.
+
+Each setting is declared once, as a dataclass field made by `setting`: its name, type, default,
+bounds, choices and help live there. The command line's flags are derived from these fields
+(moth_tf.cli_flags), the configs check their own bounds and choices in `__post_init__`, and
+`replace` sets fields from a dict (the Python API's `config={...}`, a JSON file) with a clear error
+for a key that is no setting.
+
+Hardening is split by concern: `HardenConfig` holds what every method shares (budget, optimiser,
+BatchNorm rule, seed) and one sub-config per method family (`moth`, `adv_train`, `uap`,
+`pairwise`, `nc`, `nad`). Each sub-config's fields also have a flat name, its `PREFIX` plus the
+field's name (`nad_epochs`, `pairwise_tol`, MOTH's own without a prefix), which is the flag's name
+unless the field says otherwise, the key a dict may use, and how summary.json records it.
 """
 
 import dataclasses
+import difflib
 import os
 import re
-from typing import Optional, Tuple
+import typing
+from typing import Any, ClassVar, Mapping, Optional, Tuple
 
 PHASES = ("pipeline", "train", "test", "robustness", "distance", "harden", "poison", "backdoor",
           "detect")
 from moth_tf.hardening import methods as _methods  # pylint: disable=g-import-not-at-top
 
-# "natural" is the base model; the others are hardening methods (moth_tf.hardening.methods).
+# "natural" is the base model; the others are hardening methods (moth_tf.hardening.methods). These
+# two are the built-in names; `methods()` also holds the ones registered later.
 METHODS = ("natural",) + tuple(_methods.METHODS)
 HARDENING_METHODS = tuple(_methods.METHODS)
 STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -20,7 +35,7 @@ STRATEGIES = ("default", "mirrored", "multi_worker")
 BATCHNORM_MODES = ("mixed", "clean_stats", "frozen", "recalibrate")
 # How fits report progress (moth_tf.progress): auto = bar on a terminal, epoch lines otherwise.
 PROGRESS = ("auto", "bar", "epoch", "none")
-# MOTH's design choices that HardenConfig can switch off one at a time (the paper's ablations;
+# MOTH's design choices that MothConfig can switch off one at a time (the paper's ablations;
 # moth_tf.hardening.moth and moth_tf.hardening.scheduler define each).
 GENERATIONS = ("two_sided", "one_sided")
 SCHEDULES = ("karm", "prior_only", "reward_only", "random", "round_robin")
@@ -28,6 +43,16 @@ SCHEDULES = ("karm", "prior_only", "reward_only", "random", "round_robin")
 DEFAULT_WORKDIR = "saved_models"
 # The authors' seed values (reference 3.1): --seeds=3 uses the first three.
 REFERENCE_SEEDS = (1024, 557540351, 157301989)
+
+
+def hardening_methods() -> Tuple[str, ...]:
+  """Every hardening method's name, the registered ones included."""
+  return tuple(_methods.METHODS)
+
+
+def methods() -> Tuple[str, ...]:
+  """Every value of RunConfig.method: "natural" (the base model) and the hardening methods."""
+  return ("natural",) + hardening_methods()
 
 
 def resolve_progress(progress: str, is_terminal: bool) -> str:
@@ -38,335 +63,469 @@ def resolve_progress(progress: str, is_terminal: bool) -> str:
   return progress
 
 
+# --- Declaring and checking settings --------------------------------------------------------------
+
+
+def setting(default, help: str = "", *, flag: Optional[str] = None, choices=None, lower=None,
+            upper=None, above=None, below=None, why: Optional[str] = None, cli=True):
+  """A config field with everything its flag and its checks need.
+
+  Args:
+    default: the field's default (for a preset config, the value when no preset sets it).
+    help: the flag's help text.
+    flag: the flag's name when it is not the flat name (class PREFIX + field name).
+    choices: the allowed values (a tuple).
+    lower, upper: inclusive bounds; `above`, `below`: exclusive ones. For a tuple of numbers they
+      bound every item.
+    why: what the setting is, added to a range error (e.g. "the share of ... images").
+    cli: True: the flag is derived from this field; "custom": moth_tf.cli_flags defines the flag by
+      hand (its value is resolved, not copied); False: no flag (a library-only setting).
+  """
+  metadata = dict(help=help, flag=flag, choices=choices, lower=lower, upper=upper, above=above,
+                  below=below, why=why, cli=cli)
+  return dataclasses.field(default=default,
+                           metadata={k: v for k, v in metadata.items() if v is not None})
+
+
+def range_text(metadata: Mapping[str, Any]) -> Optional[str]:
+  """A field's bounds in words: "in (0, 1]", ">= 1", "> 0"; None without bounds."""
+  low = metadata.get("lower", metadata.get("above"))
+  high = metadata.get("upper", metadata.get("below"))
+  if low is not None and high is not None:
+    return (f"in {'(' if 'above' in metadata else '['}{low:g}, {high:g}"
+            f"{')' if 'below' in metadata else ']'}")
+  if low is not None:
+    return f"{'>' if 'above' in metadata else '>='} {low:g}"
+  if high is not None:
+    return f"{'<' if 'below' in metadata else '<='} {high:g}"
+  return None
+
+
+def in_range(value, metadata: Mapping[str, Any]) -> bool:
+  """Whether a number is within a field's bounds."""
+  return not (("lower" in metadata and not value >= metadata["lower"]) or
+              ("upper" in metadata and not value <= metadata["upper"]) or
+              ("above" in metadata and not value > metadata["above"]) or
+              ("below" in metadata and not value < metadata["below"]))
+
+
+def flat_name(cls, field: dataclasses.Field) -> str:
+  """A field's flat name: its class's PREFIX and its own name (nad_epochs, pairwise_tol)."""
+  return getattr(cls, "PREFIX", "") + field.name
+
+
+def flag_name(cls, field: dataclasses.Field) -> str:
+  """The command-line flag of a field: its own `flag`, else its flat name."""
+  return field.metadata.get("flag") or flat_name(cls, field)
+
+
+def _check_fields(config):
+  """Checks every field's choices and bounds (declared with `setting`); None is always allowed."""
+  for field in dataclasses.fields(config):
+    value, metadata = getattr(config, field.name), field.metadata
+    if value is None:
+      continue
+    name = flat_name(type(config), field)
+    choices = metadata.get("choices")
+    if choices is not None and value not in choices:
+      raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    text = range_text(metadata)
+    if text is None:
+      continue
+    items = value if isinstance(value, tuple) else (value,)
+    bad = [item for item in items if not in_range(item, metadata)]
+    if bad:
+      shown = list(value) if isinstance(value, tuple) else f"{value:g}"
+      why = f" ({metadata['why']});" if "why" in metadata else ","
+      raise ValueError(f"{name} must be {text}{why} got {shown}")
+
+
 def _check(condition: bool, message: str):
   if not condition:
     raise ValueError(message)
 
 
+class Checked:
+  """Mixin: `__post_init__` checks the declared bounds and choices, then the class's own rules."""
+
+  PREFIX: ClassVar[str] = ""
+  # True: the flags of this config default to None, and an unset flag keeps the value of the
+  # preset (hardening) or the data set's recipe (base training).
+  PRESET_FLAGS: ClassVar[bool] = False
+
+  def __post_init__(self):
+    _check_fields(self)
+    self.check()
+
+  def check(self):
+    """Rules that involve more than one field (none by default)."""
+
+
+def sub_configs(cls):
+  """The fields of a config class that are configs themselves."""
+  return [f for f in dataclasses.fields(cls) if dataclasses.is_dataclass(f.type)]
+
+
+def _flat_keys(cls) -> dict:
+  """Flat name -> (sub-config field name or None, field name) of every setting a dict may set."""
+  keys = {}
+  for field in dataclasses.fields(cls):
+    keys[field.name] = (None, field.name)
+    if dataclasses.is_dataclass(field.type):
+      for inner in dataclasses.fields(field.type):
+        if not dataclasses.is_dataclass(inner.type):
+          keys.setdefault(flat_name(field.type, inner), (field.name, inner.name))
+  return keys
+
+
+def _as_value(value):
+  # Lists become tuples: the configs are frozen, hashable and compared field by field.
+  return tuple(value) if isinstance(value, list) else value
+
+
+def replace(base, overrides: Optional[Mapping[str, Any]] = None, what: Optional[str] = None):
+  """`base` (a frozen config) with the settings of `overrides`.
+
+  A key is a field's name, or the flat name of a sub-config's field (`{"nad_epochs": 5}` is
+  `{"nad": {"epochs": 5}}`); a sub-config's entry may be a dict of its own settings or a config.
+
+  Raises:
+    ValueError: a key that is no setting (naming it and the nearest valid one), or a value out of
+      range.
+  """
+  what = what or getattr(type(base), "WHAT", type(base).__name__)
+  if overrides is None:
+    return base
+  if not isinstance(overrides, Mapping):
+    raise ValueError(f"the {what} config must be a {type(base).__name__} or a dict of its "
+                     f"settings, got {type(overrides).__name__}")
+  keys = _flat_keys(type(base))
+  direct, nested = {}, {}
+  for key, value in overrides.items():
+    if key not in keys:
+      near = difflib.get_close_matches(str(key), list(keys), n=1, cutoff=0.6)
+      hint = f" (did you mean {near[0]!r}?)" if near else ""
+      raise ValueError(f"unknown {what} setting {key!r}{hint}; valid settings: "
+                       f"{', '.join(keys)}")
+    outer, inner = keys[key]
+    if outer is None:
+      direct[inner] = value
+    else:
+      nested.setdefault(outer, {})[inner] = value
+  values = {}
+  for name, value in direct.items():
+    current = getattr(base, name)
+    if dataclasses.is_dataclass(current) and not dataclasses.is_dataclass(value):
+      value = replace(current, value, getattr(type(current), "WHAT", name))
+    values[name] = _as_value(value)
+  for name, inner in nested.items():
+    current = values.get(name, getattr(base, name))
+    values[name] = replace(current, inner, getattr(type(current), "WHAT", name))
+  return dataclasses.replace(base, **values)
+
+
+def flat_dict(config) -> dict:
+  """The config as a dict with each sub-config marked `flatten` laid out under its flat names (how
+  run records store the hardening settings); the others stay nested."""
+  out = {}
+  for field in dataclasses.fields(config):
+    value = getattr(config, field.name)
+    if dataclasses.is_dataclass(value) and field.metadata.get("flatten"):
+      out.update({flat_name(type(value), f): _plain(getattr(value, f.name))
+                  for f in dataclasses.fields(value)})
+    else:
+      out[field.name] = _plain(value)
+  return out
+
+
+def _plain(value):
+  if dataclasses.is_dataclass(value):
+    return flat_dict(value)
+  return value
+
+
+def sub_config(cls, flatten: bool = True):
+  """A field holding a sub-config (its defaults); `flatten`: stored under its flat names."""
+  return dataclasses.field(default=cls(), metadata={"flatten": flatten})
+
+
+def field_type(field: dataclasses.Field):
+  """(base type, is a tuple of it) of a field's annotation, Optional taken off."""
+  tp = field.type
+  if typing.get_origin(tp) is typing.Union:
+    tp = next(arg for arg in typing.get_args(tp) if arg is not type(None))
+  if typing.get_origin(tp) is tuple:
+    return typing.get_args(tp)[0], True
+  return tp, False
+
+
+# --- Data, training, distance ---------------------------------------------------------------------
+
+
 @dataclasses.dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Checked):
   """Which data set and how it is loaded."""
-  dataset: str = "digits"
-  data_dir: Optional[str] = None
-  image_size: Optional[int] = None  # None: the data set's native size.
+  dataset: str = setting("digits", "Data set.", cli="custom")
+  data_dir: Optional[str] = setting(
+      None, "tfds data dir / folder of prepared .npz files / folder of the Fashion-MNIST IDX files "
+      "(searched alone when given).")
+  image_size: Optional[int] = setting(None, "Resize images to this square size (bilinear).",
+                                      lower=4)
   # Training augmentation of every fit (moth_tf.data.augment): a recipe name and its shift in
-  # pixels; None: the data set's default.
-  augment: Optional[str] = None
-  augment_pad: Optional[int] = None
-  # Let tfds download and prepare a missing cifar10 / svhn into data_dir (--nodownload: never).
-  download: bool = True
-
-  def __post_init__(self):
-    _check(self.image_size is None or self.image_size >= 4,
-           f"image_size must be >= 4, got {self.image_size}")
-    _check(self.augment_pad is None or self.augment_pad >= 0,
-           f"augment_pad must be >= 0, got {self.augment_pad}")
+  # pixels; None: the data set's default. The flags ask for one; these record the one resolved.
+  augment: Optional[str] = setting(None, cli="custom")
+  augment_pad: Optional[int] = setting(None, lower=0, cli="custom")
+  download: bool = setting(
+      True, "cifar10 / svhn: when --data_dir (else $TFDS_DATA_DIR, else ~/tensorflow_datasets) "
+      "does not hold the data set, download and prepare it there with tensorflow_datasets. "
+      "--nodownload (or MOTH_TF_NO_DOWNLOAD=1) never touches the network: a missing data set is an "
+      "error at once.")
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
-  """Base (natural) training recipe."""
-  epochs: int = 30
-  batch_size: int = 128
-  optimizer: str = "adam"  # adam | sgd
-  learning_rate: float = 1e-3
-  momentum: float = 0.9
-  schedule: str = "constant"  # constant | cosine
-
-  def __post_init__(self):
-    _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
-    _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-    _check(self.optimizer in ("adam", "sgd"), f"optimizer must be adam or sgd, got {self.optimizer}")
-    _check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
-    _check(self.schedule in ("constant", "cosine"),
-           f"schedule must be constant or cosine, got {self.schedule}")
+class TrainConfig(Checked):
+  """Base (natural) training recipe (the data set's, moth_tf.training.RECIPES, unless a flag
+  says otherwise)."""
+  PRESET_FLAGS: ClassVar[bool] = True
+  epochs: int = setting(30, "Training epochs (default: the data set's recipe).", lower=1)
+  batch_size: int = setting(128, "Global batch size (default: the recipe's).", lower=1)
+  optimizer: str = setting("adam", "Optimizer (default: the recipe's).", choices=("adam", "sgd"))
+  learning_rate: float = setting(1e-3, "Learning rate (default: the recipe's).", above=0.0)
+  momentum: float = setting(0.9, cli=False)
+  schedule: str = setting("constant", choices=("constant", "cosine"), cli=False)
 
 
 @dataclasses.dataclass(frozen=True)
-class DistanceConfig:
+class DistanceConfig(Checked):
   """Pairwise class-distance measurement (reference 3.1-3.2)."""
-  samples: int = 100
-  steps: int = 2000
-  seeds: Tuple[int, ...] = REFERENCE_SEEDS
-  asr_bound: float = 0.9
-  init_cost: float = 1e-3
-  pair: Optional[Tuple[int, int]] = None
+  samples: int = setting(100, "Held-out images of the source class per direction.", lower=1,
+                         flag="distance_samples")
+  steps: int = setting(1000, "Optimisation steps per direction.", lower=1, flag="distance_steps")
+  # --seeds=N takes the first N of the reference's values.
+  seeds: Tuple[int, ...] = setting(REFERENCE_SEEDS, cli="custom")
+  asr_bound: float = setting(0.9, "Attack success rate a trigger must reach.", above=0.0,
+                             upper=1.0)
+  init_cost: float = setting(1e-3, cli=False)
+  # --pair=s-t.
+  pair: Optional[Tuple[int, int]] = setting(None, cli="custom")
   # Stop a direction once its best size has not improved by `early_stop_tol` (relative) for this many
   # steps; 0 runs every step like the reference.
-  early_stop_patience: int = 200
-  early_stop_tol: float = 0.01
-  # Directions optimised in one graph call; 0 = all at once.
-  batch_directions: int = 0
+  early_stop_patience: int = setting(
+      200, "Stop a direction after this many steps without a 1% smaller trigger; 0 runs all steps "
+      "like the reference.", lower=0)
+  early_stop_tol: float = setting(0.01, cli=False)
+  batch_directions: int = setting(
+      0, "Directions optimised together in one graph (0: all pairs at once; 1: one at a time like "
+      "the reference).", lower=0)
   # Blocks per graph call (moth_tf.triggers.engine, "Blocks"): the most replicas that share a call.
-  direction_blocks: int = 8
-  compare_to: Optional[str] = None
+  direction_blocks: int = setting(
+      8, "Blocks the directions of a graph call are cut into, each with its own model call; under "
+      "--strategy the replicas take whole blocks, so at most this many get work. The result "
+      "depends on it, never on the devices.", lower=1)
+  compare_to: Optional[str] = setting(
+      None, "A baseline run directory or distance.json to report the enlargement against.")
 
-  def __post_init__(self):
-    _check(self.samples >= 1, f"distance_samples must be >= 1, got {self.samples}")
-    _check(self.steps >= 1, f"distance steps must be >= 1, got {self.steps}")
+  def check(self):
     _check(len(self.seeds) >= 1, "at least one seed is needed")
-    _check(0.0 < self.asr_bound <= 1.0, f"asr_bound must be in (0, 1], got {self.asr_bound}")
-    _check(self.early_stop_patience >= 0, "early_stop_patience must be >= 0")
-    _check(self.batch_directions >= 0, "batch_directions must be >= 0")
-    _check(self.direction_blocks >= 1, "direction_blocks must be >= 1")
+
+
+# --- Backdoors ------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
-class NeuralCleanseConfig:
+class NeuralCleanseConfig(Checked):
   """Neural Cleanse (Wang et al. 2019): trigger reverse-engineering per label, MAD outlier test, and
   unlearning (`--phase=detect`, `--method=nc`)."""
+  PREFIX: ClassVar[str] = "nc_"
+  PRESET_FLAGS: ClassVar[bool] = True
+  WHAT: ClassVar[str] = "Neural Cleanse"
   # Optimisation of one trigger per label (all labels in one engine call): steps, images per source
   # class (every class but the label), the ASR the trigger must reach (NC's 0.99), early stop.
-  steps: int = 1000
-  samples: int = 30
-  asr_bound: float = 0.99
-  init_cost: float = 1e-3
-  early_stop_patience: int = 200
+  steps: int = setting(
+      1000, "Neural Cleanse: optimisation steps per label's trigger (default 1000).", lower=1)
+  samples: int = setting(
+      30, "Neural Cleanse: images of each other class per label (default 30).", lower=1)
+  asr_bound: float = setting(0.99, "Neural Cleanse: ASR a trigger must reach (0.99).", above=0.0,
+                             upper=1.0)
+  init_cost: float = setting(1e-3, cli=False)
+  early_stop_patience: int = setting(200, lower=0, cli=False)
   # A label is flagged when its trigger's L1 norm is on the small side with anomaly index > this.
-  threshold: float = 2.0
+  threshold: float = setting(
+      2.0, "Neural Cleanse: flag labels whose anomaly index exceeds this on the small side (2).",
+      above=0.0)
   # Unlearning: the reversed triggers of the flagged labels (or of every label) are stamped on this
   # share of each batch, labels kept.
-  unlearn_all: bool = False
-  stamp_share: float = 0.2
-  seed: int = 0
-
-  def __post_init__(self):
-    for name in ("steps", "samples"):
-      _check(getattr(self, name) >= 1, f"nc_{name} must be >= 1, got {getattr(self, name)}")
-    _check(0.0 < self.asr_bound <= 1.0, f"nc_asr_bound must be in (0, 1], got {self.asr_bound}")
-    _check(self.early_stop_patience >= 0, "nc_early_stop_patience must be >= 0")
-    _check(self.threshold > 0, f"nc_threshold must be > 0, got {self.threshold}")
-    _check(0.0 < self.stamp_share <= 1.0,
-           f"nc_stamp_share must be in (0, 1], got {self.stamp_share}")
+  unlearn_all: bool = setting(
+      False, "--method=nc: unlearn every label's reversed trigger, not only the flagged labels'.")
+  stamp_share: float = setting(
+      0.2, "--method=nc: share of each batch stamped with a reversed trigger (0.2).", above=0.0,
+      upper=1.0)
+  seed: int = setting(0, cli=False)
 
 
 @dataclasses.dataclass(frozen=True)
-class PoisonConfig:
+class PoisonConfig(Checked):
   """A data-poisoning backdoor (`--phase=poison`, moth_tf.attacks.backdoor)."""
-  kind: str = "patch"  # patch | blend
-  mode: str = "all_to_one"  # all_to_one | all_to_all
-  target: int = 0
-  rate: float = 0.1
-  size: int = 3
-  position: str = "bottom_right"
-  colour: Tuple[float, ...] = (1.0,)
-  alpha: float = 0.2
-  seed: int = 0
+  PREFIX: ClassVar[str] = "poison_"
+  kind: str = setting("patch", "Backdoor trigger: a square patch, or a seeded noise pattern "
+                      "blended over the whole image.", choices=("patch", "blend"))
+  mode: str = setting("all_to_one", "all_to_one: stamped images are relabelled to "
+                      "--poison_target; all_to_all: class c to c+1 mod n.",
+                      choices=("all_to_one", "all_to_all"))
+  target: int = setting(0, "The all-to-one target class.", lower=0)
+  rate: float = setting(0.1, "Share of the whole training set that is stamped and relabelled "
+                        "(drawn from the non-target classes for all_to_one).", above=0.0,
+                        below=1.0)
+  size: int = setting(3, "Side of the patch in pixels.", lower=1)
+  position: str = setting("bottom_right", "Where the patch goes: bottom_right, bottom_left, "
+                          "top_right, top_left, center, or ROW,COL of its top-left pixel.")
+  colour: Tuple[float, ...] = setting(
+      (1.0,), "Patch colour in [0, 1]: one grey value or one per channel.", lower=0.0, upper=1.0)
+  alpha: float = setting(0.2, "Blend weight of the blended pattern.", above=0.0, upper=1.0)
+  # The run's --seed.
+  seed: int = setting(0, cli=False)
 
-  def __post_init__(self):
-    _check(self.kind in ("patch", "blend"), f"poison_kind must be patch or blend, got {self.kind!r}")
-    _check(self.mode in ("all_to_one", "all_to_all"),
-           f"poison_mode must be all_to_one or all_to_all, got {self.mode!r}")
-    _check(0.0 < self.rate < 1.0, f"poison_rate must be in (0, 1), got {self.rate:g}")
-    _check(self.size >= 1, f"poison_size must be >= 1, got {self.size}")
-    _check(0.0 < self.alpha <= 1.0, f"poison_alpha must be in (0, 1], got {self.alpha:g}")
-    _check(self.target >= 0, f"poison_target must be >= 0, got {self.target}")
 
+# --- Hardening ------------------------------------------------------------------------------------
 
-# Default pairs per MOTH period (HardenConfig.pairs_for): on digits, 5 pairs cost ~1.9x one pair per
-# engine call (the calls are small), and each step hardens five pairs instead of one.
+# Default pairs per MOTH period (MothConfig.pairs_for): several pairs per engine call cost far less
+# than one call each (the calls are small), and each step hardens all of them.
 AUTO_PAIRS_PER_PERIOD = 5
 
 
 @dataclasses.dataclass(frozen=True)
-class HardenConfig:
-  """MOTH hardening hyper-parameters (reference section 2.5 for the constants).
-
-  Defaults are ours and chosen to harden (benchmarks/hardening_benchmark.py); REFERENCE_HARDENING is
-  the authors' setting (`--preset=reference`).
-  """
-  # Budget: `epochs` if given, else about `steps` training steps (2000 = 200 epochs on digits, ~5
-  # on CIFAR-10; the authors used 2 epochs = 750 steps on CIFAR-10).
-  epochs: Optional[int] = None
-  steps: int = 2000
-  batch_size: int = 128
-  learning_rate: float = 0.01
-  # The learning rate ramps up linearly over the first `lr_warmup_steps` steps (the first warm-up
-  # batches carry universal triggers that flip nearly every image they are stamped on: a full-rate
-  # step on them wrecks the model) and
-  # then stays constant or follows a cosine decay to 0 ("constant" | "cosine").
-  lr_warmup_steps: int = 100
-  lr_decay: str = "cosine"
-  momentum: float = 0.9
-  portion: float = 0.5
-  warm_ratio: float = 0.5
-  replay: float = 0.3
-  mode: str = "nat"  # nat | adv
-  epsilon: float = 0.3
-  alpha_steps: int = 1000
-  period: int = 3
-  warmup_steps: int = 500
-  warmup_asr: float = 0.99
-  warmup_samples: int = 10
-  pair_asr: float = 0.9
-  pair_steps: int = 200
-  pair_cost: float = 1e-3
-  fast_steps: int = 40
+class MothConfig(Checked):
+  """MOTH's driver (moth_tf.hardening.moth; also run by Universal and Pairwise): stamping, the
+  trigger generation and its schedule (reference section 2.5 for the constants)."""
+  PRESET_FLAGS: ClassVar[bool] = True
+  WHAT: ClassVar[str] = "MOTH"
+  # Portion 0 would switch pair stamping off while every step still generates the pair's triggers:
+  # all of the hardening's trigger-generation time spent for nothing.
+  portion: float = setting(
+      0.5, "Fraction, in (0, 1], of each pair class's batch images stamped.", above=0.0,
+      upper=1.0, why="the share of each scheduled pair's images that carry its triggers")
+  warm_ratio: float = setting(
+      0.5, "Fraction of non-target batch images stamped during the warm-up.", lower=0.0, upper=1.0)
+  replay: float = setting(
+      0.3, "Fraction of the other batch images stamped with a stored trigger of their class "
+      "(trigger replay; 0 = MOTH as published).", lower=0.0, upper=1.0)
+  mode: str = setting("nat", "nat: stamp triggers on clean batches; adv: PGD-perturb each batch "
+                      "first.", choices=("nat", "adv"))
+  # `schedule`'s exploration and the steps over which the K-arm score fades from the prior U to the
+  # reward V.
+  epsilon: float = setting(
+      0.3, "MOTH: share of the K-arm schedules' choices that explore a random pair (default 0.3).",
+      flag="schedule_epsilon", lower=0.0, upper=1.0)
+  alpha_steps: int = setting(
+      1000, "MOTH: steps after the warm-up over which the K-arm score moves from the prior U to "
+      "the reward V (default 1000).", lower=1,
+      why="the steps over which the K-arm score moves from the prior U to the reward V")
+  period: int = setting(
+      3, "MOTH: training steps per period, each period on the scheduler's pairs (reference 3).",
+      lower=1)
+  warmup_steps: int = setting(
+      500, "Inversion steps of the warm-up universal triggers (reference 500).", lower=1)
+  warmup_asr: float = setting(0.99, cli=False)
+  warmup_samples: int = setting(
+      10, "Training images of every other class per warm-up universal trigger (reference 10).",
+      lower=1)
+  pair_asr: float = setting(0.9, cli=False)
+  pair_steps: int = setting(
+      200, "Inversion steps of a pair's first generation in a period and after a failure "
+      "(reference 200).", lower=1)
+  pair_cost: float = setting(1e-3, cli=False)
+  fast_steps: int = setting(
+      40, "Inversion steps of the fast generations while both directions succeed (reference 40).",
+      lower=1)
   # Steps of the generation at pair_cost that follows a failed one (None: pair_steps, as published).
-  rollback_steps: Optional[int] = None
-  fast_cost: float = 0.2
-  trigger_samples: int = 20
+  rollback_steps: Optional[int] = setting(
+      None, "MOTH: steps of the full-cost generation after a failed one (default: --pair_steps).",
+      lower=1)
+  fast_cost: float = setting(
+      0.2, "Initial L1 cost of the fast generations (reference 0.2, on its summed cross-entropy).",
+      lower=0.0)
+  trigger_samples: int = setting(
+      20, "Training images per class used to generate each pair trigger.", lower=1)
   # Independently initialised triggers kept and stamped per direction (ours; 1 = as published).
-  families: int = 1
+  families: int = setting(
+      1, "Independently initialised triggers kept, generated and stamped per direction (ours; the "
+      "reference has 1).", flag="trigger_families", lower=1)
   # "mean": per-direction mean CE + cost * L1, as the distance measure, so the stamped triggers are
-  # near-minimal; "sum": the reference's TriggerCombo, which sums the cross-entropy over the N
-  # images of a direction, so the same cost weighs N times less.
-  pair_ce_reduction: str = "mean"
+  # near-minimal; "sum": the reference's TriggerCombo, whose summed cross-entropy makes the same
+  # cost about N times weaker on N images.
+  pair_ce_reduction: str = setting("mean", choices=("mean", "sum"), cli=False)
   # Warm starts come from the store; the reference keeps the largest successful trigger per
   # direction, we keep the latest (it is closer to the current model's minimal trigger).
-  store_largest: bool = False
+  store_largest: bool = setting(False, cli=False)
   # Trigger generation (the published schedule is generations_per_period=None,
   # warm_fast_start=False, fast_first_visit=False, pairs_per_period=1, fixed_trigger_images=False,
   # as in REFERENCE_HARDENING). `generations_per_period`: the first that many steps of a period
   # generate the pairs' triggers; the others stamp the last ones again (a failed generation is
-  # still retried at the next step); None: every step. `warm_fast_start`: a pair chosen before
-  # starts its period in fast mode from its stored triggers, not at pair_steps.
-  generations_per_period: Optional[int] = 1
-  warm_fast_start: bool = True
-  # `fast_first_visit` (with warm_fast_start): a pair's first period also starts in fast mode, from
-  # the warm-up's universal triggers toward its two classes (a failure falls back as above).
-  fast_first_visit: bool = True
-  # `pairs_per_period`: the scheduler picks that many pairs with no class in common for every
-  # period; their triggers are generated in one batched engine call and all of them are stamped
-  # in each step of the period. None: min(AUTO_PAIRS_PER_PERIOD, n // 2) (`pairs_for`).
-  pairs_per_period: Optional[int] = None
-  # `fixed_trigger_images`: every generation of class c's triggers uses the same seeded sample of
-  # `trigger_samples` class-c training images, not a fresh one (False: a fresh one, as the
-  # reference's current-batch images). A near-minimal trigger that just reaches the ASR bound on
-  # one sample often misses it on the next, and a fast generation cannot grow it back, so on
-  # Fashion-MNIST most warm fast starts failed with fresh samples (its recipe fixes them). On
-  # digits fresh samples harden more, hence the default (results: "Trigger generation").
-  fixed_trigger_images: bool = False
-  # `generation_early_stop`: a pair generation's direction stops once it has reached the ASR bound
-  # and its trigger has not shrunk by 1% for that many steps (0: run every step, as published).
-  # It saves steps, but the triggers it stops early are less minimal and harden less (much less on
-  # Fashion-MNIST), so no recipe uses it.
-  generation_early_stop: int = 0
-  # Baselines (moth_tf.baselines). adv_train: the share of each batch replaced by its PGD examples.
-  adv_mix: float = 1.0
-  # uap: the shared perturbation's L-inf radius and signed-gradient step (None: the data set's
-  # training PGD budget, as adv_train).
-  uap_epsilon: Optional[float] = None
-  uap_step_size: Optional[float] = None
-  # pairwise: a pair is done when the sum of its two directions' period-average trigger sizes did
-  # not exceed its largest earlier value by more than `pairwise_tol` (relative) for
-  # `pairwise_patience` periods in a row, or after `pairwise_max_periods` periods.
-  pairwise_tol: float = 0.05
-  pairwise_patience: int = 10
-  pairwise_max_periods: int = 100
-  # nc: Neural Cleanse's detection and unlearning settings.
-  nc: NeuralCleanseConfig = NeuralCleanseConfig()
-  # nad: Neural Attention Distillation (moth_tf.baselines.nad). A teacher fine-tuned for
-  # `nad_teacher_epochs` on a stratified `nad_clean_share` of the training images, then a student
-  # trained on the same images for `nad_epochs` with CE + sum_l beta_l * AT loss of layer l
-  # (attention map: channel mean of |A|^nad_power). Layers and betas: None = the architecture's
-  # defaults (moth_tf.baselines.nad.DEFAULT_LAYERS).
-  nad_clean_share: float = 0.05
-  nad_teacher_epochs: int = 10
-  nad_epochs: int = 20
-  nad_power: float = 2.0
-  nad_layers: Optional[Tuple[str, ...]] = None
-  nad_betas: Optional[Tuple[float, ...]] = None
-  # How BatchNorm layers see the perturbed (stamped, adversarial) images of a hardening batch:
-  # mixed | clean_stats | frozen | recalibrate (moth_tf.hardening.model.BATCHNORM_MODES). Only
-  # models with BatchNorm layers are affected.
-  batchnorm: str = "mixed"
-  # Ablations: each switches one part of MOTH off (the defaults are MOTH; README, "Ablations";
-  # benchmarks/ablation_benchmark.py). They act on MOTH's driver, so also on Pairwise, except
-  # `schedule`, which Pairwise replaces with its sweep.
-  # `generation`: "two_sided" generates the two directions of a pair together (one engine block
-  # with one summed loss, and one fast / rollback decision for the pair: fast while both succeed);
-  # "one_sided" generates each direction on its own (an engine block and a loss of its own, and
-  # its own fast / rollback decision), as running a one-direction generator twice would.
-  generation: str = "two_sided"
-  # `schedule`: what picks the pairs of a period. "karm": the K-arm bandit (prior U fading into
-  # the reward V over `alpha_steps` steps, exploring with probability `epsilon`); "prior_only": U
-  # alone; "reward_only": V alone (both still explore with `epsilon`); "random": uniformly random
-  # pairs (seeded); "round_robin": the pairs in a fixed order (a round-robin tournament's rounds,
-  # whose pairs share no class), cycling.
-  schedule: str = "karm"
-  # `trigger_reuse`: a generation warm-starts from the latest successful trigger at `fast_cost`
-  # for `fast_steps` and rolls back to `pair_cost` for `pair_steps` after a failure (paper,
-  # section IV-D); False: every generation starts from a random trigger at `pair_cost` for
-  # `pair_steps`.
-  trigger_reuse: bool = True
-  seed: int = 0
+  # still retried at the next step); None: every step.
+  generations_per_period: Optional[int] = setting(
+      1, "MOTH: generate the pair's triggers in the first N steps of each period only; the others "
+      "stamp the last ones again (default: every step).", lower=1)
+  # A pair chosen before starts its period in fast mode from its stored triggers, not at
+  # pair_steps.
+  warm_fast_start: bool = setting(
+      True, "MOTH: a pair chosen before starts its period in fast mode from its stored triggers "
+      "instead of a full generation.")
+  # With warm_fast_start: a pair's first period also starts in fast mode, from the warm-up's
+  # universal triggers toward its two classes (a failure falls back as above).
+  fast_first_visit: bool = setting(
+      True, "MOTH, with --warm_fast_start: a pair's first period also starts in fast mode, from "
+      "the warm-up's universal triggers.")
+  # The scheduler picks that many pairs with no class in common for every period; their triggers
+  # are generated in one batched engine call and all of them are stamped in each step of the
+  # period. None: min(AUTO_PAIRS_PER_PERIOD, n // 2) (`pairs_for`).
+  pairs_per_period: Optional[int] = setting(
+      None, "MOTH: class pairs (with no class in common) hardened together in every period; their "
+      "triggers are generated in one batched call (default 1, as published).", lower=1)
+  # Every generation of class c's triggers uses the same seeded sample of `trigger_samples`
+  # class-c training images, not a fresh one (False: a fresh one, as the reference's current-batch
+  # images). A near-minimal trigger that just reaches the ASR bound on one sample often misses it
+  # on the next, and a fast generation cannot grow it back; where that makes most warm fast starts
+  # fail (Fashion-MNIST), the recipe fixes the images. On digits fresh samples harden more.
+  fixed_trigger_images: bool = setting(
+      False, "MOTH: generate each class's triggers on the same seeded sample of its training "
+      "images all run long, instead of a fresh sample per generation.")
+  # A pair generation's direction stops once it has reached the ASR bound and its trigger has not
+  # shrunk by 1% for that many steps (0: run every step, as published). It saves steps, but the
+  # triggers it stops early are less minimal and harden less, so no recipe uses it.
+  generation_early_stop: int = setting(
+      0, "MOTH: a pair generation's direction stops after this many steps without a 1% smaller "
+      "successful trigger (0 = never, as published).", lower=0)
+  # Ablations: each switches one part of MOTH off (the defaults are MOTH). They act on MOTH's
+  # driver, so also on Pairwise, except `schedule`, which Pairwise replaces with its sweep.
+  # "two_sided" generates the two directions of a pair together (one engine block with one summed
+  # loss, and one fast / rollback decision for the pair: fast while both succeed); "one_sided"
+  # generates each direction on its own, as running a one-direction generator twice would.
+  generation: str = setting(
+      "two_sided", "MOTH: two_sided (default) generates a pair's two directions together (one "
+      "loss, one fast/rollback decision); one_sided generates each direction on its own.",
+      choices=GENERATIONS)
+  # What picks the pairs of a period. "karm": the K-arm bandit (prior U fading into the reward V
+  # over `alpha_steps` steps, exploring with probability `epsilon`); "prior_only": U alone;
+  # "reward_only": V alone (both still explore with `epsilon`); "random": uniformly random pairs
+  # (seeded); "round_robin": the pairs in a fixed order (a round-robin tournament's rounds, whose
+  # pairs share no class), cycling.
+  schedule: str = setting(
+      "karm", "MOTH: what picks the pairs: karm (default: the K-arm bandit, prior U then reward "
+      "V), prior_only (U alone), reward_only (V alone), random (uniform, seeded), round_robin "
+      "(every pair in turn, in a fixed order, cycling).", choices=SCHEDULES)
+  # A generation warm-starts from the latest successful trigger at `fast_cost` for `fast_steps`
+  # and rolls back to `pair_cost` for `pair_steps` after a failure (paper, section IV-D); False:
+  # every generation starts from a random trigger at `pair_cost` for `pair_steps`.
+  trigger_reuse: bool = setting(
+      True, "MOTH: warm-start each generation from the latest trigger at --fast_cost, rolling back "
+      "to --pair_cost after a failure (default); --notrigger_reuse: every generation from a "
+      "random trigger at --pair_cost for --pair_steps.")
 
-  def __post_init__(self):
-    if self.generation not in GENERATIONS:
-      raise ValueError(f"generation must be one of {', '.join(GENERATIONS)}, got "
-                       f"{self.generation!r}")
-    if self.schedule not in SCHEDULES:
-      raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-    if self.alpha_steps < 1:
-      raise ValueError(f"alpha_steps must be >= 1 (the steps over which the K-arm score moves "
-                       f"from the prior U to the reward V), got {self.alpha_steps}")
-    if self.batchnorm not in BATCHNORM_MODES:
-      raise ValueError(f"batchnorm must be one of {', '.join(BATCHNORM_MODES)}, got "
-                       f"{self.batchnorm!r}")
-    if self.generation_early_stop < 0:
-      raise ValueError(f"generation_early_stop must be >= 0, got {self.generation_early_stop}")
-    if self.rollback_steps is not None and self.rollback_steps < 1:
-      raise ValueError(f"rollback_steps must be >= 1, got {self.rollback_steps}")
-    if self.pairs_per_period is not None and self.pairs_per_period < 1:
-      raise ValueError(f"pairs_per_period must be >= 1, got {self.pairs_per_period}")
+  def check(self):
     if self.generations_per_period is not None and not (
         1 <= self.generations_per_period <= self.period):
       raise ValueError(f"generations_per_period must be in 1..period ({self.period}), got "
                        f"{self.generations_per_period}")
-    if self.pair_ce_reduction not in ("mean", "sum"):
-      raise ValueError(f"pair_ce_reduction must be mean or sum, got {self.pair_ce_reduction!r}")
-    if self.lr_decay not in ("constant", "cosine"):
-      raise ValueError(f"lr_decay must be constant or cosine, got {self.lr_decay!r}")
-    if self.lr_warmup_steps < 0:
-      raise ValueError(f"lr_warmup_steps must be >= 0, got {self.lr_warmup_steps}")
-    if self.mode not in ("nat", "adv"):
-      raise ValueError(f"mode must be nat or adv, got {self.mode!r}")
-    if self.epochs is not None and self.epochs < 1:
-      raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-    for name in ("steps", "batch_size", "period", "warmup_steps", "pair_steps", "fast_steps",
-                 "trigger_samples", "warmup_samples", "families", "pairwise_patience",
-                 "pairwise_max_periods"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-    # Portion 0 would switch pair stamping off while every step still generates the pair's triggers:
-    # all of the hardening's trigger-generation time spent for nothing.
-    if not 0.0 < self.portion <= 1.0:
-      raise ValueError(f"portion must be in (0, 1] (the share of each scheduled pair's images that "
-                       f"carry its triggers); got {self.portion:g}")
-    for name in ("uap_epsilon", "uap_step_size"):
-      value = getattr(self, name)
-      if value is not None and not 0.0 < value <= 1.0:
-        raise ValueError(f"{name} must be in (0, 1], got {value:g}")
-    if not 0.0 < self.adv_mix <= 1.0:
-      raise ValueError(f"adv_mix must be in (0, 1] (the share of each batch replaced by its PGD "
-                       f"examples), got {self.adv_mix:g}")
-    for name in ("warm_ratio", "replay", "epsilon", "pairwise_tol"):
-      if not 0.0 <= getattr(self, name) <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-    if self.learning_rate <= 0:
-      raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-    # nad.
-    if not 0.0 < self.nad_clean_share <= 1.0:
-      raise ValueError(f"nad_clean_share must be in (0, 1] (the share of the training images NAD "
-                       f"trains on), got {self.nad_clean_share:g}")
-    for name in ("nad_teacher_epochs", "nad_epochs"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-    if not self.nad_power > 0:
-      raise ValueError(f"nad_power must be > 0 (the exponent of |activation| in the attention "
-                       f"map), got {self.nad_power:g}")
-    if self.nad_layers is not None and not self.nad_layers:
-      raise ValueError("nad_layers must name at least one layer (None: the architecture's "
-                       "defaults)")
-    if self.nad_betas is not None:
-      if not self.nad_betas:
-        raise ValueError("nad_betas must hold at least one weight (None: the defaults)")
-      if any(not beta >= 0 for beta in self.nad_betas):
-        raise ValueError(f"nad_betas must be >= 0, got {list(self.nad_betas)}")
-      if self.nad_layers is not None and len(self.nad_betas) != len(self.nad_layers):
-        raise ValueError(f"nad_betas has {len(self.nad_betas)} weight(s) for "
-                         f"{len(self.nad_layers)} nad_layers; give one per layer")
 
   def pairs_for(self, num_classes: int) -> int:
     """Class pairs per period on an n-class model: `pairs_per_period`, or by default
@@ -374,6 +533,135 @@ class HardenConfig:
     if self.pairs_per_period is not None:
       return self.pairs_per_period
     return max(1, min(AUTO_PAIRS_PER_PERIOD, num_classes // 2))
+
+
+@dataclasses.dataclass(frozen=True)
+class AdvTrainConfig(Checked):
+  """PGD adversarial training (moth_tf.baselines.adv_train)."""
+  PREFIX: ClassVar[str] = "adv_"
+  PRESET_FLAGS: ClassVar[bool] = True
+  mix: float = setting(
+      1.0, "adv_train: share, in (0, 1], of each batch replaced by its PGD examples (default 1: "
+      "every image).", above=0.0, upper=1.0,
+      why="the share of each batch replaced by its PGD examples")
+
+
+@dataclasses.dataclass(frozen=True)
+class UapConfig(Checked):
+  """Universal adversarial training (moth_tf.baselines.uap): the shared perturbation's L-inf radius
+  and signed-gradient step (None: the data set's training PGD budget, as adv_train)."""
+  PREFIX: ClassVar[str] = "uap_"
+  PRESET_FLAGS: ClassVar[bool] = True
+  epsilon: Optional[float] = setting(
+      None, "uap: L-inf radius of the shared perturbation (default: the data set's training PGD "
+      "epsilon).", above=0.0, upper=1.0)
+  step_size: Optional[float] = setting(
+      None, "uap: signed-gradient ascent step of the perturbation per batch (default: the data "
+      "set's training PGD step size).", above=0.0, upper=1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class PairwiseConfig(Checked):
+  """Pairwise (moth_tf.baselines.pairwise): a pair is done when the sum of its two directions'
+  period-average trigger sizes did not exceed its largest earlier value by more than `tol`
+  (relative) for `patience` periods in a row, or after `max_periods` periods."""
+  PREFIX: ClassVar[str] = "pairwise_"
+  PRESET_FLAGS: ClassVar[bool] = True
+  tol: float = setting(
+      0.05, "pairwise: relative growth of a pair's two trigger sizes together below which a "
+      "period counts as 'no growth' (default 0.05).", lower=0.0, upper=1.0)
+  patience: int = setting(
+      10, "pairwise: periods in a row without growth that end a pair (default 10).", lower=1)
+  max_periods: int = setting(100, "pairwise: most periods one pair gets (default 100).", lower=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class NadConfig(Checked):
+  """Neural Attention Distillation (moth_tf.baselines.nad): a teacher fine-tuned for
+  `teacher_epochs` on a stratified `clean_share` of the training images, then a student trained on
+  the same images for `epochs` with CE + sum_l beta_l * AT loss of layer l (attention map: channel
+  mean of |A|^power). Layers and betas: None = the architecture's defaults
+  (moth_tf.baselines.nad.DEFAULT_LAYERS)."""
+  PREFIX: ClassVar[str] = "nad_"
+  PRESET_FLAGS: ClassVar[bool] = True
+  WHAT: ClassVar[str] = "NAD"
+  clean_share: float = setting(
+      0.05, "nad: share, in (0, 1], of the training images (stratified, seeded) that the teacher "
+      "and the student train on (default 0.05).", above=0.0, upper=1.0,
+      why="the share of the training images NAD trains on")
+  teacher_epochs: int = setting(
+      10, "nad: epochs of clean fine-tuning that make the teacher (default 10).", lower=1)
+  epochs: int = setting(
+      20, "nad: epochs of attention distillation of the student (default 20).", lower=1)
+  power: float = setting(
+      2.0, "nad: exponent p of the attention map, the channel mean of |activation|^p (default 2).",
+      above=0.0, why="the exponent of |activation| in the attention map")
+  layers: Optional[Tuple[str, ...]] = setting(
+      None, "nad: comma-separated names of the classifier's layers (4-D outputs) whose attention "
+      "maps are distilled (default: the architecture's, see README).")
+  betas: Optional[Tuple[float, ...]] = setting(
+      None, "nad: comma-separated weights of the layers' attention losses, one per layer "
+      "(default: NAD's 500, 1000, 1000, scaled to each map's size).", lower=0.0)
+
+  def check(self):
+    _check(self.layers is None or len(self.layers) > 0,
+           "nad_layers must name at least one layer (None: the architecture's defaults)")
+    if self.betas is not None:
+      _check(len(self.betas) > 0, "nad_betas must hold at least one weight (None: the defaults)")
+      _check(self.layers is None or len(self.betas) == len(self.layers),
+             f"nad_betas has {len(self.betas)} weight(s) for {len(self.layers or ())} nad_layers; "
+             "give one per layer")
+
+
+@dataclasses.dataclass(frozen=True)
+class HardenConfig(Checked):
+  """Hardening: what every method shares, and one sub-config per method family.
+
+  Defaults are ours and chosen to harden (benchmarks/hardening_benchmark.py); REFERENCE_HARDENING is
+  the authors' setting (`--preset=reference`).
+  """
+  PRESET_FLAGS: ClassVar[bool] = True
+  WHAT: ClassVar[str] = "hardening"
+  # Budget: `epochs` if given, else about `steps` training steps (the authors used 2 epochs).
+  epochs: Optional[int] = setting(
+      None, "Hardening epochs (default: about --harden_steps steps).", flag="harden_epochs",
+      lower=1)
+  steps: int = setting(
+      2000, "Hardening budget in training steps when --harden_epochs is not given (default "
+      "2000).", flag="harden_steps", lower=1)
+  batch_size: int = setting(128, "Hardening global batch size.", flag="harden_batch_size",
+                            lower=1)
+  learning_rate: float = setting(0.01, "Hardening SGD learning rate.",
+                                 flag="harden_learning_rate", above=0.0)
+  # The learning rate ramps up linearly over the first `lr_warmup_steps` steps (the first warm-up
+  # batches carry universal triggers that flip nearly every image: a full-rate step on them wrecks
+  # the model) and then stays constant or follows a cosine decay to 0.
+  lr_warmup_steps: int = setting(
+      100, "Hardening steps over which the learning rate ramps up linearly from 0.", lower=0)
+  lr_decay: str = setting(
+      "cosine", "Hardening learning rate after the ramp: constant, or cosine decay to 0.",
+      choices=("constant", "cosine"))
+  momentum: float = setting(0.9, cli=False)
+  # How BatchNorm layers see the perturbed (stamped, adversarial) images of a hardening batch
+  # (moth_tf.hardening.model.BATCHNORM_MODES). Only models with BatchNorm layers are affected.
+  batchnorm: str = setting(
+      "mixed", "How the BatchNorm layers of a model being hardened see the perturbed images of a "
+      "batch: mixed (in the batch statistics, as the reference), clean_stats (clean images in "
+      "training mode, perturbed ones normalised by the moving averages), frozen (all in inference "
+      "mode), recalibrate (mixed, then the moving averages re-estimated from clean images). "
+      "Default: the preset's.", choices=BATCHNORM_MODES)
+  # The run's --seed.
+  seed: int = setting(0, cli=False)
+  moth: MothConfig = sub_config(MothConfig)
+  adv_train: AdvTrainConfig = sub_config(AdvTrainConfig)
+  uap: UapConfig = sub_config(UapConfig)
+  pairwise: PairwiseConfig = sub_config(PairwiseConfig)
+  nc: NeuralCleanseConfig = sub_config(NeuralCleanseConfig, flatten=False)
+  nad: NadConfig = sub_config(NadConfig)
+
+  def pairs_for(self, num_classes: int) -> int:
+    """MOTH's class pairs per period on an n-class model (MothConfig.pairs_for)."""
+    return self.moth.pairs_for(num_classes)
 
   def steps_per_epoch_for(self, num_train: int) -> int:
     """Training steps in one epoch of `num_train` images (the last batch may be partial)."""
@@ -396,32 +684,38 @@ class HardenConfig:
     return min(self.lr_warmup_steps, max(total_steps - 1, 0))
 
 
+def harden_config(**settings) -> HardenConfig:
+  """A HardenConfig from the defaults and settings given by name, flat or nested
+  (`harden_config(steps=500, portion=0.1, nad={"epochs": 5})`); see `replace`."""
+  return replace(HardenConfig(), settings)
+
+
 # The authors' defaults (reference 2.5): 2 epochs, 10% of min(#s, #t) stamped per direction.
 # The trigger-generation schedule as published: a full generation to start each period, then fast
-# generations every step; one pair per period; fresh trigger images per generation.
+# generations every step; one pair per period; fresh trigger images per generation. Flat names
+# (see `replace`), as the recipes below.
 PUBLISHED_GENERATION = dict(generations_per_period=None, warm_fast_start=False,
                             fast_first_visit=False, pairs_per_period=1,
                             fixed_trigger_images=False, period=3, fast_cost=0.2,
                             generation_early_stop=0)
 
-REFERENCE_HARDENING = HardenConfig(epochs=2, learning_rate=1e-3, lr_warmup_steps=0,
-                                   lr_decay="constant", portion=0.1, replay=0.0,
-                                   trigger_samples=13, families=1,
-                                   pair_ce_reduction="sum", store_largest=True,
-                                   **PUBLISHED_GENERATION)
+REFERENCE_HARDENING = harden_config(epochs=2, learning_rate=1e-3, lr_warmup_steps=0,
+                                    lr_decay="constant", portion=0.1, replay=0.0,
+                                    trigger_samples=13, families=1,
+                                    pair_ce_reduction="sum", store_largest=True,
+                                    **PUBLISHED_GENERATION)
 
 # Per-data-set hardening recipes of `--preset=default`, like the base training recipes: the
-# HardenConfig fields that differ from the defaults above (which were tuned on digits). The measured
-# trade-offs (enlargement vs accuracy) are in benchmarks/fashion_mnist_benchmark.py and the README.
+# settings (flat names) that differ from the defaults above (which were tuned on digits). The
+# measured trade-offs (enlargement vs accuracy) are in benchmarks/fashion_mnist_benchmark.py and the
+# README.
 HARDENING_RECIPES = {
-    # Fashion-MNIST: with the digits defaults (portion 0.5, replay 0.3) hardening costs far more
-    # test accuracy than clean fine-tuning with the same optimiser and schedule, and a lower
-    # learning rate does not help: the loss grows with the share of the batch that carries
-    # triggers, because on 28x28 clothing the near-minimal triggers of the close pairs (shirt,
-    # T-shirt, pullover, coat) cover a large part of the image and become real features of the
-    # other class. A few stamped images per batch (portion 0.1 of the pair's two classes, no
-    # replay) keeps that cost small, and the default budget then enlarges the distance most
-    # (results: "Fashion-MNIST").
+    # Fashion-MNIST: the digits defaults (portion 0.5, replay 0.3) cost many points of test
+    # accuracy, while clean fine-tuning with the same optimiser and schedule costs almost none; the
+    # loss grows with the share of the batch that carries triggers, because on 28x28 clothing the
+    # near-minimal triggers of the close pairs (shirt, T-shirt, pullover, coat) grow large and
+    # become real features of the other class. About three stamped images per batch of 128
+    # (portion 0.1 of the pair's two classes, no replay) keeps the loss under a point.
     "fashion_mnist": dict(portion=0.1, replay=0.0),
 }
 
@@ -431,20 +725,19 @@ HARDENING_RECIPES = {
 # defaults < (method, None) < the data set's HARDENING_RECIPES entry < (method, data set) < flags.
 METHOD_RECIPES = {
     # MOTH hardens AUTO_PAIRS_PER_PERIOD pairs in every step of 6-step periods (one generation
-    # each), without trigger replay (as published), for the published 2,000 steps. Five pairs stamp
-    # most of a batch already: replay on top cost test accuracy against the published schedule on
-    # digits, without it the accuracy matches (benchmarks/generation_benchmark.py; results,
-    # "Trigger generation").
+    # each), without trigger replay (as published), for the published 2,000 steps: five pairs stamp
+    # most of a batch already, and replay on top cost test accuracy
+    # (benchmarks/generation_benchmark.py).
     ("moth", None): dict(steps=2000, period=6, replay=0.0),
     # Fashion-MNIST's generation is compute-bound (small_cnn on 28x28: an engine call costs in
     # proportion to its directions), so several pairs per call save nothing: one pair per period,
     # its data set's budget, and the generation made cheap instead (benchmarks/
-    # generation_benchmark.py --dataset=fashion_mnist; README, "Trigger generation"):
+    # generation_benchmark.py --dataset=fashion_mnist):
     # * fixed trigger images: with fresh ones nearly every warm fast start failed;
     # * fast generations at cost 0.015, not 0.2: the reference's 0.2 weighs its cross-entropy
-    #   summed over the ~13 images of a direction, ours is their mean, so 0.2 here is ~13 times
-    #   the published pressure and most fast starts failed and rolled back to a full generation.
-    #   On digits the stronger cost hardens more, so it stays the default there;
+    #   summed over the ~13 images of a direction, ours is their mean, so 0.2 here was ~13x the
+    #   published pressure and most fast starts failed and rolled back. On digits the stronger cost
+    #   hardens more, so it stays the default there;
     # * 20 fast steps, 100 full ones, a 100-step warm-up, and periods of 9 steps (one generation
     #   each): generation then costs less than the training steps it serves.
     ("moth", "fashion_mnist"): dict(steps=2000, pairs_per_period=1, fixed_trigger_images=True,
@@ -466,46 +759,63 @@ def hardening_preset(preset: str, dataset: str, method: str = "moth") -> HardenC
     return REFERENCE_HARDENING
   if preset != "default":
     raise ValueError(f"preset must be default or reference, got {preset!r}")
-  return HardenConfig(**{**METHOD_RECIPES.get((method, None), {}),
-                         **HARDENING_RECIPES.get(dataset, {}),
-                         **METHOD_RECIPES.get((method, dataset), {})})
+  return harden_config(**{**METHOD_RECIPES.get((method, None), {}),
+                          **HARDENING_RECIPES.get(dataset, {}),
+                          **METHOD_RECIPES.get((method, dataset), {})})
 
 
 @dataclasses.dataclass(frozen=True)
-class RunConfig:
+class RunConfig(Checked):
   """Everything one invocation of `python -m moth_tf.main` does."""
-  phase: str = "pipeline"
-  method: str = "natural"
-  model: str = "lenet"
-  workdir: str = DEFAULT_WORKDIR
-  model_path: Optional[str] = None  # A user model (.keras or SavedModel dir) instead of the run's.
-  unsafe_load: bool = False
+  phase: str = setting(
+      "pipeline", "What to run: pipeline (train if missing, distance, harden, distance again), "
+      "train (natural base model), test (clean accuracy), robustness (L-inf PGD accuracy), "
+      "distance (pairwise class distance), harden (MOTH hardening), poison (train a backdoored "
+      "model), backdoor (C-Acc, ASR, R-Acc, DER under a saved trigger), detect (Neural Cleanse).",
+      choices=PHASES)
+  # Checked against the live registry (`methods()`), which may have grown since import.
+  method: str = setting("natural", cli="custom")
+  model: str = setting("lenet", cli="custom")
+  workdir: str = setting(DEFAULT_WORKDIR, "Where run directories are created.")
+  # A user model (.keras or SavedModel dir) instead of the run's.
+  model_path: Optional[str] = setting(
+      None, "A user model to evaluate or harden instead of the run's own: a .keras file or a TF "
+      "SavedModel directory. It is never modified.")
+  unsafe_load: bool = setting(
+      False, "Load .keras files that need safe_mode=False (only for files you trust).")
   # Replace a finished run directory (train, harden) instead of refusing.
-  overwrite: bool = False
-  strategy: str = "default"
-  seed: int = 0
+  overwrite: bool = setting(
+      False, "Replace a finished run directory (one with a model.keras) of --phase=train, harden "
+      "or pipeline instead of refusing. An interrupted run always resumes.")
+  strategy: str = setting(
+      "default", "tf.distribute strategy of training, hardening, distance and detection: default "
+      "(one device), mirrored (all local GPUs, or --cpu_devices logical CPUs) or multi_worker "
+      "(MultiWorkerMirroredStrategy; the cluster from TF_CONFIG). Trigger optimisations are split "
+      "across the replicas.", choices=STRATEGIES)
+  seed: int = setting(0, "Random seed of training/hardening.", lower=0)
   # The base model's run: "natural" (--phase=train's) or a poisoned run made by --phase=poison.
-  base_run: str = "natural"
+  base_run: str = setting("natural", cli="custom")
   # Where a backdoor phase finds the trigger (a poisoned run directory); None: the base run's.
-  trigger_path: Optional[str] = None
+  trigger_path: Optional[str] = setting(
+      None, "backdoor/detect: the poisoned run directory (or its trigger.json) whose backdoor "
+      "trigger to test (default: the --base_run's).")
   # How fits, distance and detection report progress: one of PROGRESS (moth_tf.progress).
-  progress: str = "auto"
-  data: DataConfig = DataConfig()
-  train: TrainConfig = TrainConfig()
-  distance: DistanceConfig = DistanceConfig()
-  harden: HardenConfig = HardenConfig()
-  poison: PoisonConfig = PoisonConfig()
+  progress: str = setting(
+      "auto", "Progress output of training, hardening, distance and detection: bar (Keras's live "
+      "bar), epoch (plain lines: one per training epoch, at most ~20 per hardening run, for log "
+      "files and CI), none, or auto (bar when stdout is a terminal, epoch otherwise).",
+      choices=PROGRESS)
+  data: DataConfig = sub_config(DataConfig, flatten=False)
+  train: TrainConfig = sub_config(TrainConfig, flatten=False)
+  distance: DistanceConfig = sub_config(DistanceConfig, flatten=False)
+  harden: HardenConfig = sub_config(HardenConfig, flatten=False)
+  poison: PoisonConfig = sub_config(PoisonConfig, flatten=False)
 
-  def __post_init__(self):
-    _check(self.phase in PHASES, f"phase must be one of {PHASES}, got {self.phase!r}")
-    _check(self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}")
-    _check(self.progress in PROGRESS,
-           f"progress must be one of {', '.join(PROGRESS)}, got {self.progress!r}")
-    _check(self.strategy in STRATEGIES,
-           f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+  def check(self):
+    _check(self.method in methods(), f"method must be one of {methods()}, got {self.method!r}")
     _check(re.fullmatch(r"[a-z0-9][a-z0-9_]*", self.base_run) is not None,
            f"base_run must be a run name of lower-case letters, digits and _, got {self.base_run!r}")
-    _check(self.base_run not in HARDENING_METHODS,
+    _check(self.base_run not in hardening_methods(),
            f"base_run={self.base_run!r} is a hardening method's name; pick another run name")
 
   def run_dir(self, method: Optional[str] = None) -> str:
@@ -523,4 +833,6 @@ class RunConfig:
     return os.path.join(self.workdir, f"{prefix}_{self.base_run}{suffix}")
 
   def to_dict(self) -> dict:
-    return dataclasses.asdict(self)
+    """The configuration as JSON-ready values (summary.json, HParams); the hardening settings under
+    their flat names (`flat_dict`)."""
+    return flat_dict(self)

@@ -31,7 +31,7 @@ _PUBLISHED = config_lib.PUBLISHED_GENERATION
 
 
 def _config(**fields):
-  return config_lib.HardenConfig(**{**dict(_PUBLISHED, warmup_steps=5, pair_steps=20,
+  return config_lib.harden_config(**{**dict(_PUBLISHED, warmup_steps=5, pair_steps=20,
                                            fast_steps=5, trigger_samples=8, warmup_samples=2),
                                     **fields})
 
@@ -88,17 +88,17 @@ def _run(hardener, steps):
 
 
 def test_config_and_flags_of_the_ablations():
-  config = config_lib.HardenConfig()
-  assert (config.generation, config.schedule, config.trigger_reuse, config.epsilon,
-          config.alpha_steps) == ("two_sided", "karm", True, 0.3, 1000)
+  config = config_lib.harden_config()
+  assert (config.moth.generation, config.moth.schedule, config.moth.trigger_reuse, config.moth.epsilon,
+          config.moth.alpha_steps) == ("two_sided", "karm", True, 0.3, 1000)
   harden = cli_testing.parsed_config().harden
-  assert (harden.generation, harden.schedule, harden.trigger_reuse, harden.epsilon,
-          harden.alpha_steps) == ("two_sided", "karm", True, 0.3, 1000)
+  assert (harden.moth.generation, harden.moth.schedule, harden.moth.trigger_reuse, harden.moth.epsilon,
+          harden.moth.alpha_steps) == ("two_sided", "karm", True, 0.3, 1000)
   harden = cli_testing.parsed_config(
       "--generation=one_sided", "--schedule=round_robin", "--schedule_epsilon=0.1",
       "--alpha_steps=50", "--notrigger_reuse").harden
-  assert (harden.generation, harden.schedule, harden.trigger_reuse, harden.epsilon,
-          harden.alpha_steps) == ("one_sided", "round_robin", False, 0.1, 50)
+  assert (harden.moth.generation, harden.moth.schedule, harden.moth.trigger_reuse, harden.moth.epsilon,
+          harden.moth.alpha_steps) == ("one_sided", "round_robin", False, 0.1, 50)
   for fields, message in (
       (dict(generation="both"), "generation must be one of two_sided, one_sided, got 'both'"),
       (dict(schedule="greedy"), "schedule must be one of karm, prior_only, reward_only, random, "
@@ -107,9 +107,9 @@ def test_config_and_flags_of_the_ablations():
       (dict(epsilon=1.5), "epsilon must be in"),
   ):
     with pytest.raises(ValueError, match=message) as error:
-      config_lib.HardenConfig(**fields)
+      config_lib.harden_config(**fields)
     assert "\n" not in str(error.value)
-  described = moth.describe(config_lib.HardenConfig(generation="one_sided", schedule="random",
+  described = moth.describe(config_lib.harden_config(generation="one_sided", schedule="random",
                                                     trigger_reuse=False), 1257)
   assert described.endswith("; ablation: one-sided generation; ablation: random pair schedule; "
                             "ablation: no trigger reuse (every generation from a random trigger)")
@@ -168,13 +168,13 @@ def test_one_sided_directions_fall_back_on_their_own_failures(base, generation):
   for call in calls:
     by_step.setdefault(call["step"], []).append(
         (call["targets"], call["kwargs"]["steps"], float(np.max(call["kwargs"]["init_cost"]))))
-  assert by_step[0] == [([1, 0], 6, config.pair_cost)]  # The period's start: both in full.
+  assert by_step[0] == [([1, 0], 6, config.moth.pair_cost)]  # The period's start: both in full.
   for step in (1, 2):
     if generation == "two_sided":
-      assert by_step[step] == [([1, 0], 6, config.pair_cost)]
+      assert by_step[step] == [([1, 0], 6, config.moth.pair_cost)]
     else:
-      assert sorted(by_step[step]) == sorted([([1], 6, config.pair_cost),
-                                              ([0], 2, pytest.approx(config.fast_cost))])
+      assert sorted(by_step[step]) == sorted([([1], 6, config.moth.pair_cost),
+                                              ([0], 2, pytest.approx(config.moth.fast_cost))])
   events = hardener.events
   if generation == "two_sided":  # Counted per pair.
     assert (events["rollback"], events["fast"], events["generations"]) == (2, 0, 3)
@@ -190,7 +190,7 @@ def test_one_sided_directions_fall_back_on_their_own_failures(base, generation):
 
 
 def test_schedules_through_the_driver(base):
-  """The driver builds config.schedule's scheduler; round_robin visits the tournament order,
+  """The driver builds config.moth.schedule's scheduler; round_robin visits the tournament order,
   random follows its seeded stream (a period per step here)."""
   splits = base[0]
   expected_types = {"karm": scheduler_lib.PairScheduler,
@@ -249,18 +249,18 @@ def test_without_trigger_reuse_every_generation_starts_from_scratch(base, reuse)
   hardener = _hardener(splits, model_io.load_model(path), config)
   calls = []
   _spy_invert(hardener, calls)
-  _run(hardener, 10 + 2 * config.period)  # The warm-up steps, then two periods.
-  assert len(calls) == hardener.events["engine_calls"] >= 2 * config.period
-  assert hardener.events["generations"] == 2 * config.period
+  _run(hardener, 10 + 2 * config.moth.period)  # The warm-up steps, then two periods.
+  assert len(calls) == hardener.events["engine_calls"] >= 2 * config.moth.period
+  assert hardener.events["generations"] == 2 * config.moth.period
   if reuse:
-    assert any(c["kwargs"]["steps"] == config.fast_steps for c in calls)
+    assert any(c["kwargs"]["steps"] == config.moth.fast_steps for c in calls)
     assert all(c["kwargs"]["init_mask"] is not None for c in calls)
     return
   for call in calls:
     kwargs = call["kwargs"]
     assert kwargs["init_mask"] is None and kwargs["init_pattern"] is None
-    assert kwargs["steps"] == config.pair_steps
-    assert np.all(np.asarray(kwargs["init_cost"]) == config.pair_cost)
+    assert kwargs["steps"] == config.moth.pair_steps
+    assert np.all(np.asarray(kwargs["init_cost"]) == config.moth.pair_cost)
   assert hardener.events["fast"] == hardener.events["warm_fast"] == 0
   assert hardener.events["rollback"] == 0
   # Not for want of a warm start: the warm-up stored triggers of the first pair's classes.
@@ -288,7 +288,7 @@ def test_summaries_are_written_and_read_back_by_the_report(base, tmp_path):
 
   hardener.scheduler.update = update
   periods = 4
-  _run(hardener, 10 + periods * config.period)
+  _run(hardener, 10 + periods * config.moth.period)
   writer.flush()
   # Who the run is, as the harden phase writes it (the report groups runs by it).
   records.write_run_metadata(
@@ -309,13 +309,13 @@ def test_summaries_are_written_and_read_back_by_the_report(base, tmp_path):
   # (b) Each fast generation's previous trigger: its ASR on the generation's images, as the engine
   # measured it before its first update.
   fast = [(c["step"], c["targets"][d], c["result"].asr_start[d]) for c in calls
-          for d in range(len(c["targets"])) if c["kwargs"]["steps"] == config.fast_steps]
+          for d in range(len(c["targets"])) if c["kwargs"]["steps"] == config.moth.fast_steps]
   assert fast
   asr_points = run.points(records.PREVIOUS_ASR_TAG)
   rows = [(p.step, int(row[1]), row[3]) for p in asr_points for row in p.value]
   assert rows == [(step, target, pytest.approx(float(asr))) for step, target, asr in fast]
-  assert all(0.0 <= r[2] <= 1.0 and r[2] * config.trigger_samples == int(
-      round(r[2] * config.trigger_samples)) for r in rows)
+  assert all(0.0 <= r[2] <= 1.0 and r[2] * config.moth.trigger_samples == int(
+      round(r[2] * config.moth.trigger_samples)) for r in rows)
   steps, _, asr = report_figures.previous_asr_series(run)
   assert len(asr) == len(fast)
   # The report draws both figures.

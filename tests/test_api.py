@@ -88,7 +88,7 @@ def test_harden_arrays_copies_the_model(digits, logits_model, tmp_path, monkeypa
   assert isinstance(results, moth_tf.HardenResults)
   assert results.method == "moth" and results.accuracy_split == "test"
   assert results.steps == 20 and results.outputs == "logits"  # 2 epochs of 10 on 1,257 images.
-  assert results.config.steps == 20 and results.config.period == 6  # MOTH's recipe, then TINY.
+  assert results.config.steps == 20 and results.config.moth.period == 6  # MOTH's recipe, then TINY.
   assert 0.8 < results.test_accuracy_before <= 1 and 0.5 < results.test_accuracy_after <= 1
   assert results.test_accuracy_after == pytest.approx(
       float(np.mean(np.argmax(hardened.predict(digits.x_test, verbose=0), 1) == digits.y_test)))
@@ -223,7 +223,8 @@ def test_bad_input_is_one_line(digits, logits_model):
   _bad(harden, logits_model, ((x * 255).astype(np.uint8), y), match="uint8")
   _bad(harden, logits_model, (x, y), method="magic", match="unknown hardening method 'magic'")
   _bad(harden, logits_model, (x, y), config={"stepz": 5},
-       match="unknown hardening setting 'stepz'; valid settings: epochs, steps")
+       match=r"unknown hardening setting 'stepz' \(did you mean 'steps'\?\); valid settings: "
+             "epochs, steps")
   _bad(harden, logits_model, (x, y), config={"nc": {"stepz": 5}},
        match="unknown Neural Cleanse setting 'stepz'")
   _bad(harden, logits_model, (x, y), outputs="scores", match="outputs='scores'")

@@ -173,7 +173,7 @@ def test_stamping_happens_after_augmentation(pipelines, tmp_path):
   mask = np.zeros((1, 8, 8), np.float32)
   mask[0, :2, :2] = 1.0
   pattern = np.full((1, 8, 8, 1), 0.75, np.float32)
-  config = config_lib.HardenConfig(steps=1, batch_size=16, lr_warmup_steps=0)
+  config = config_lib.harden_config(steps=1, batch_size=16, lr_warmup_steps=0)
 
   def make_model():
     return nc.TriggerUnlearningModel(classifier, 10, mask, pattern, share=1.0)

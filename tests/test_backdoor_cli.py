@@ -171,7 +171,6 @@ def test_finetune_of_a_poisoned_model_path_gets_a_der(workdir, tmp_path, capsys)
     (("--phase=poison", "--base_run=natural"), "not the natural one"),
     (("--phase=harden", "--base_run=other"), "make it first with `python -m moth_tf.main "
      "--phase=poison --dataset=digits --model=lenet --base_run=other"),
-    (("--phase=poison", "--poison_colour=white"), "--poison_colour=white: give numbers"),
     (("--phase=poison", "--base_run=moth"), "is a hardening method's name"),
     (("--phase=poison", "--poison_position=9,9", "--base_run=p2"), "leaves the 8x8 image"),
 ])

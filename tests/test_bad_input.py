@@ -87,7 +87,11 @@ def _small_model(path, input_shape=(8, 8, 1), outputs=10, lambda_layer=False):
     ("--method=magic", r"flag --method=magic: value should be one of <natural\|moth\|finetune\|.*>"),
     ("--phase=deploy", r"flag --phase=deploy: value should be one of <pipeline\|train\|.*>"),
     ("--seeds=0", r"flag --seeds=0: 0 is not a positive integer"),
-    ("--asr_bound=1.5", r"flag --asr_bound=1.5: 1.5 is not a number in the range \[0.0, 1.0\]"),
+    # A range with an open end is stated whole, in one message.
+    ("--asr_bound=1.5", r"flag --asr_bound=1.5: --asr_bound must be in \(0, 1\]"),
+    ("--poison_colour=white",
+     r"flag --poison_colour=\['white'\]: --poison_colour=white: give comma-separated numbers in "
+     r"\[0, 1\]"),
     ("--portion=2", r"flag --portion=2.0: --portion must be in \(0, 1\] .*"),
     ("--distance_steps=0", r"flag --distance_steps=0: 0 is not a positive integer"),
     ("--pair=3-3", r"flag --pair=3-3: --pair must look like s-t with two different class .*"),

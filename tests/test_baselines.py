@@ -82,7 +82,7 @@ def test_every_hardening_method_imports_with_its_entry_points():
     assert module.__name__ == methods.METHODS[name].module
     assert callable(module.harden) and callable(module.describe), name
     # describe() is the line printed before a run: it must work on the default configuration.
-    line = module.describe(config_lib.HardenConfig(), 1257, (0.1, 8, 0.02))
+    line = module.describe(config_lib.harden_config(), 1257, (0.1, 8, 0.02))
     assert isinstance(line, str) and line and "\n" not in line, name
 
 
@@ -429,7 +429,7 @@ def test_universal_target_of_step_is_a_round_robin_after_the_warmup(workdir):
   x = np.zeros((20, 8, 8, 1), np.float32)
   y = np.arange(20) % 10
   for period in (3, 2):
-    config = config_lib.HardenConfig(period=period)
+    config = config_lib.harden_config(period=period)
     hardener = universal.UniversalHardener(stamping, x, y, config, verbose=False)
     assert hardener.warmup_length == 10
     targets = [hardener.target_of_step(step) for step in range(10, 10 + 25 * period)]
@@ -442,7 +442,7 @@ def test_universal_run_stamps_every_target_in_turn(workdir, tmp_path, monkeypatc
   splits = data_lib.load_dataset("digits")
   path = os.path.join(workdir, "digits_lenet_natural", "model.keras")
   # portion 0.25 (not the warm_ratio 0.5 of the warm-up steps): what Universal stamps after them.
-  config = config_lib.HardenConfig(epochs=4, batch_size=128, learning_rate=1e-3, warmup_steps=20,
+  config = config_lib.harden_config(epochs=4, batch_size=128, learning_rate=1e-3, warmup_steps=20,
                                    pair_steps=10, fast_steps=3, trigger_samples=8, portion=0.25)
   records = []
   original_after_step = universal.UniversalHardener.after_step
@@ -462,7 +462,7 @@ def test_universal_run_stamps_every_target_in_turn(workdir, tmp_path, monkeypatc
     assert pair_enabled == 0.0  # Never a pair trigger.
     expected = step if step < 10 else (step - 10) // 3
     assert target == expected, (step, target)
-    assert ratio == pytest.approx(config.warm_ratio if step < 10 else config.portion)
+    assert ratio == pytest.approx(config.moth.warm_ratio if step < 10 else config.moth.portion)
   assert results["target_periods"] == [1] * 10
   assert results["events"]["generations"] == 30
 
@@ -486,7 +486,7 @@ def test_resumed_uap_run_continues_its_perturbation(tmp_path, monkeypatch):
     copy.set_weights(weights)
     return copy
 
-  config = config_lib.HardenConfig(epochs=3, batch_size=64, learning_rate=1e-2)  # 20 steps/epoch.
+  config = config_lib.harden_config(epochs=3, batch_size=64, learning_rate=1e-2)  # 20 steps/epoch.
   eps, step = splits.info.train_pgd.epsilon, splits.info.train_pgd.step_size
   run_dir = str(tmp_path / "uap")
   checkpointed = {}
@@ -594,7 +594,7 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
       copy.set_weights(weights)
       return copy
 
-    config = config_lib.HardenConfig(epochs=1, batch_size=128, learning_rate=1e-2)
+    config = config_lib.harden_config(epochs=1, batch_size=128, learning_rate=1e-2)
     for name, module in (("adv_train", adv_train), ("uap", uap)):
       classifier, results = module.harden(factory, splits, config, sys.argv[1] + "/" + name,
                                           strategy=strategy, verbose=0)

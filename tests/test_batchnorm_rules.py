@@ -135,7 +135,7 @@ def test_recalibrate_rule_ends_the_fit_with_clean_statistics():
   y = rng.integers(0, N, 64)
   splits = data_lib.DatasetSplits(data_lib.dataset_info("digits"), x, y, x[:8], y[:8], x[:8],
                                   y[:8])
-  config = config_lib.HardenConfig(steps=2, batch_size=32, batchnorm="recalibrate",
+  config = config_lib.harden_config(steps=2, batch_size=32, batchnorm="recalibrate",
                                    lr_warmup_steps=0)
   model = fitting.build_hardening_model(
       tf.distribute.get_strategy(), lambda: MarkFirstHalf(_bn_classifier(0.5), N), config,
@@ -152,7 +152,7 @@ def test_recalibrate_rule_ends_the_fit_with_clean_statistics():
 
 def test_the_config_refuses_an_unknown_rule():
   with pytest.raises(ValueError, match="batchnorm must be one of"):
-    config_lib.HardenConfig(batchnorm="sometimes")
+    config_lib.harden_config(batchnorm="sometimes")
 
 
 _MIRRORED_SCRIPT = r'''

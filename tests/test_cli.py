@@ -346,7 +346,7 @@ def test_portion_flag_parser_refuses_zero_and_keeps_the_range(tmp_path, capsys):
       assert err.startswith(f"moth_tf: error: flag --portion={float(bad)}: --portion must be in "
                             "(0, 1]"), err
     assert main_lib.parse_flags(["prog", "--portion=1"]) == ["prog"]
-    assert main_lib.config_from_flags(FLAGS).harden.portion == 1.0
+    assert main_lib.config_from_flags(FLAGS).harden.moth.portion == 1.0
   assert not (tmp_path / "work").exists()
 
 

@@ -31,7 +31,7 @@ from moth_tf.models import io as model_io
 # schedule (one pair per period, a generation in every step), which these tests follow step by
 # step; the default schedule (several pairs, one generation per period) has its own tests below.
 _PUBLISHED = config_lib.PUBLISHED_GENERATION
-_TINY = config_lib.HardenConfig(epochs=2, batch_size=128, learning_rate=1e-3, warmup_steps=20,
+_TINY = config_lib.harden_config(epochs=2, batch_size=128, learning_rate=1e-3, warmup_steps=20,
                                 pair_steps=20, fast_steps=5, trigger_samples=8, **_PUBLISHED)
 
 
@@ -112,7 +112,7 @@ def test_harden_results_are_consistent(base, hardened):
           == pytest.approx(results["wall_seconds"]))
   # After the 10 warm-up steps every step generates triggers; periods of 3 steps on one pair.
   pair_steps = results["steps"] - splits.num_classes
-  periods = math.ceil(pair_steps / _TINY.period)
+  periods = math.ceil(pair_steps / _TINY.moth.period)
   events = results["events"]
   assert events["generations"] == pair_steps
   assert events["fast"] + events["rollback"] + periods == pair_steps
@@ -122,7 +122,7 @@ def test_harden_results_are_consistent(base, hardened):
   assert np.all(np.diag(count) == 0) and np.all(count >= 0)
   assert count.sum() == 2 * periods
   assert 0.0 <= results["final_train_accuracy"] <= 1.0
-  assert results["config"] == dataclasses.asdict(_TINY)
+  assert results["config"] == config_lib.flat_dict(_TINY)
 
 
 def test_harden_trains_a_copy_and_keeps_accuracy(base, hardened):
@@ -215,8 +215,8 @@ def test_resume_after_an_interruption_equals_the_uninterrupted_run(base, tmp_pat
   config = dataclasses.replace(_TINY, epochs=3, batch_size=64)  # 20 steps per epoch.
   pairs = 3 if cheap else 1
   if cheap:  # Three pairs per period, generated in the period's first step only.
-    config = dataclasses.replace(config, pairs_per_period=pairs, generations_per_period=1,
-                                 warm_fast_start=True, fast_first_visit=True)
+    config = config_lib.replace(config, dict(pairs_per_period=pairs, generations_per_period=1,
+                                             warm_fast_start=True, fast_first_visit=True))
   spe = math.ceil(len(splits.x_train) / config.batch_size)
   whole, whole_results = moth.harden(_copy_factory(model), splits, config,
                                      str(tmp_path / "whole"), verbose=0)
@@ -287,7 +287,7 @@ def test_a_direction_without_any_successful_trigger_is_not_stamped(base):
   bias[0] = 5.0
   clf.layers[-1].set_weights([np.zeros((64, 10), np.float32), bias])
   stamping = model_lib.StampingModel(clf, 10)
-  config = config_lib.HardenConfig(warmup_steps=5, pair_steps=5, fast_steps=2, trigger_samples=4,
+  config = config_lib.harden_config(warmup_steps=5, pair_steps=5, fast_steps=2, trigger_samples=4,
                                    warmup_samples=2, epsilon=0.0, **_PUBLISHED)
   hardener = moth.MothHardener(stamping, splits.x_train, splits.y_train, config, verbose=False)
   for _ in range(11):  # 10 warm-up steps, then the first pair step.
@@ -302,7 +302,7 @@ def test_a_direction_without_any_successful_trigger_is_not_stamped(base):
                                           (50, "cosine")])
 def test_learning_rate_schedule(warmup, decay):
   # 1000 steps: 100 epochs of 100 images in batches of 10.
-  config = config_lib.HardenConfig(learning_rate=0.02, lr_warmup_steps=warmup, lr_decay=decay,
+  config = config_lib.harden_config(learning_rate=0.02, lr_warmup_steps=warmup, lr_decay=decay,
                                    epochs=100, batch_size=10)
   assert config.total_steps_for(100) == 1000 and config.lr_ramp_steps_for(100) == warmup
   schedule = moth.learning_rate_schedule(config, 100)
@@ -318,9 +318,9 @@ def test_learning_rate_schedule(warmup, decay):
 
 def test_config_rejects_bad_schedule_and_families():
   with pytest.raises(ValueError, match="lr_decay"):
-    config_lib.HardenConfig(lr_decay="step")
+    config_lib.harden_config(lr_decay="step")
   with pytest.raises(ValueError, match="families"):
-    config_lib.HardenConfig(families=0)
+    config_lib.harden_config(families=0)
 
 
 @pytest.mark.parametrize("portion", [0.0, -0.1, 1.5, float("nan")])
@@ -328,13 +328,13 @@ def test_config_rejects_a_portion_outside_zero_to_one(portion):
   # Portion 0 used to pass: pair stamping off, yet every step still generated the pair triggers.
   with pytest.raises(ValueError, match=r"^portion must be in \(0, 1\] \(the share of each "
                                        r"scheduled pair's images that carry its triggers\); got "):
-    config_lib.HardenConfig(portion=portion)
+    config_lib.harden_config(portion=portion)
 
 
 def test_config_portion_message_and_upper_end():
   with pytest.raises(ValueError, match=r"\); got 0$"):
-    config_lib.HardenConfig(portion=0.0)
-  assert config_lib.HardenConfig(portion=1.0).portion == 1.0
+    config_lib.harden_config(portion=0.0)
+  assert config_lib.harden_config(portion=1.0).moth.portion == 1.0
 
 
 def test_two_families_are_generated_stored_and_stamped(base):
@@ -344,7 +344,7 @@ def test_two_families_are_generated_stored_and_stamped(base):
   from moth_tf.hardening import model as model_lib
   _, model, path, _ = base
   clf = model_io.load_model(path)
-  config = config_lib.HardenConfig(warmup_steps=20, pair_steps=30, fast_steps=5,
+  config = config_lib.harden_config(warmup_steps=20, pair_steps=30, fast_steps=5,
                                    trigger_samples=8, warmup_samples=4, families=2, epsilon=0.0,
                                    **_PUBLISHED)
   stamping = model_lib.StampingModel(clf, 10, families=2)
@@ -427,7 +427,7 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
     splits = data_lib.load_dataset("digits")
     base = model_io.load_model(model_path)
     out["accuracy_before"] = evaluation.accuracy(base, splits.x_test, splits.y_test)
-    config = config_lib.HardenConfig(epochs=1, batch_size=64, learning_rate=1e-3, warmup_steps=20,
+    config = config_lib.harden_config(epochs=1, batch_size=64, learning_rate=1e-3, warmup_steps=20,
                                      pair_steps=20, fast_steps=5, trigger_samples=8,
                                      **config_lib.PUBLISHED_GENERATION)
     classifier, results = moth.harden(lambda: model_io.load_model(model_path), splits, config,
@@ -478,7 +478,7 @@ def test_generations_per_period_and_warm_fast_start(base):
   splits = base[0]
   from moth_tf.hardening import model as model_lib
   _, _, path, _ = base
-  config = config_lib.HardenConfig(warmup_steps=20, pair_steps=30, fast_steps=5,
+  config = config_lib.harden_config(warmup_steps=20, pair_steps=30, fast_steps=5,
                                    trigger_samples=8, warmup_samples=4,
                                    **dict(_PUBLISHED, generations_per_period=1,
                                           warm_fast_start=True))
@@ -504,19 +504,19 @@ def test_generations_per_period_and_warm_fast_start(base):
   hardener.pair_inverter.invert = invert
   hardener.scheduler.choose = choose
   sizes = []
-  for _ in range(10 + 3 * config.period):  # The warm-up steps, then three periods.
+  for _ in range(10 + 3 * config.moth.period):  # The warm-up steps, then three periods.
     hardener.before_step()
     if hardener.step >= 10:
       sizes.append(stamping.pair_masks.numpy().sum())
     hardener.after_step()
   assert hardener.events["generations"] == len(calls) == 3
-  assert hardener.events["reused"] == 3 * (config.period - 1)
-  assert [c[0] for c in calls] == [10, 10 + config.period, 10 + 2 * config.period]
+  assert hardener.events["reused"] == 3 * (config.moth.period - 1)
+  assert [c[0] for c in calls] == [10, 10 + config.moth.period, 10 + 2 * config.moth.period]
   assert sizes[0] == sizes[1] == sizes[2]  # Reused steps stamp the same triggers.
   # The first visit of a pair generates in full, its second visit starts warm and fast.
-  assert calls[0][1:] == (config.pair_steps, config.pair_cost)
-  assert calls[1][1:] == (config.fast_steps, pytest.approx(config.fast_cost))
-  assert calls[2][1:] == (config.pair_steps, config.pair_cost)
+  assert calls[0][1:] == (config.moth.pair_steps, config.moth.pair_cost)
+  assert calls[1][1:] == (config.moth.fast_steps, pytest.approx(config.moth.fast_cost))
+  assert calls[2][1:] == (config.moth.pair_steps, config.moth.pair_cost)
   assert hardener.events["warm_fast"] == 1
 
 
@@ -527,7 +527,7 @@ def test_period_length_and_generation_early_stop(base):
   inversion_steps event counts the steps the calls really ran."""
   splits, _, path, _ = base
   from moth_tf.hardening import model as model_lib
-  config = config_lib.HardenConfig(warmup_steps=20, pair_steps=60, fast_steps=5,
+  config = config_lib.harden_config(warmup_steps=20, pair_steps=60, fast_steps=5,
                                    trigger_samples=8, warmup_samples=4,
                                    **dict(_PUBLISHED, generations_per_period=1, period=4,
                                           generation_early_stop=3))
@@ -543,18 +543,18 @@ def test_period_length_and_generation_early_stop(base):
     return result
 
   hardener.pair_inverter.invert = invert
-  for _ in range(10 + 3 * config.period):
+  for _ in range(10 + 3 * config.moth.period):
     hardener.before_step()
     hardener.after_step()
   assert all(c[1] == 3 for c in calls)
-  starts = [10 + p * config.period for p in range(3)]
+  starts = [10 + p * config.moth.period for p in range(3)]
   assert [c[0] for c in calls if c[0] in starts] == starts
   # Other steps generate only to retry a failure; successful periods reuse for 3 steps.
-  assert hardener.events["generations"] + hardener.events["reused"] == 3 * config.period
+  assert hardener.events["generations"] + hardener.events["reused"] == 3 * config.moth.period
   assert hardener.events["inversion_steps"] == sum(c[2] for c in calls)
-  assert any(c[3] and c[2] < config.pair_steps for c in calls)  # Stopped early on success.
+  assert any(c[3] and c[2] < config.moth.pair_steps for c in calls)  # Stopped early on success.
   with pytest.raises(ValueError, match="generation_early_stop must be >= 0"):
-    config_lib.HardenConfig(generation_early_stop=-1)
+    config_lib.harden_config(generation_early_stop=-1)
 
 def test_several_pairs_per_period_are_generated_in_one_call_and_stamped_together(base):
   """pairs_per_period=3: every period hardens three pairs with no class in common; their six
@@ -562,7 +562,7 @@ def test_several_pairs_per_period_are_generated_in_one_call_and_stamped_together
   fast from the universal triggers), and all of them are stamped in every step."""
   splits, _, path, _ = base
   from moth_tf.hardening import model as model_lib
-  config = config_lib.HardenConfig(warmup_steps=20, pair_steps=30, fast_steps=5,
+  config = config_lib.harden_config(warmup_steps=20, pair_steps=30, fast_steps=5,
                                    trigger_samples=8, warmup_samples=4, pairs_per_period=3,
                                    generations_per_period=1, warm_fast_start=True,
                                    fast_first_visit=True)
@@ -578,7 +578,7 @@ def test_several_pairs_per_period_are_generated_in_one_call_and_stamped_together
   hardener.pair_inverter.invert = invert
   periods = 4
   stamped_classes = []
-  for _ in range(10 + periods * config.period):
+  for _ in range(10 + periods * config.moth.period):
     hardener.before_step()
     if hardener.step >= 10:
       classes = stamping.pair_classes.numpy().reshape(3, 2)
@@ -587,14 +587,14 @@ def test_several_pairs_per_period_are_generated_in_one_call_and_stamped_together
     hardener.after_step()
   for classes in stamped_classes:
     assert len(set(classes)) == 6  # Three pairs, no class shared.
-  for start in range(0, len(stamped_classes), config.period):  # Kept for the whole period.
-    assert len(set(stamped_classes[start:start + config.period])) == 1
+  for start in range(0, len(stamped_classes), config.moth.period):  # Kept for the whole period.
+    assert len(set(stamped_classes[start:start + config.moth.period])) == 1
   events = hardener.events
   # Every pair, every step: generated or reused; the first step of each period generates.
-  assert events["generations"] + events["reused"] == 3 * periods * config.period
+  assert events["generations"] + events["reused"] == 3 * periods * config.moth.period
   assert events["generations"] >= 3 * periods
   assert events["engine_calls"] == len(calls) >= periods
-  assert {c[0] for c in calls} >= {10 + p * config.period for p in range(periods)}
+  assert {c[0] for c in calls} >= {10 + p * config.moth.period for p in range(periods)}
   # A call optimises whole pairs (2 directions each), and at most all three of them.
   assert all(c[1] in (2, 4, 6) for c in calls)
   assert sum(c[1] for c in calls) == 2 * events["generations"]
@@ -603,14 +603,14 @@ def test_several_pairs_per_period_are_generated_in_one_call_and_stamped_together
   found = [hardener.universal_masks[t].sum() > 0 for t in range(10)]
   seen, expected_fast = set(), 0
   for period in range(periods):
-    step = 10 + period * config.period
+    step = 10 + period * config.moth.period
     fast = [frozenset(p) in seen or (found[p[0]] and found[p[1]])
-            for p in map(tuple, np.reshape(stamped_classes[period * config.period], (3, 2)))]
+            for p in map(tuple, np.reshape(stamped_classes[period * config.moth.period], (3, 2)))]
     expected_fast += sum(fast)
     steps_used = {c[2] for c in calls if c[0] == step}
-    assert steps_used == ({config.fast_steps} if any(fast) else set()) | (
-        {config.pair_steps} if not all(fast) else set())
-    seen |= {frozenset(p) for p in np.reshape(stamped_classes[period * config.period], (3, 2))}
+    assert steps_used == ({config.moth.fast_steps} if any(fast) else set()) | (
+        {config.moth.pair_steps} if not all(fast) else set())
+    seen |= {frozenset(p) for p in np.reshape(stamped_classes[period * config.moth.period], (3, 2))}
   assert events["warm_fast"] == expected_fast > 0
   np.testing.assert_array_equal(hardener.scheduler.count, hardener.scheduler.count.T)
   assert hardener.scheduler.count.sum() == 2 * 3 * periods
@@ -619,16 +619,16 @@ def test_several_pairs_per_period_are_generated_in_one_call_and_stamped_together
 def test_more_pairs_per_period_than_the_classes_allow_is_refused(base):
   splits, _, path, _ = base
   from moth_tf.hardening import model as model_lib
-  config = config_lib.HardenConfig(pairs_per_period=6)
+  config = config_lib.harden_config(pairs_per_period=6)
   stamping = model_lib.StampingModel(model_io.load_model(path), 10, pairs=1)
   with pytest.raises(ValueError, match="pairs_per_period=6 needs 12 classes.*at most 5"):
     moth.MothHardener(stamping, splits.x_train, splits.y_train, config, verbose=False)
   # The method's check, which phases.run_harden calls before it writes anything.
   with pytest.raises(ValueError, match="pairs_per_period=6 needs 12 classes.*at most 5"):
     moth.check_model(stamping.classifier, config)
-  moth.check_model(stamping.classifier, config_lib.HardenConfig(pairs_per_period=5))
+  moth.check_model(stamping.classifier, config_lib.harden_config(pairs_per_period=5))
 
 
 def test_generations_per_period_must_fit_the_period():
   with pytest.raises(ValueError, match="generations_per_period must be in 1..period"):
-    config_lib.HardenConfig(generations_per_period=4)
+    config_lib.harden_config(generations_per_period=4)

@@ -344,7 +344,7 @@ def test_savedmodel_with_a_training_endpoint_trains_batchnorm(tmp_path, capsys):
   capsys.readouterr()
   config = config_lib.RunConfig(
       phase="harden", method="finetune", model_path=source, workdir=workdir, overwrite=True,
-      harden=config_lib.HardenConfig(steps=5, batch_size=256))
+      harden=config_lib.harden_config(steps=5, batch_size=256))
   results = phases.run_harden(config)  # The library call behind --phase=harden.
   assert results["run_dir"] == run_dir
   assert "WARNING" not in capsys.readouterr().err
@@ -512,7 +512,7 @@ def test_one_finetune_step_trains_in_the_mode_the_export_allows(kind, tmp_path, 
   capsys.readouterr()
   config = config_lib.RunConfig(phase="harden", method="finetune", model_path=source,
                                 workdir=str(tmp_path / "work"),
-                                harden=config_lib.HardenConfig(steps=1, batch_size=256))
+                                harden=config_lib.harden_config(steps=1, batch_size=256))
   run_dir = phases.run_harden(config)["run_dir"]
   assert ("WARNING" in capsys.readouterr().err) != training_mode
   unchanged = _variables(source)  # The input is never written to.

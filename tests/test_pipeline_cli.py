@@ -235,17 +235,17 @@ def test_pipeline_runs_every_stage_and_prints_the_summary(tmp_path, capsys):
 
 def test_default_preset_is_the_default_harden_config_with_the_methods_recipe():
   moth_recipe = config_lib.METHOD_RECIPES[("moth", None)]
-  assert parsed_config("--phase=harden").harden == config_lib.HardenConfig(**moth_recipe)
+  assert parsed_config("--phase=harden").harden == config_lib.harden_config(**moth_recipe)
   assert parsed_config("--phase=harden").harden.steps == 2000
   # A method without a recipe hardens with the defaults; a flag still wins over a recipe.
-  assert parsed_config("--phase=harden", "--method=finetune").harden == config_lib.HardenConfig()
+  assert parsed_config("--phase=harden", "--method=finetune").harden == config_lib.harden_config()
   assert parsed_config("--phase=harden", "--harden_steps=500").harden.steps == 500
 
 
 def test_reference_preset():
   harden = parsed_config("--phase=harden", "--preset=reference", "--seed=3").harden
   reference = config_lib.REFERENCE_HARDENING
-  assert harden.portion == 0.1 and harden.epochs == 2
+  assert harden.moth.portion == 0.1 and harden.epochs == 2
   assert harden == dataclasses.replace(reference, seed=3)
 
 
@@ -254,35 +254,35 @@ def test_explicit_flags_override_the_preset():
                          "--harden_epochs=5", "--trigger_samples=4", "--harden_batch_size=32",
                          "--harden_learning_rate=0.01", "--warm_ratio=0.2", "--replay=0.1",
                          "--mode=adv").harden
-  assert (harden.portion, harden.epochs, harden.trigger_samples) == (0.3, 5, 4)
+  assert (harden.moth.portion, harden.epochs, harden.moth.trigger_samples) == (0.3, 5, 4)
   assert (harden.batch_size, harden.learning_rate) == (32, 0.01)
-  assert (harden.warm_ratio, harden.replay, harden.mode) == (0.2, 0.1, "adv")
+  assert (harden.moth.warm_ratio, harden.moth.replay, harden.moth.mode) == (0.2, 0.1, "adv")
   # Fields without a flag keep the preset's values.
   reference = config_lib.REFERENCE_HARDENING
-  assert harden.pair_ce_reduction == reference.pair_ce_reduction == "sum"
-  assert harden.store_largest is True
+  assert harden.moth.pair_ce_reduction == reference.moth.pair_ce_reduction == "sum"
+  assert harden.moth.store_largest is True
 
 
 def test_family_and_learning_rate_flags():
   harden = parsed_config("--phase=harden", "--trigger_families=3", "--lr_warmup_steps=40",
                          "--lr_decay=cosine").harden
-  assert (harden.families, harden.lr_warmup_steps, harden.lr_decay) == (3, 40, "cosine")
+  assert (harden.moth.families, harden.lr_warmup_steps, harden.lr_decay) == (3, 40, "cosine")
   reference = parsed_config("--phase=harden", "--preset=reference").harden
-  assert (reference.families, reference.lr_warmup_steps, reference.lr_decay) == (
+  assert (reference.moth.families, reference.lr_warmup_steps, reference.lr_decay) == (
       1, 0, "constant")
 
 
 def test_generation_schedule_flags():
   harden = parsed_config("--phase=harden", "--period=6", "--fast_cost=0.05",
                          "--generation_early_stop=12", "--rollback_steps=30").harden
-  assert (harden.period, harden.fast_cost, harden.generation_early_stop, harden.rollback_steps) == (
+  assert (harden.moth.period, harden.moth.fast_cost, harden.moth.generation_early_stop, harden.moth.rollback_steps) == (
       6, 0.05, 12, 30)
   # The published schedule (the reference preset) keeps the reference's period and fast cost.
   reference = parsed_config("--phase=harden", "--preset=reference").harden
-  assert (reference.period, reference.fast_cost, reference.generation_early_stop) == (3, 0.2, 0)
+  assert (reference.moth.period, reference.moth.fast_cost, reference.moth.generation_early_stop) == (3, 0.2, 0)
   # Fashion-MNIST's MOTH recipe rescales the fast cost to its mean cross-entropy.
   fashion = parsed_config("--phase=harden", "--dataset=fashion_mnist").harden
-  assert fashion.fast_cost < 0.2 and fashion.period > 3
+  assert fashion.moth.fast_cost < 0.2 and fashion.moth.period > 3
 
 def test_step_budget_flag():
   harden = parsed_config("--phase=harden", "--harden_steps=50").harden
@@ -321,18 +321,18 @@ def test_fashion_mnist_default_preset_is_its_recipe_and_flags_still_override_it(
   harden = parsed_config("--phase=harden", "--dataset=fashion_mnist").harden
   moth_recipe = config_lib.METHOD_RECIPES[("moth", None)]
   fashion_moth = config_lib.METHOD_RECIPES[("moth", "fashion_mnist")]
-  assert harden == config_lib.HardenConfig(**{**moth_recipe, **recipe, **fashion_moth})
-  assert harden.pairs_per_period == 1 and harden.fixed_trigger_images and harden.steps == 2000
+  assert harden == config_lib.harden_config(**{**moth_recipe, **recipe, **fashion_moth})
+  assert harden.moth.pairs_per_period == 1 and harden.moth.fixed_trigger_images and harden.steps == 2000
   # Another method on Fashion-MNIST gets the data set's recipe only.
   assert parsed_config("--phase=harden", "--dataset=fashion_mnist", "--method=universal"
-                       ).harden == config_lib.HardenConfig(**recipe)
-  assert harden != config_lib.HardenConfig(**moth_recipe)  # The digits-tuned defaults over-harden.
+                       ).harden == config_lib.harden_config(**recipe)
+  assert harden != config_lib.harden_config(**moth_recipe)  # The digits-tuned defaults over-harden.
   # Digits keeps the defaults; the reference preset is the same for every data set.
-  assert parsed_config("--phase=harden").harden == config_lib.HardenConfig(**moth_recipe)
+  assert parsed_config("--phase=harden").harden == config_lib.harden_config(**moth_recipe)
   assert parsed_config("--phase=harden", "--dataset=fashion_mnist",
                        "--preset=reference").harden == config_lib.REFERENCE_HARDENING
   overridden = parsed_config("--phase=harden", "--dataset=fashion_mnist", "--portion=0.7").harden
-  assert overridden == dataclasses.replace(harden, portion=0.7)
+  assert overridden == config_lib.replace(harden, {"portion": 0.7})
   assert parsed_config("--dataset=fashion_mnist").model == "small_cnn"
 
 

@@ -51,7 +51,8 @@ class AdversarialTrainingModel(model_lib.HardeningModel):
 
 def describe(config: config_lib.HardenConfig, num_train: int, pgd_settings) -> str:
   eps, steps, step_size = pgd_settings
-  share = "every image" if config.adv_mix >= 1 else f"{config.adv_mix:.0%} of each batch"
+  mix = config.adv_train.mix
+  share = "every image" if mix >= 1 else f"{mix:.0%} of each batch"
   return (f"PGD adversarial training ({share} replaced by its L-inf PGD example: eps {eps:g}, "
           f"{steps} steps of {step_size:g}): {fitting.describe_schedule(config, num_train)}")
 
@@ -65,8 +66,8 @@ def harden(classifier_factory, splits, config: config_lib.HardenConfig, run_dir:
   settings = tuple(pgd_settings or (p.epsilon, p.steps, p.step_size))
   model, results = fitting.run_plain_method(
       lambda: AdversarialTrainingModel(classifier_factory(), splits.num_classes, settings,
-                                       config.adv_mix),
+                                       config.adv_train.mix),
       splits, config, run_dir, strategy, verbose,
       pgd={"epsilon": settings[0], "steps": int(settings[1]), "step_size": settings[2],
-           "mix": config.adv_mix})
+           "mix": config.adv_train.mix})
   return model.classifier, results

@@ -156,7 +156,7 @@ def _some(names, count=8):
 
 def check_model(classifier, config: config_lib.HardenConfig):
   """Raises the one-line ValueError of resolve_layers before the run writes anything."""
-  resolve_layers(classifier, config.nad_layers, config.nad_betas)
+  resolve_layers(classifier, config.nad.layers, config.nad.betas)
 
 
 def resolve_layers(classifier, layers: Optional[Sequence[str]] = None,
@@ -308,14 +308,14 @@ def clean_subset(splits, share: float, seed: int):
 
 def describe(config: config_lib.HardenConfig, num_train: int, pgd_settings=None) -> str:
   del pgd_settings
-  layers = ",".join(config.nad_layers) if config.nad_layers else "the architecture's defaults"
-  betas = (",".join(f"{b:g}" for b in config.nad_betas) if config.nad_betas
+  layers = ",".join(config.nad.layers) if config.nad.layers else "the architecture's defaults"
+  betas = (",".join(f"{b:g}" for b in config.nad.betas) if config.nad.betas
            else "NAD's, scaled to each map's size")
-  clean = round(config.nad_clean_share * num_train)
-  return (f"NAD on a {config.nad_clean_share:.0%} clean subset (~{clean} of {num_train} images, "
-          f"stratified): teacher fine-tuned {config.nad_teacher_epochs} epochs, student distilled "
-          f"{config.nad_epochs} epochs (layers {layers}; betas {betas}; attention p="
-          f"{config.nad_power:g}); batch {config.batch_size}, SGD lr {config.learning_rate}")
+  clean = round(config.nad.clean_share * num_train)
+  return (f"NAD on a {config.nad.clean_share:.0%} clean subset (~{clean} of {num_train} images, "
+          f"stratified): teacher fine-tuned {config.nad.teacher_epochs} epochs, student distilled "
+          f"{config.nad.epochs} epochs (layers {layers}; betas {betas}; attention p="
+          f"{config.nad.power:g}); batch {config.batch_size}, SGD lr {config.learning_rate}")
 
 
 def _schedule(config, num_train, epochs):
@@ -329,9 +329,9 @@ def _schedule(config, num_train, epochs):
 def _teacher_key(config, num_clean, augmentation):
   # What the teacher depends on: a record with another key (an earlier run with other settings in
   # the same directory) is not reused.
-  return {"clean_share": config.nad_clean_share, "clean_images": num_clean,
+  return {"clean_share": config.nad.clean_share, "clean_images": num_clean,
           "augmentation": augmentation.to_json(),
-          "teacher_epochs": config.nad_teacher_epochs, "seed": config.seed,
+          "teacher_epochs": config.nad.teacher_epochs, "seed": config.seed,
           "batch_size": config.batch_size, "learning_rate": config.learning_rate,
           "lr_warmup_steps": config.lr_warmup_steps, "lr_decay": config.lr_decay,
           "momentum": config.momentum}
@@ -358,9 +358,9 @@ def _trained_teacher(classifier_factory, clean, config, run_dir, strategy, verbo
   model = fitting.build_hardening_model(
       strategy, lambda: model_lib.HardeningModel(classifier_factory(), clean.num_classes), config,
       num_clean, clean.x_train[:1],
-      learning_rate=_schedule(config, num_clean, config.nad_teacher_epochs))
+      learning_rate=_schedule(config, num_clean, config.nad.teacher_epochs))
   _, seconds = fitting.fit_hardening(model, clean, config, run_dir,
-                                     epochs=config.nad_teacher_epochs, verbose=verbose,
+                                     epochs=config.nad.teacher_epochs, verbose=verbose,
                                      what="NAD teacher fine-tuning", start=start,
                                      name=TEACHER_FIT_NAME)
   steps = int(model.optimizer.iterations.numpy())
@@ -396,10 +396,10 @@ def harden(classifier_factory, splits, config: config_lib.HardenConfig, run_dir:
   del pgd_settings
   strategy = strategy or tf.distribute.get_strategy()
   start = time.time()
-  clean = clean_subset(splits, config.nad_clean_share, config.seed)
+  clean = clean_subset(splits, config.nad.clean_share, config.seed)
   num_clean = len(clean.x_train)
   # Layers are checked before the teacher trains, so a wrong --nad_layers fails at once.
-  layers, betas = resolve_layers(classifier_factory(), config.nad_layers, config.nad_betas)
+  layers, betas = resolve_layers(classifier_factory(), config.nad.layers, config.nad.betas)
   os.makedirs(run_dir, exist_ok=True)
   teacher_seconds, teacher_steps = _trained_teacher(classifier_factory, clean, config, run_dir,
                                                     strategy, verbose, start)
@@ -409,23 +409,23 @@ def harden(classifier_factory, splits, config: config_lib.HardenConfig, run_dir:
     teacher = classifier_factory()
     teacher.load_weights(teacher_weights)
     return NADModel(classifier_factory(), clean.num_classes, teacher, layers, betas,
-                    config.nad_power)
+                    config.nad.power)
 
   keras.utils.set_random_seed(config.seed)
   student_start = time.time()
   model = fitting.build_hardening_model(
       strategy, make_student, config, num_clean, clean.x_train[:1],
-      learning_rate=_schedule(config, num_clean, config.nad_epochs))
+      learning_rate=_schedule(config, num_clean, config.nad.epochs))
   history, student_seconds = fitting.fit_hardening(
-      model, clean, config, run_dir, epochs=config.nad_epochs, verbose=verbose,
+      model, clean, config, run_dir, epochs=config.nad.epochs, verbose=verbose,
       what="NAD student distillation", start=student_start)
   steps = int(model.optimizer.iterations.numpy())
   results = fitting.common_results(
       history, teacher_seconds + student_seconds, steps, config, num_clean,
-      epochs=config.nad_epochs,
+      epochs=config.nad.epochs,
       nad={"clean_images": num_clean, "layers": list(layers), "betas": list(betas),
-           "power": config.nad_power, "teacher_epochs": config.nad_teacher_epochs,
-           "epochs": config.nad_epochs, "teacher_seconds": teacher_seconds,
+           "power": config.nad.power, "teacher_epochs": config.nad.teacher_epochs,
+           "epochs": config.nad.epochs, "teacher_seconds": teacher_seconds,
            "teacher_steps": teacher_steps,
            "final_attention_loss": _last(history, "attention_loss")})
   # The student finished: the teacher was resumable state, like backup_harden/.

@@ -19,12 +19,10 @@ The budget is therefore whatever the sweep needs (`--harden_steps` does not appl
 rate ramps up as in MOTH and then stays constant, since the run's length is not known in advance.
 """
 
-import dataclasses
 
 import numpy as np
 
 from moth_tf import config as config_lib
-from moth_tf.hardening import fitting
 from moth_tf.hardening import moth
 
 
@@ -114,13 +112,13 @@ class SweepScheduler:
 
 def describe(config: config_lib.HardenConfig, num_train: int, pgd_settings=None) -> str:
   del pgd_settings, num_train
-  return (f"Pairwise: every class pair once, in a shuffled order, periods of {config.period} steps "
-          f"until its two trigger sizes together grow by no more than {config.pairwise_tol:.0%} "
-          f"for "
-          f"{config.pairwise_patience} periods (at most {config.pairwise_max_periods}); batch "
+  return (f"Pairwise: every class pair once, in a shuffled order, periods of {config.moth.period} "
+          f"steps until its two trigger sizes together grow by no more than "
+          f"{config.pairwise.tol:.0%} for {config.pairwise.patience} periods (at most "
+          f"{config.pairwise.max_periods}); batch "
           f"{config.batch_size}, SGD lr {config.learning_rate} (ramp {config.lr_warmup_steps} "
-          f"steps, then constant), {config.portion:.0%} of each pair class stamped, replay "
-          f"{config.replay:.0%}")
+          f"steps, then constant), {config.moth.portion:.0%} of each pair class stamped, replay "
+          f"{config.moth.replay:.0%}")
 
 
 def harden(classifier_factory, splits, config: config_lib.HardenConfig, run_dir: str,
@@ -129,11 +127,11 @@ def harden(classifier_factory, splits, config: config_lib.HardenConfig, run_dir:
 
   Pairwise hardens one pair at a time by definition: `pairs_per_period` is taken as 1.
   """
-  config = dataclasses.replace(config, pairs_per_period=1)
-  sweep = SweepScheduler(splits.num_classes, config.pairwise_tol, config.pairwise_patience,
-                         config.pairwise_max_periods, seed=config.seed)
+  config = config_lib.replace(config, {"pairs_per_period": 1})
+  sweep = SweepScheduler(splits.num_classes, config.pairwise.tol, config.pairwise.patience,
+                         config.pairwise.max_periods, seed=config.seed)
   steps_per_epoch = config.steps_per_epoch_for(len(splits.x_train))
-  epochs = -(-sweep.cap_steps(config.period) // steps_per_epoch)
+  epochs = -(-sweep.cap_steps(config.moth.period) // steps_per_epoch)
   classifier, results = moth.harden(
       classifier_factory, splits, config, run_dir, strategy=strategy, verbose=verbose,
       pgd_settings=pgd_settings, hardener_kwargs={"scheduler": sweep, "warmup": False},
@@ -144,7 +142,7 @@ def harden(classifier_factory, splits, config: config_lib.HardenConfig, run_dir:
       "finished": bool(sweep.finished), "order": [list(p) for p in sweep.order],
       "periods_per_pair_mean": float(periods.mean()), "periods_per_pair_max": int(periods.max()),
       "periods_per_pair_min": int(periods.min()),
-      "stopped_at_max_periods": int((periods >= config.pairwise_max_periods).sum()),
-      "criterion": {"tol": config.pairwise_tol, "patience": config.pairwise_patience,
-                    "max_periods": config.pairwise_max_periods}}
+      "stopped_at_max_periods": int((periods >= config.pairwise.max_periods).sum()),
+      "criterion": {"tol": config.pairwise.tol, "patience": config.pairwise.patience,
+                    "max_periods": config.pairwise.max_periods}}
   return classifier, results

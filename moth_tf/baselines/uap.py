@@ -69,8 +69,8 @@ class UniversalPerturbationModel(model_lib.HardeningModel):
 def budget(config: config_lib.HardenConfig, pgd_settings):
   """(epsilon, step size) of the perturbation: the flags, else the training PGD's."""
   eps, _, step = pgd_settings
-  return (config.uap_epsilon if config.uap_epsilon is not None else float(eps),
-          config.uap_step_size if config.uap_step_size is not None else float(step))
+  return (config.uap.epsilon if config.uap.epsilon is not None else float(eps),
+          config.uap.step_size if config.uap.step_size is not None else float(step))
 
 
 def describe(config: config_lib.HardenConfig, num_train: int, pgd_settings) -> str:

@@ -14,7 +14,6 @@ The universal triggers live in the trigger store's column g (every source class)
 checkpointed with the model and, with `replay` > 0, replayed on other images as in MOTH.
 """
 
-import dataclasses
 import time
 
 import numpy as np
@@ -36,13 +35,14 @@ class UniversalHardener(moth.MothHardener):
     super().__init__(model, x_train, y_train, config, **kwargs)
     self.universal_inverter = distributed.make_inverter(
         model.classifier, engine.InversionSettings(
-            steps=config.pair_steps, asr_bound=config.pair_asr, init_cost=config.pair_cost,
-            chunk_steps=max(config.pair_steps, config.fast_steps)),
+            steps=config.moth.pair_steps, asr_bound=config.moth.pair_asr,
+            init_cost=config.moth.pair_cost,
+            chunk_steps=max(config.moth.pair_steps, config.moth.fast_steps)),
         getattr(model, "distribute_strategy", None))
 
   def target_of_step(self, step: int) -> int:
     """The class whose universal trigger training step `step` (after the warm-up) hardens."""
-    return ((step - self.warmup_length) // self.config.period) % self.n
+    return ((step - self.warmup_length) // self.config.moth.period) % self.n
 
   def orthogonalisation_step(self):
     """Regenerates the universal trigger toward this period's target class and stamps it.
@@ -53,15 +53,16 @@ class UniversalHardener(moth.MothHardener):
     """
     cfg = self.config
     start = time.time()
-    self.model.warm_ratio.assign(cfg.portion)  # Universal stamps `portion` of the other images.
+    # Universal stamps `portion` of the other images.
+    self.model.warm_ratio.assign(cfg.moth.portion)
     g = self.target_of_step(self.step)
     if self.period_pos == 0:
-      steps, cost, mode = cfg.pair_steps, cfg.pair_cost, "start"
+      steps, cost, mode = cfg.moth.pair_steps, cfg.moth.pair_cost, "start"
     elif self.fails.any():  # The last generation failed (checkpointed with the period).
-      steps, cost, mode = cfg.pair_steps, cfg.pair_cost, "rollback"
+      steps, cost, mode = cfg.moth.pair_steps, cfg.moth.pair_cost, "rollback"
       self.events["rollback"] += 1
     else:
-      steps, cost, mode = cfg.fast_steps, cfg.fast_cost, "fast"
+      steps, cost, mode = cfg.moth.fast_steps, cfg.moth.fast_cost, "fast"
       self.events["fast"] += 1
     images, _ = self.universal_images(self.step_rng(2), g)
     if self.universal_masks is not None and self.universal_masks[g].sum() > 0:
@@ -94,7 +95,7 @@ class UniversalHardener(moth.MothHardener):
       self.model.set_warmup(g, self.universal_masks[g], self.universal_patterns[g])
     else:
       self.model.set_warmup(None)
-    self.period_pos = (self.period_pos + 1) % cfg.period
+    self.period_pos = (self.period_pos + 1) % cfg.moth.period
     self.generation_seconds += time.time() - start
     if self.writer is not None:
       size = float(params.trigger_size(self.universal_masks[g][None], self.channels)[0]) \
@@ -108,16 +109,16 @@ class UniversalHardener(moth.MothHardener):
   def extra_results(self) -> dict:
     # Periods started per target class (they follow from the step count: round robin).
     post = max(self.step - self.warmup_length, 0)
-    periods = -(-post // self.config.period)
+    periods = -(-post // self.config.moth.period)
     return {"target_periods": [len(range(g, periods, self.n)) for g in range(self.n)]}
 
 
 def describe(config: config_lib.HardenConfig, num_train: int, pgd_settings=None) -> str:
   del pgd_settings
   return (f"Universal: {fitting.describe_schedule(config, num_train)}; after the warm-up, one "
-          f"target class per period of {config.period} steps in turn, its universal trigger "
-          f"regenerated every step and stamped on {config.portion:.0%} of the other classes' "
-          f"images, replay {config.replay:.0%}")
+          f"target class per period of {config.moth.period} steps in turn, its universal trigger "
+          f"regenerated every step and stamped on {config.moth.portion:.0%} of the other classes' "
+          f"images, replay {config.moth.replay:.0%}")
 
 
 def harden(classifier_factory, splits, config: config_lib.HardenConfig, run_dir: str,
@@ -126,7 +127,7 @@ def harden(classifier_factory, splits, config: config_lib.HardenConfig, run_dir:
 
   Universal hardens one target class per period: `pairs_per_period` does not apply (taken as 1).
   """
-  config = dataclasses.replace(config, pairs_per_period=1)
+  config = config_lib.replace(config, {"pairs_per_period": 1})
   return moth.harden(
       classifier_factory, splits, config, run_dir, strategy=strategy, verbose=verbose,
       pgd_settings=pgd_settings, hardener_class=UniversalHardener, log_name="harden_universal")

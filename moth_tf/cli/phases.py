@@ -86,6 +86,32 @@ def check_model_fits(model, splits: data_lib.DatasetSplits, path: str):
                      f"{splits.num_classes} classes")
 
 
+def _train_base(config: config_lib.RunConfig, splits, run_dir: str, strategy, label: str,
+                command_line=(), train_splits=None):
+  """Trains a base model (natural, or poisoned on `train_splits`) into `run_dir` and records it:
+  the metadata under the run's label, summary.json, the final training metrics.
+
+  Returns (model, training results, recorder).
+  """
+  recorder = tb_records.Recorder(
+      run_dir, "train", {**config.to_dict(), "method": label,
+                         **({"base_run": None} if label != "natural" else {})},
+      splits.info.class_names, command_line).start()
+  model, results = training.train_natural(config.model, train_splits or splits, config.train,
+                                          run_dir, strategy, seed=config.seed,
+                                          verbose=fit_verbosity(config))
+  recorder.summary(
+      dataset=config.data.dataset, model=config.model, method="natural",
+      val_accuracy=results["val_accuracy"],
+      train={"wall_seconds": results["train_seconds"], "epochs": results["epochs"],
+             "recipe": config.train.__dict__},
+      augmentation=splits.augmentation.to_json(),
+      flags=list(command_line), config=config.to_dict())
+  recorder.metrics({k: results[k] for k in ("test_accuracy", "val_accuracy", "epochs")}
+                   | {"wall_seconds": results["train_seconds"]})
+  return model, results, recorder
+
+
 def run_train(config: config_lib.RunConfig, command_line=()):
   """Trains the natural base model and writes model, logs and summary.json."""
   from moth_tf import distribute
@@ -99,22 +125,11 @@ def run_train(config: config_lib.RunConfig, command_line=()):
   run_dir = distribute.worker_dir(strategy, config.run_dir("natural"))
   rundir.check_not_finished(run_dir, config.overwrite, "trained", training.BACKUP_DIR)
   rundir.check_writable(run_dir)
-  tb_records.write_run_metadata(run_dir, "train", {**config.to_dict(), "method": "natural"},
-                                splits.info.class_names, command_line)
   print(f"Training {config.model} on {config.data.dataset} ({len(splits.x_train)} train / "
         f"{len(splits.x_val)} val / {len(splits.x_test)} test images; augmentation: "
         f"{splits.augmentation.describe()}) into {run_dir}")
-  _, results = training.train_natural(config.model, splits, config.train, run_dir, strategy,
-                                      seed=config.seed, verbose=fit_verbosity(config))
-  rundir.update_summary(
-      run_dir, dataset=config.data.dataset, model=config.model, method="natural",
-      test_accuracy=results["test_accuracy"], val_accuracy=results["val_accuracy"],
-      train={"wall_seconds": results["train_seconds"], "epochs": results["epochs"],
-             "recipe": config.train.__dict__},
-      augmentation=splits.augmentation.to_json(),
-      flags=list(command_line), config=config.to_dict())
-  tb_records.write_final_metrics(run_dir, "train", {k: results[k] for k in (
-      "test_accuracy", "val_accuracy", "epochs")} | {"wall_seconds": results["train_seconds"]})
+  _, results, recorder = _train_base(config, splits, run_dir, strategy, "natural", command_line)
+  recorder.summary(test_accuracy=results["test_accuracy"])
   print(f"test accuracy: {results['test_accuracy']:.4f} (val {results['val_accuracy']:.4f}); "
         f"training took {results['train_seconds']:.1f} s; model saved to "
         f"{rundir.model_path(run_dir)}")
@@ -132,9 +147,9 @@ def run_test(config: config_lib.RunConfig, command_line=()):
   start = time.time()
   acc = evaluation.accuracy(model, splits.x_test, splits.y_test)
   print(f"test accuracy: {acc:.4f} ({len(splits.x_test)} images, model {path})")
-  tb_records.write_run_metadata(output_dir(config), "test", config.to_dict(),
-                                splits.info.class_names, command_line, session=False)
-  tb_records.write_final_metrics(output_dir(config), "test", {"accuracy": acc})
+  recorder = tb_records.Recorder(output_dir(config), "test", config.to_dict(),
+                                 splits.info.class_names, command_line, session=False).start()
+  recorder.metrics({"accuracy": acc})
   if not config.model_path:  # Never write next to a user's own model.
     rundir.update_summary(config.run_dir(), test_accuracy=acc,
                           test={"accuracy": acc, "images": len(splits.x_test),
@@ -155,10 +170,9 @@ def run_robustness(config: config_lib.RunConfig, command_line=()):
   result = robustness.robust_accuracy(model, x, y, p.epsilon, p.steps, p.step_size, seed=config.seed)
   print(f"PGD robust accuracy: {result.accuracy:.4f} on {len(x)} validation images (L-inf eps "
         f"{p.epsilon:.4g}, {p.steps} steps of {p.step_size:.4g}); model {path}")
-  tb_records.write_run_metadata(output_dir(config), "robustness", config.to_dict(),
-                                splits.info.class_names, command_line, session=False)
-  tb_records.write_final_metrics(output_dir(config), "robustness", {
-      "accuracy": result.accuracy, "epsilon": p.epsilon, "images": len(x)})
+  recorder = tb_records.Recorder(output_dir(config), "robustness", config.to_dict(),
+                                 splits.info.class_names, command_line, session=False).start()
+  recorder.metrics({"accuracy": result.accuracy, "epsilon": p.epsilon, "images": len(x)})
   if not config.model_path:
     rundir.update_summary(config.run_dir(), robustness={
         "accuracy": result.accuracy, "per_class": result.per_class_accuracy,
@@ -222,8 +236,6 @@ def measure_and_record(model, splits, config: config_lib.RunConfig, out_dir: str
 
   Returns (DistanceResult, the JSON dict written).
   """
-  import numpy as np
-  import tensorflow as tf
   from moth_tf.evaluation import distance
 
   dist = config.distance
@@ -241,8 +253,8 @@ def measure_and_record(model, splits, config: config_lib.RunConfig, out_dir: str
           + (f"after {dist.early_stop_patience} steps without a 1% gain" if
              dist.early_stop_patience else "off"))
   # At the start, so that a killed measurement shows in the report as unfinished.
-  tb_records.write_run_metadata(out_dir, tag, config.to_dict(), splits.info.class_names,
-                                command_line, session=False)
+  recorder = tb_records.Recorder(out_dir, tag, config.to_dict(), splits.info.class_names,
+                                 command_line, session=False).start()
   result = distance.measure_distance(
       model, x, y, splits.num_classes, inversion_settings(dist), seeds, samples=dist.samples,
       pairs=pairs, batch_directions=dist.batch_directions, split_name=split,
@@ -265,25 +277,7 @@ def measure_and_record(model, splits, config: config_lib.RunConfig, out_dir: str
       f"class distance: {os.path.basename(os.path.normpath(out_dir))} (mean {result.mean:.3f})")
   if heatmap:
     rundir.write_bytes(os.path.join(out_dir, tag + "_heatmap.png"), heatmap)
-  writer = tf.summary.create_file_writer(rundir.logs_dir(out_dir, tag))
-  with writer.as_default():
-    for i, seed in enumerate(seeds):
-      with np.errstate(all="ignore"):
-        tf.summary.scalar(f"{tag}/mean_seed", float(np.nanmean(result.per_seed[i])), step=i)
-    tf.summary.scalar(f"{tag}/mean", result.mean, step=0)
-    tf.summary.scalar(f"{tag}/failures", len(result.failures), step=0)
-    tf.summary.scalar(f"{tag}/wall_seconds", result.wall_seconds, step=0)
-    if not dist.pair:
-      tf.summary.image(f"{tag}/heatmap", tf.io.decode_png(heatmap, channels=3)[None], step=0)
-      tb_records.write_matrix(f"{tag}/matrix", result.matrix)
-      tb_records.write_matrix(f"{tag}/per_seed", result.per_seed)
-      tb_records.write_matrix(f"{tag}/seeds", result.seeds)
-    if "comparison" in payload:
-      tf.summary.scalar(f"{tag}/enlargement_mean_relative",
-                        payload["comparison"]["mean_relative_change"], step=0)
-      tf.summary.scalar(f"{tag}/enlargement_ratio_of_means",
-                        payload["comparison"]["ratio_of_means"], step=0)
-  writer.flush()
+  recorder.distance(result, heatmap, payload.get("comparison"))
   return result, payload
 
 
@@ -324,9 +318,9 @@ def run_harden(config: config_lib.RunConfig, command_line=()):
   from moth_tf.hardening import methods
   from moth_tf.hardening import runner
 
-  if config.method not in config_lib.HARDENING_METHODS:
+  if config.method not in config_lib.hardening_methods():
     raise ValueError(f"--method={config.method} is the base model, made by --phase=train; harden "
-                     f"with --method set to one of {', '.join(config_lib.HARDENING_METHODS)}")
+                     f"with --method set to one of {', '.join(config_lib.hardening_methods())}")
   methods.get_method(config.method)
   splits = load_splits(config)
   base_config = config if config.model_path else dataclasses.replace(config, method="natural")
@@ -349,15 +343,15 @@ def run_harden(config: config_lib.RunConfig, command_line=()):
   batchnorm = plan.batchnorm
   del base_model
   console.print_harden_start(config.method, base_path, out_dir, plan.describe(splits))
-  tb_records.write_run_metadata(out_dir, "harden", config.to_dict(), splits.info.class_names,
-                                command_line)
+  recorder = tb_records.Recorder(out_dir, "harden", config.to_dict(), splits.info.class_names,
+                                 command_line).start()
   classifier, results = plan.run(
       lambda: model_io.load_model(base_path, unsafe_load=config.unsafe_load), splits, out_dir,
       strategy, verbose=fit_verbosity(config))
   acc_after = evaluation.accuracy(classifier, splits.x_test, splits.y_test)
   saved_path = model_io.save_model(classifier, out_dir)
-  rundir.update_summary(
-      out_dir, dataset=config.data.dataset, model=config.model, method=config.method,
+  recorder.summary(
+      dataset=config.data.dataset, model=config.model, method=config.method,
       base_model=base_path, hardened_model=saved_path, test_accuracy=acc_after,
       harden={**results, "method": config.method, "test_accuracy_before": acc_before,
               "test_accuracy_after": acc_after, "strategy": config.strategy,
@@ -365,7 +359,7 @@ def run_harden(config: config_lib.RunConfig, command_line=()):
               "batchnorm": batchnorm},
       augmentation=splits.augmentation.to_json(),
       flags=list(command_line), config=config.to_dict())
-  tb_records.write_final_metrics(out_dir, "harden", {
+  recorder.metrics({
       "test_accuracy": acc_after, "test_accuracy_before": acc_before, **{k: results[k] for k in (
           "wall_seconds", "steps", "generation_seconds", "warmup_seconds", "training_seconds")}})
   console.print_harden_end(acc_before, acc_after, results, saved_path)
@@ -483,31 +477,18 @@ def run_poison(config: config_lib.RunConfig, command_line=()):
         f"to {target}; into {run_dir}")
   strategy = distribute.get_strategy(config.strategy)
   # The report names the run by its method: "poisoned" (a base run, like "natural").
-  tb_records.write_run_metadata(run_dir, "train", {**config.to_dict(), "method": "poisoned",
-                                                   "base_run": None},
-                                splits.info.class_names, command_line)
-  model, results = training.train_natural(config.model, poisoned, config.train, run_dir, strategy,
-                                          seed=config.seed, verbose=fit_verbosity(config))
+  model, results, recorder = _train_base(config, splits, run_dir, strategy, "poisoned",
+                                         command_line, train_splits=poisoned)
   metrics = backdoor_eval.backdoor_metrics(model, splits.x_test, splits.y_test, trigger,
                                            splits.num_classes)
   natural_summary = os.path.join(dataclasses.replace(config, base_run="natural").run_dir("natural"),
                                  rundir.SUMMARY_FILE)
   natural_acc = (rundir.read_json(natural_summary).get("test_accuracy")
                  if os.path.exists(natural_summary) else None)
-  rundir.update_summary(
-      run_dir, dataset=config.data.dataset, model=config.model, method="natural",
-      base_run=config.base_run, test_accuracy=metrics["c_acc"],
-      val_accuracy=results["val_accuracy"], backdoor=metrics,
-      poison={**dataclasses.asdict(p), "poisoned_images": len(chosen),
-              "natural_test_accuracy": natural_acc},
-      train={"wall_seconds": results["train_seconds"], "epochs": results["epochs"],
-             "recipe": config.train.__dict__},
-      augmentation=splits.augmentation.to_json(),
-      flags=list(command_line), config=config.to_dict())
-  tb_records.write_final_metrics(run_dir, "train", {k: results[k] for k in (
-      "test_accuracy", "val_accuracy", "epochs")} | {"wall_seconds": results["train_seconds"]})
-  tb_records.write_final_metrics(run_dir, "backdoor",
-                                 {k: metrics[k] for k in ("c_acc", "asr", "r_acc")})
+  recorder.summary(base_run=config.base_run, test_accuracy=metrics["c_acc"], backdoor=metrics,
+                   poison={**dataclasses.asdict(p), "poisoned_images": len(chosen),
+                           "natural_test_accuracy": natural_acc})
+  recorder.metrics({k: metrics[k] for k in ("c_acc", "asr", "r_acc")}, phase="backdoor")
   console.print_backdoor(metrics, "poisoned model")
   if natural_acc is not None:
     print(f"clean accuracy vs the natural model: {natural_acc:.4f} -> {metrics['c_acc']:.4f} "
@@ -542,14 +523,12 @@ def run_backdoor(config: config_lib.RunConfig, command_line=()):
         splits.y_test, trigger, splits.num_classes)
     metrics["der"] = backdoor_eval.defence_effectiveness(original, metrics)
   metrics["wall_seconds"] = time.time() - start
-  out_dir = output_dir(config)
-  rundir.update_summary(out_dir, backdoor={
+  recorder = tb_records.Recorder(output_dir(config), "backdoor", config.to_dict(),
+                                 splits.info.class_names, command_line, session=False).start()
+  recorder.summary(backdoor={
       **metrics, "trigger": os.path.abspath(backdoor.trigger_location(source)),
       "original": None if original is None else {"model": original_path, **original}})
-  tb_records.write_run_metadata(out_dir, "backdoor", config.to_dict(), splits.info.class_names,
-                                command_line, session=False)
-  tb_records.write_final_metrics(out_dir, "backdoor", {k: metrics.get(k) for k in (
-      "c_acc", "asr", "r_acc", "der")})
+  recorder.metrics({k: metrics.get(k) for k in ("c_acc", "asr", "r_acc", "der")})
   console.print_backdoor(metrics, f"model {path}", original)
   return metrics
 
@@ -558,7 +537,6 @@ def run_detect(config: config_lib.RunConfig, command_line=()):
   """Neural Cleanse detection on the run's model (or --model_path), plus the detection from its
   class-distance matrix when distance.json is there; writes detection.json and nc_norms.png."""
   import numpy as np
-  import tensorflow as tf
   from moth_tf.evaluation import detection
   from moth_tf.evaluation import distance
   from moth_tf import distribute
@@ -607,17 +585,10 @@ def run_detect(config: config_lib.RunConfig, command_line=()):
       found.flagged, splits.info.class_names, title=f"Neural Cleanse on {path}",
       threshold=nc.threshold)
   rundir.write_bytes(os.path.join(out_dir, "nc_norms.png"), figure)
-  tb_records.write_run_metadata(out_dir, "detect", config.to_dict(), splits.info.class_names,
-                                command_line, session=False)
-  writer = tf.summary.create_file_writer(rundir.logs_dir(out_dir, "detect"))
-  with writer.as_default():
-    tf.summary.write("detect/l1_norms", tf.constant(found.l1_norms, tf.float32), step=0)
-    tf.summary.write("detect/anomaly_index", tf.constant(found.anomaly_index, tf.float32), step=0)
-    tf.summary.write("detect/flagged", tf.constant(found.flagged, tf.int32, shape=[len(found.flagged)]),
-                     step=0)
-    tf.summary.scalar("detect/wall_seconds", found.wall_seconds, step=0)
-  writer.flush()
-  rundir.update_summary(out_dir, detect={
+  recorder = tb_records.Recorder(out_dir, "detect", config.to_dict(), splits.info.class_names,
+                                 command_line, session=False).start()
+  recorder.detection(found)
+  recorder.summary(detect={
       "flagged": found.flagged, "wall_seconds": found.wall_seconds,
       "class_distance_flagged": (payload["class_distance"] or {}).get("flagged"),
       "target_flagged": payload.get("target_flagged")})

@@ -228,7 +228,6 @@ def recalibrate_batchnorm(classifier, x, batch_size: int = 256, batches: int = 5
 def common_results(history, wall_seconds: float, steps: int, config: config_lib.HardenConfig,
                    num_train: int, epochs: Optional[int] = None, **extra) -> dict:
   """The results every method reports (summary.json's `harden` entry), plus `extra`."""
-  import dataclasses
   accuracy = history.history.get("accuracy")
   results = {
       "wall_seconds": wall_seconds,
@@ -238,13 +237,12 @@ def common_results(history, wall_seconds: float, steps: int, config: config_lib.
       "generation_seconds": 0.0,
       "warmup_seconds": 0.0,
       "final_train_accuracy": float(accuracy[-1]) if accuracy else None,
-      "config": dataclasses.asdict(config),
+      "config": config_lib.flat_dict(config),
   }
   results.update(extra)
   results["training_seconds"] = (results["wall_seconds"] - results["generation_seconds"]
                                  - results["warmup_seconds"])
   return results
-
 
 
 def describe_schedule(config: config_lib.HardenConfig, num_train: int) -> str:

@@ -13,11 +13,16 @@ Every method is one module with the same two entry points:
 
 `moth_tf.cli.phases` looks the method up here and does everything else (loading the base model,
 accuracy before and after, saving, summary.json) the same way for all of them. Adding a method is
-one module and one line below. Importing this registry does not import TensorFlow.
+one module and one line: an entry below, or, from outside the package, a call of
+`register_method(name, module, summary)` before the run (`--method=name` then accepts it).
+Importing this registry does not import TensorFlow.
 """
 
 import dataclasses
 import importlib
+import re
+import types
+from typing import Union
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +56,42 @@ _ENTRIES = (
 )
 
 METHODS = {entry.name: entry for entry in _ENTRIES}
+
+
+def register_method(name: str, module: Union[str, types.ModuleType], summary: str):
+  """Registers a hardening method (a module with `harden` and `describe`, see above).
+
+  Args:
+    name: its `--method` name: lower-case letters, digits and _.
+    module: the module, or its dotted import path (imported on first use).
+    summary: one line for `--help`.
+
+  Returns:
+    The registry entry.
+
+  Raises:
+    ValueError: a bad or taken name, or a module without the entry points.
+  """
+  if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or name == "natural":
+    raise ValueError(f"method name {name!r}: use lower-case letters, digits and _ (not natural)")
+  if name in METHODS:
+    raise ValueError(f"hardening method {name!r} is registered already")
+  if isinstance(module, types.ModuleType):
+    missing = [f for f in ("harden", "describe") if not callable(getattr(module, f, None))]
+    if missing:
+      raise ValueError(f"module {module.__name__} has no {' or '.join(missing)}; a hardening "
+                       "method needs harden(...) and describe(...)")
+    module = module.__name__
+  entry = HardeningMethod(name, module, summary)
+  METHODS[name] = entry
+  return entry
+
+
+def unregister_method(name: str):
+  """Removes a method added by `register_method` (the built-in ones stay)."""
+  if any(entry.name == name for entry in _ENTRIES):
+    raise ValueError(f"{name!r} is a built-in hardening method")
+  METHODS.pop(name, None)
 
 
 def get_method(name: str):

@@ -211,7 +211,7 @@ class MothHardener:
       config: the hardening configuration.
       writer: TensorBoard writer for the driver's scalars and images.
       verbose: print progress lines.
-      scheduler: what picks the pair of each period (default: config.schedule's, MOTH's K-arm
+      scheduler: what picks the pair of each period (default: config.moth.schedule's, MOTH's K-arm
         PairScheduler unless an ablation is asked for); any
         object with PairScheduler's choose / update / state_dict / load_state_dict / count /
         reward. A scheduler with a true `finished` attribute ends the fit (Pairwise's sweep).
@@ -228,14 +228,15 @@ class MothHardener:
     self.by_class = [np.flatnonzero(y_train == c) for c in range(self.n)]
     h, w, c = model.image_shape
     self.channels = c
-    r = config.families
+    r = config.moth.families
     self.store_masks = np.zeros((self.n, self.n, r, h, w), np.float32)
     self.store_patterns = np.zeros((self.n, self.n, r, h, w, c), np.float32)
     self.universal_masks = None
     self.universal_patterns = None
     self.scheduler = scheduler or scheduler_lib.make_scheduler(
-        config.schedule, self.n, config.epsilon, config.alpha_steps, seed=config.seed)
-    self.one_sided = config.generation == "one_sided"
+        config.moth.schedule, self.n, config.moth.epsilon, config.moth.alpha_steps,
+        seed=config.seed)
+    self.one_sided = config.moth.generation == "one_sided"
     self.warmup = bool(warmup)
     # Training steps that stamp the warm-up's universal triggers, one target class each.
     self.warmup_length = self.n if warmup else 0
@@ -252,12 +253,13 @@ class MothHardener:
     # call in as few blocks as the replicas need: one summed loss over a pair's two directions.
     blocks = hardening_blocks(model)
     if self.one_sided:
-      blocks = max(blocks, 2 * self.num_pairs * config.families)
+      blocks = max(blocks, 2 * self.num_pairs * config.moth.families)
     self.pair_inverter = distributed.make_inverter(
         model.classifier, engine.InversionSettings(
-            steps=config.pair_steps, asr_bound=config.pair_asr, init_cost=config.pair_cost,
-            ce_reduction=config.pair_ce_reduction,
-            chunk_steps=max(config.pair_steps, config.fast_steps),
+            steps=config.moth.pair_steps, asr_bound=config.moth.pair_asr,
+            init_cost=config.moth.pair_cost,
+            ce_reduction=config.moth.pair_ce_reduction,
+            chunk_steps=max(config.moth.pair_steps, config.moth.fast_steps),
             direction_blocks=blocks),
         getattr(model, "distribute_strategy", None))
     self.step = 0
@@ -276,7 +278,7 @@ class MothHardener:
     self.pairs = None  # The period's pairs [(s, t)], P of them.
     self.cur_masks = None  # [P, 2, families, H, W]: each pair's current s->t and t->s triggers.
     self.cur_patterns = None  # [P, 2, families, H, W, C]
-    self.fails = np.zeros((self.num_pairs, 2, self.config.families), np.int64)
+    self.fails = np.zeros((self.num_pairs, 2, self.config.moth.families), np.int64)
     self.period_sizes = []  # Per step of the period: [P, 2] trigger sizes.
 
   @property
@@ -293,12 +295,13 @@ class MothHardener:
   # Warm-up.
 
   def universal_images(self, rng, target):
-    """(images, their classes): `warmup_samples` random training images of every class but target."""
+    """(images, their classes): `warmup_samples` random training images of each class but target."""
     parts, labels = [], []
     for i in range(self.n):
       if i == target or not len(self.by_class[i]):
         continue
-      idx = rng.choice(self.by_class[i], min(self.config.warmup_samples, len(self.by_class[i])),
+      idx = rng.choice(self.by_class[i],
+                       min(self.config.moth.warmup_samples, len(self.by_class[i])),
                        replace=False)
       parts.append(self.x[idx])
       labels.append(np.full(len(idx), i))
@@ -311,12 +314,12 @@ class MothHardener:
     rng = self.step_rng(1)
     images, origin = map(list, zip(*(self.universal_images(rng, t) for t in range(self.n))))
     inverter = distributed.make_inverter(self.model.classifier, engine.InversionSettings(
-        steps=cfg.warmup_steps, asr_bound=cfg.warmup_asr, init_cost=cfg.pair_cost,
+        steps=cfg.moth.warmup_steps, asr_bound=cfg.moth.warmup_asr, init_cost=cfg.moth.pair_cost,
         direction_blocks=hardening_blocks(self.model)),
                                          getattr(self.model, "distribute_strategy", None))
     if self.verbose:
-      print(f"MOTH warm-up: {self.n} universal triggers ({cfg.warmup_steps} steps, ASR "
-            f"{cfg.warmup_asr}) in one batched graph...", flush=True)
+      print(f"MOTH warm-up: {self.n} universal triggers ({cfg.moth.warmup_steps} steps, ASR "
+            f"{cfg.moth.warmup_asr}) in one batched graph...", flush=True)
     seeds = [distance.stable_seed(cfg.seed, 7, t) for t in range(self.n)]
     result = inverter.invert(images, list(range(self.n)), seeds)
     speed = result.loss_decrease()
@@ -378,7 +381,7 @@ class MothHardener:
   def _has_stored(self, s, t) -> bool:
     """Whether the store holds a trigger for every family of both directions of {s, t}."""
     return bool(all(self.store_masks[a, b, f].sum() > 0 for a, b in ((s, t), (t, s))
-                    for f in range(self.config.families)))
+                    for f in range(self.config.moth.families)))
 
   def _trigger_image_indices(self, c, rng):
     """Training-image indices of class c that a generation optimises its triggers on.
@@ -389,12 +392,12 @@ class MothHardener:
     misses it on another, and fast mode at its high cost cannot grow it back).
     """
     idx = self.by_class[c]
-    if len(idx) <= self.config.trigger_samples:
+    if len(idx) <= self.config.moth.trigger_samples:
       return idx
-    if self.config.fixed_trigger_images:
+    if self.config.moth.fixed_trigger_images:
       fixed = np.random.default_rng([self.config.seed, 11, c])
-      return np.sort(fixed.choice(idx, self.config.trigger_samples, replace=False))
-    return rng.choice(idx, self.config.trigger_samples, replace=False)
+      return np.sort(fixed.choice(idx, self.config.moth.trigger_samples, replace=False))
+    return rng.choice(idx, self.config.moth.trigger_samples, replace=False)
 
   def _start_period(self, rng):
     """Chooses the period's pairs, loads their warm starts and returns each direction's first mode
@@ -409,7 +412,7 @@ class MothHardener:
                                   for s, t in self.pairs])
     for p in range(self.num_pairs):
       for d in range(2):
-        for f in range(cfg.families):
+        for f in range(cfg.moth.families):
           if self.cur_masks[p, d, f].sum() <= 0:  # No trigger yet: start from a random one.
             self.cur_masks[p, d, f], self.cur_patterns[p, d, f] = self.random_trigger(rng)
     self.fails[:] = 0
@@ -433,20 +436,20 @@ class MothHardener:
   def _first_mode(self, revisit: bool, stored: bool) -> str:
     """The mode of a period's first generation: warm_fast or start (see _start_period)."""
     cfg = self.config
-    if cfg.warm_fast_start and (revisit or (cfg.fast_first_visit and stored)):
+    if cfg.moth.warm_fast_start and (revisit or (cfg.moth.fast_first_visit and stored)):
       return "warm_fast"
     return "start"
 
   def _has_stored_direction(self, a, b) -> bool:
     """Whether the store holds a trigger for every family of the direction a -> b."""
-    return bool(all(self.store_masks[a, b, f].sum() > 0 for f in range(self.config.families)))
+    return bool(all(self.store_masks[a, b, f].sum() > 0 for f in range(self.config.moth.families)))
 
   def _next_mode(self, failed: bool) -> str:
     """The mode of a generation after a period's first step: rollback after a failure, reused in
     the period's steps that do not generate, fast otherwise."""
     if failed:
       return "rollback"
-    if self.period_pos >= (self.config.generations_per_period or self.config.period):
+    if self.period_pos >= (self.config.moth.generations_per_period or self.config.moth.period):
       # The rest of the period stamps the triggers of the last (successful) generation.
       return "reused"
     return "fast"
@@ -476,7 +479,7 @@ class MothHardener:
           if mode == "rollback":
             self.fails[p] = 0
           modes.append([mode, mode])
-    if not self.config.trigger_reuse:
+    if not self.config.moth.trigger_reuse:
       modes = [[m if m == "reused" else "start" for m in pair_modes] for pair_modes in modes]
     # Two-sided counts pairs, one-sided directions.
     for pair_modes in modes:
@@ -544,14 +547,14 @@ class MothHardener:
       target, family, ASR) of each fast generation's starting trigger.
     """
     cfg = self.config
-    families = cfg.families
+    families = cfg.moth.families
     # Directions that generate at this step, pair by pair, s->t before t->s.
     generated = [(p, d) for p in range(self.num_pairs) for d in range(2)
                  if modes[p][d] != "reused"]
-    settings = {"start": (cfg.pair_steps, cfg.pair_cost),
-                "rollback": (cfg.rollback_steps or cfg.pair_steps, cfg.pair_cost),
-                "fast": (cfg.fast_steps, cfg.fast_cost),
-                "warm_fast": (cfg.fast_steps, cfg.fast_cost)}
+    settings = {"start": (cfg.moth.pair_steps, cfg.moth.pair_cost),
+                "rollback": (cfg.moth.rollback_steps or cfg.moth.pair_steps, cfg.moth.pair_cost),
+                "fast": (cfg.moth.fast_steps, cfg.moth.fast_cost),
+                "warm_fast": (cfg.moth.fast_steps, cfg.moth.fast_cost)}
     groups = {}
     for p, d in generated:
       groups.setdefault(settings[modes[p][d]], []).append((p, d))
@@ -563,7 +566,7 @@ class MothHardener:
       seeds = [distance.stable_seed(cfg.seed, self.step, d, *([f] if f or p else []),
                                     *([1000 + p] if p else []))
                for p, d, f in directions]
-      warm = cfg.trigger_reuse
+      warm = cfg.moth.trigger_reuse
       result = self.pair_inverter.invert(
           [images[p][d] for p, d, _ in directions],
           [self.pairs[p][1 - d] for p, d, _ in directions], seeds, init_cost=cost, steps=steps,
@@ -571,7 +574,7 @@ class MothHardener:
                      else None),
           init_pattern=(np.stack([self.cur_patterns[p, d, f] for p, d, f in directions]) if warm
                         else None),
-          early_stop_patience=cfg.generation_early_stop)
+          early_stop_patience=cfg.moth.generation_early_stop)
       self.events["engine_calls"] += 1
       self.events["inversion_steps"] += int(result.steps_run.max())
       failures += int((~result.success).sum())
@@ -583,7 +586,7 @@ class MothHardener:
           success[p, d, f] = True
           self.cur_masks[p, d, f] = result.mask[k]
           self.cur_patterns[p, d, f] = result.pattern[k]
-          if (not self.config.store_largest or
+          if (not self.config.moth.store_largest or
               result.mask[k].sum() > self.store_masks[a, b, f].sum()):
             self.store_masks[a, b, f] = result.mask[k]
             self.store_patterns[a, b, f] = result.pattern[k]
@@ -592,7 +595,7 @@ class MothHardener:
           self.events["failed_directions"] += 1
     self.events["generations"] += (len(generated) if self.one_sided
                                    else len(self._generating_pairs(modes)))
-    if self.config.replay > 0:
+    if self.config.moth.replay > 0:
       self.push_store()
     return success, failures, previous_asr
 
@@ -605,7 +608,7 @@ class MothHardener:
       [P, 2] trigger sizes: a direction's smallest stamped family, the class distance the model
       still has; a direction that reused its trigger keeps its last size.
     """
-    families = self.config.families
+    families = self.config.moth.families
     enabled = np.array([[[success[p, d, f] or self.store_masks[a, b, f].sum() > 0
                           for f in range(families)]
                          for d, (a, b) in enumerate((pair, pair[::-1]))]
@@ -632,7 +635,7 @@ class MothHardener:
     self.period_sizes.append(sizes)
     self.period_pos += 1
     period_rows = None
-    if self.period_pos == cfg.period:
+    if self.period_pos == cfg.moth.period:
       avg = np.mean(self.period_sizes, axis=0)
       for p, (s, t) in enumerate(self.pairs):
         self.scheduler.update(s, t, float(avg[p, 0]), float(avg[p, 1]))
@@ -727,7 +730,7 @@ class MothHardener:
     if state.in_period and done <= m.period_sizes.shape[0]:
       # Continue the period the checkpoint was taken in, as the uninterrupted run does.
       self.period_pos = int(state.period_pos)
-      p, r = self.num_pairs, self.config.families
+      p, r = self.num_pairs, self.config.moth.families
       self.pairs = [tuple(int(c) for c in pair)
                     for pair in m.pair_classes.numpy().reshape(p, 2)]
       self.cur_masks = m.pair_masks.numpy()[..., 0].reshape(p, 2, r, *self.store_masks.shape[-2:])
@@ -831,9 +834,10 @@ def harden(classifier_factory: Callable[[], keras.Model], splits,
 
   def make_model():
     return model_lib.StampingModel(
-        classifier_factory(), splits.num_classes, portion=config.portion,
-        warm_ratio=config.warm_ratio, replay=config.replay, families=config.families,
-        pairs=config.pairs_for(splits.num_classes), adversarial=config.mode == "adv", pgd_settings=pgd_settings or (0.03, 8, 0.005))
+        classifier_factory(), splits.num_classes, portion=config.moth.portion,
+        warm_ratio=config.moth.warm_ratio, replay=config.moth.replay, families=config.moth.families,
+        pairs=config.pairs_for(splits.num_classes), adversarial=config.moth.mode == "adv",
+        pgd_settings=pgd_settings or (0.03, 8, 0.005))
 
   stamping = fitting.build_hardening_model(
       strategy, make_model, config, num_train, splits.x_train[:1],
@@ -856,7 +860,7 @@ def harden(classifier_factory: Callable[[], keras.Model], splits,
 
 def describe(config: config_lib.HardenConfig, num_train: int, pgd_settings=None) -> str:
   """One line saying what a MOTH run will do (printed before it starts)."""
-  h = config
+  h = config.moth
   adv = (f", PGD eps {pgd_settings[0]:g} first ({h.mode} mode)" if h.mode == "adv" and pgd_settings
          else "")
   pairs = (h.pairs_per_period if h.pairs_per_period is not None
@@ -867,7 +871,7 @@ def describe(config: config_lib.HardenConfig, num_train: int, pgd_settings=None)
       ("one-sided generation", h.generation == "one_sided"),
       (f"{h.schedule} pair schedule", h.schedule != "karm"),
       ("no trigger reuse (every generation from a random trigger)", not h.trigger_reuse)) if on]
-  return (f"{fitting.describe_schedule(h, num_train)}, {pairs} class pair(s) per period with "
+  return (f"{fitting.describe_schedule(config, num_train)}, {pairs} class pair(s) per period with "
           f"{generations}, {h.portion:.0%} of each pair class "
           f"stamped, replay {h.replay:.0%}, {h.families} trigger famil"
           f"{'y' if h.families == 1 else 'ies'} per direction{adv}"

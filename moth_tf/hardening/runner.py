@@ -20,18 +20,6 @@ from moth_tf import config as config_lib
 from moth_tf.hardening import methods as methods_lib
 
 
-def _replace_checked(base, overrides: Mapping[str, Any], what: str):
-  """`base` (a frozen config dataclass) with `overrides`; an unknown key is a one-line error."""
-  valid = [f.name for f in dataclasses.fields(base)]
-  unknown = [key for key in overrides if key not in valid]
-  if unknown:
-    raise ValueError(f"unknown {what} setting {unknown[0]!r}; valid settings: {', '.join(valid)}")
-  # Lists become tuples: the configs are frozen, hashable and compared field by field.
-  values = {key: tuple(value) if isinstance(value, list) else value
-            for key, value in overrides.items()}
-  return dataclasses.replace(base, **values)
-
-
 def neural_cleanse_config(
     overrides: Union[None, config_lib.NeuralCleanseConfig, Mapping[str, Any]] = None,
     base: Optional[config_lib.NeuralCleanseConfig] = None) -> config_lib.NeuralCleanseConfig:
@@ -43,13 +31,7 @@ def neural_cleanse_config(
   """
   if isinstance(overrides, config_lib.NeuralCleanseConfig):
     return overrides
-  base = base or config_lib.NeuralCleanseConfig()
-  if overrides is None:
-    return base
-  if not isinstance(overrides, Mapping):
-    raise ValueError("the Neural Cleanse config must be a NeuralCleanseConfig or a dict of its "
-                     f"settings, got {type(overrides).__name__}")
-  return _replace_checked(base, overrides, "Neural Cleanse")
+  return config_lib.replace(base or config_lib.NeuralCleanseConfig(), overrides)
 
 
 def hardening_config(preset: str, dataset: str, method: str,
@@ -62,29 +44,28 @@ def hardening_config(preset: str, dataset: str, method: str,
     dataset: the data set's registry name; any other name (e.g. "user") gets the method's recipe
       for every data set, `METHOD_RECIPES[(method, None)]`.
     method: the hardening method.
-    overrides: a HardenConfig, used as it is (its own seed included), or a dict of HardenConfig
-      fields to set on the preset; its "nc" entry may itself be a dict of NeuralCleanseConfig
-      fields.
+    overrides: a HardenConfig, used as it is (its own seed included), or a dict of settings to
+      set on the preset (moth_tf.config.replace): HardenConfig fields, flat names of its
+      sub-configs' fields (`portion`, `nad_epochs`), or a sub-config's name with a dict of its
+      fields (`"nc": {"steps": 300}`).
     seed: the run's seed (HardenConfig.seed) when `overrides` is not a HardenConfig.
 
   Returns:
     The frozen HardenConfig.
 
   Raises:
-    ValueError: an unknown setting (the message lists the valid ones) or a value out of range.
+    ValueError: an unknown setting (the message names the nearest valid one and lists them all)
+      or a value out of range.
   """
   if isinstance(overrides, config_lib.HardenConfig):
     return overrides
   if overrides is not None and not isinstance(overrides, Mapping):
     raise ValueError("config must be a moth_tf.config.HardenConfig or a dict of its settings, got "
                      f"{type(overrides).__name__}")
-  preset_config = config_lib.hardening_preset(preset, dataset, method)
   overrides = dict(overrides or {})
-  if "nc" in overrides:
-    overrides["nc"] = neural_cleanse_config(overrides["nc"], preset_config.nc)
   if seed is not None:
     overrides.setdefault("seed", seed)
-  return _replace_checked(preset_config, overrides, "hardening")
+  return config_lib.replace(config_lib.hardening_preset(preset, dataset, method), overrides)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -197,3 +197,81 @@ def write_matrices(run_dir: str, phase: str, matrices: Dict[str, np.ndarray], st
     for name, matrix in matrices.items():
       write_matrix(f"{phase}/{name}", matrix, step)
     writer.flush()
+
+
+def write_distance(run_dir: str, tag: str, result, heatmap_png: Optional[bytes] = None,
+                   comparison: Optional[dict] = None):
+  """Writes a class-distance measurement into `logs/<tag>/`: the mean per seed, the mean,
+  failures and wall time; with a heat map, the image and the matrices; with a comparison, the
+  enlargement."""
+  import tensorflow as tf
+  with _writer(rundir.logs_dir(run_dir, tag)).as_default() as writer:
+    for i in range(len(result.seeds)):
+      with np.errstate(all="ignore"):
+        tf.summary.scalar(f"{tag}/mean_seed", float(np.nanmean(result.per_seed[i])), step=i)
+    tf.summary.scalar(f"{tag}/mean", result.mean, step=0)
+    tf.summary.scalar(f"{tag}/failures", len(result.failures), step=0)
+    tf.summary.scalar(f"{tag}/wall_seconds", result.wall_seconds, step=0)
+    if heatmap_png is not None:
+      tf.summary.image(f"{tag}/heatmap", tf.io.decode_png(heatmap_png, channels=3)[None], step=0)
+      write_matrix(f"{tag}/matrix", result.matrix)
+      write_matrix(f"{tag}/per_seed", result.per_seed)
+      write_matrix(f"{tag}/seeds", result.seeds)
+    if comparison is not None:
+      tf.summary.scalar(f"{tag}/enlargement_mean_relative", comparison["mean_relative_change"],
+                        step=0)
+      tf.summary.scalar(f"{tag}/enlargement_ratio_of_means", comparison["ratio_of_means"], step=0)
+    writer.flush()
+
+
+def write_detection(run_dir: str, found, tag: str = "detect"):
+  """Writes a Neural Cleanse detection into `logs/<tag>/`: the L1 norms, anomaly indices and
+  flagged labels as tensors, and the wall time."""
+  import tensorflow as tf
+  with _writer(rundir.logs_dir(run_dir, tag)).as_default() as writer:
+    tf.summary.write(f"{tag}/l1_norms", tf.constant(found.l1_norms, tf.float32), step=0)
+    tf.summary.write(f"{tag}/anomaly_index", tf.constant(found.anomaly_index, tf.float32), step=0)
+    tf.summary.write(f"{tag}/flagged", tf.constant(found.flagged, tf.int32,
+                                                   shape=[len(found.flagged)]), step=0)
+    tf.summary.scalar(f"{tag}/wall_seconds", found.wall_seconds, step=0)
+    writer.flush()
+
+
+class Recorder:
+  """What one phase records in a run directory, in one place: its metadata when it starts, then
+  summary.json entries, final metrics and result events (TensorBoard) as it goes.
+
+  Args:
+    run_dir: the directory written (a run's, or a measurement's own for a user's model).
+    phase: the phase's log folder name (train, harden, distance, ...).
+    config: the RunConfig as a dict.
+    class_names: the data set's class names.
+    command_line: the program and its explicit flags.
+    session: whether the phase makes the run (train, harden: writes the HParams session).
+  """
+
+  def __init__(self, run_dir: str, phase: str, config: dict, class_names: Sequence[str] = (),
+               command_line: Sequence[str] = (), session: bool = True):
+    self.run_dir, self.phase, self.config = run_dir, phase, config
+    self.class_names, self.command_line, self.session = class_names, command_line, session
+
+  def start(self):
+    """The phase's metadata; written first, so that a killed phase shows as unfinished."""
+    write_run_metadata(self.run_dir, self.phase, self.config, self.class_names,
+                       self.command_line, session=self.session)
+    return self
+
+  def summary(self, **entries):
+    """Merges entries into the run's summary.json."""
+    rundir.update_summary(self.run_dir, **entries)
+
+  def metrics(self, metrics: Dict[str, Optional[float]], phase: Optional[str] = None):
+    """Final scalars `<phase>/<name>` (the recorder's phase unless given)."""
+    write_final_metrics(self.run_dir, phase or self.phase, metrics)
+
+  def distance(self, result, heatmap_png: Optional[bytes] = None,
+               comparison: Optional[dict] = None):
+    write_distance(self.run_dir, self.phase, result, heatmap_png, comparison)
+
+  def detection(self, found):
+    write_detection(self.run_dir, found, self.phase)
