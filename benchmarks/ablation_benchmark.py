@@ -1,7 +1,7 @@
 """MOTH's ablations: what each part of MOTH buys, through the command line.
 
 From one natural base model per data set, MOTH with the default settings and MOTH with one change
-each (HardenConfig's ablation options; README, "Ablations"):
+each (MOTH's ablation options; docs/methods.md, "Ablations"):
 
   moth         the defaults: two-sided generation, the K-arm scheduler, trigger reuse;
   one_sided    --generation=one_sided: each direction of a pair generated on its own;
@@ -34,7 +34,7 @@ Steps already done (a run with a summary and a distance.json) are reused unless 
 interrupted benchmark continues (with the same flags: a run made with others needs --fresh or
 another --workdir). The results go to benchmarks/results/ablation_benchmark.json and a
 Markdown table beside it (.md). Every point is one MOTH hardening and one distance measurement of
-its data set (see the README's stage times): the whole default grid is 14 of each.
+its data set (docs/results.md has the stage times): the whole default grid is 14 of each.
 """
 
 import argparse

@@ -24,7 +24,7 @@ settings; results go to baselines_<dataset>_<model>.json.
     python benchmarks/baselines_benchmark.py --dataset=fashion_mnist --model=resnet20 \
         --flagfile=flags/fashion_mnist_resnet20.flags --methods=finetune,moth,universal,adv_train
 
-Costs on the project's 2-core CPU (measured; see the README): digits about 45 minutes for every
+Costs on the project's 2-core CPU (measured; see docs/results.md): digits about 45 minutes for every
 row (Pairwise about half of it), fashion_mnist without pairwise about 90 minutes.
 """
 

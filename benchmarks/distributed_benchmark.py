@@ -1,4 +1,4 @@
-"""Trigger optimisation under tf.distribute: figures for the README's "Scaling trigger optimisation".
+"""Trigger optimisation under tf.distribute: figures for docs/results.md, "Devices and workers".
 
     python benchmarks/distributed_benchmark.py --part=mirrored_distance   # 1 device vs 2 replicas
     python benchmarks/distributed_benchmark.py --part=multi_worker        # 2 workers on 127.0.0.1

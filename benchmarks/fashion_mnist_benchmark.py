@@ -55,8 +55,9 @@ COST_IMAGES = (100, 30)
 FIXED_PAIRS = ((0, 6), (6, 0), (2, 4), (4, 2), (2, 6), (4, 6), (5, 7), (7, 9), (9, 7), (5, 9),
                (1, 3), (3, 1), (8, 0), (1, 8), (9, 2), (7, 4))
 # Each entry: (label, extra flags after the flagfile, which hardens with the data set's recipe:
-# portion 0.1, replay 0, the default budget of 2,150 steps). Screening runs behind the README's
-# trade-off table; part moth measures the recipe itself.
+# portion 0.1, replay 0, the default budget of 2,150 steps). Screening runs behind the results'
+# trade-off table (docs/results.md, "Fashion-MNIST: the hardening recipe"); part moth measures the
+# recipe itself.
 DEFAULT_SWEEP = (
     ("digits defaults, 1 epoch", ("--portion=0.5", "--replay=0.3", "--harden_steps=430")),
     ("portion 0.2, 1 epoch", ("--portion=0.2", "--harden_steps=430")),

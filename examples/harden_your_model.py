@@ -6,7 +6,7 @@ Builds and trains a small CNN on scikit-learn's digits (1,797 8x8 grey images; n
 measures its class distance (the smallest trigger that flips class s into class t, for all 90
 ordered pairs), hardens a copy with `moth_tf.harden` and measures again. The budgets are small so
 that it runs in a minute or two on a laptop CPU; the command line's defaults (2,000 hardening steps,
-1,000 distance steps, three seeds) enlarge the distance more (README, "MOTH hardening").
+1,000 distance steps, three seeds) enlarge the distance more (docs/results.md).
 """
 
 import argparse

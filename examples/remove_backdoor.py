@@ -8,7 +8,7 @@ near 100%). Then `moth_tf.detect_backdoor` (Neural Cleanse) looks for a label wh
 trigger is unusually small, `moth_tf.harden` hardens a copy with MOTH on the clean training images
 (the defender's), and `moth_tf.backdoor_metrics` measures clean accuracy (C-Acc), ASR and robust
 accuracy (R-Acc, stamped images still classified as their own class) before and after. How far the
-ASR falls depends on the budget; README, "Backdoors", has measured runs.
+ASR falls depends on the budget; docs/results.md, "Backdoors", has measured runs.
 """
 
 import argparse

@@ -1,6 +1,7 @@
 """moth_tf: MOTH (Model Orthogonalization) class-distance hardening in TensorFlow 2 / Keras 3.
 
-The Python API (moth_tf.api; README, "Python API"), for a Keras model and arrays in memory:
+The Python API (moth_tf.api; docs/user-guide.md, "Python API reference"), for a Keras model and
+arrays in memory:
 
     hardened, results = moth_tf.harden(model, (x_train, y_train), test=(x_test, y_test))
     moth_tf.class_distance(model, x, y)           # pairwise class distance: .matrix, .mean

@@ -598,7 +598,7 @@ class NadConfig(Checked):
       above=0.0, why="the exponent of |activation| in the attention map")
   layers: Optional[Tuple[str, ...]] = setting(
       None, "nad: comma-separated names of the classifier's layers (4-D outputs) whose attention "
-      "maps are distilled (default: the architecture's, see README).")
+      "maps are distilled (default: the architecture's, see docs/methods.md#nad).")
   betas: Optional[Tuple[float, ...]] = setting(
       None, "nad: comma-separated weights of the layers' attention losses, one per layer "
       "(default: NAD's 500, 1000, 1000, scaled to each map's size).", lower=0.0)
@@ -707,8 +707,8 @@ REFERENCE_HARDENING = harden_config(epochs=2, learning_rate=1e-3, lr_warmup_step
 
 # Per-data-set hardening recipes of `--preset=default`, like the base training recipes: the
 # settings (flat names) that differ from the defaults above (which were tuned on digits). The
-# measured trade-offs (enlargement vs accuracy) are in benchmarks/fashion_mnist_benchmark.py and the
-# README.
+# measured trade-offs (enlargement vs accuracy) are in benchmarks/fashion_mnist_benchmark.py and
+# docs/results.md.
 HARDENING_RECIPES = {
     # Fashion-MNIST: the digits defaults (portion 0.5, replay 0.3) cost many points of test
     # accuracy, while clean fine-tuning with the same optimiser and schedule costs almost none; the

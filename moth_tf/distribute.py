@@ -49,7 +49,7 @@ def _check_tf_config():
   raw = os.environ.get("TF_CONFIG")
   if not raw:
     raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable (the "
-                     "cluster and this worker's task); see the README, section Multi-worker runs")
+                     "cluster and this worker's task); see docs/scaling.md#multi-worker-runs")
   try:
     tf_config = json.loads(raw)
     workers = tf_config["cluster"]["worker"]

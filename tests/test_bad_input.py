@@ -1,6 +1,6 @@
-"""The README's "Bad input" table, one test per row: each bad input ends the command with exit code 1,
-one line on stderr (`moth_tf: error: ...`, no traceback) and nothing written where a result would
-go. The expected messages here are the ones the table quotes.
+"""The user guide's "Bad input" table (docs/user-guide.md), one test per row: each bad input ends
+the command with exit code 1, one line on stderr (`moth_tf: error: ...`, no traceback) and nothing
+written where a result would go. The expected messages here are the ones the table quotes.
 
 `python tests/test_bad_input.py` prints every row's actual message (to refresh the table).
 """

@@ -290,7 +290,7 @@ def test_savedmodel_without_training_endpoint_warns_and_the_output_stands_alone(
              "with training=True, so it is fine-tuned in inference mode: BatchNorm moving "
              "statistics stay frozen and dropout is off while its weights train; to fine-tune in "
              "training mode pass a .keras file, or export the model with a 'call_training' "
-             "endpoint (README: SavedModel inputs)")
+             "endpoint (docs/user-guide.md#savedmodel-inputs)")
   assert f"WARNING: {warning}\n" in captured.err
   # Said before training: before the fit's progress bar and the closing line.
   assert captured.out.index("finetune hardening of") < captured.out.index("test accuracy")
@@ -329,7 +329,7 @@ def test_savedmodel_without_training_endpoint_warns_and_the_output_stands_alone(
 def test_savedmodel_with_a_training_endpoint_trains_batchnorm(tmp_path, capsys):
   model = _bn_dropout_model()
   source = str(tmp_path / "archive")
-  # The export the README recommends for a SavedModel: `serve` plus a `call_training` endpoint.
+  # The export the user guide recommends for a SavedModel: `serve` plus a `call_training` endpoint.
   archive = keras.export.ExportArchive()
   archive.track(model)
   spec = [tf.TensorSpec((None, 8, 8, 1), tf.float32)]
@@ -364,8 +364,8 @@ def test_savedmodel_with_a_training_endpoint_trains_batchnorm(tmp_path, capsys):
 
 
 # -------------------------------------------------------------------------------------------------
-# The kinds of SavedModel export, and which of them fine-tune in training mode (README: SavedModel
-# inputs, the support matrix).
+# The kinds of SavedModel export, and which of them fine-tune in training mode (docs/user-guide.md,
+# SavedModel inputs: the support matrix).
 
 _SPEC = tf.TensorSpec((None, 8, 8, 1), tf.float32)
 

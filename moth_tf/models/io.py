@@ -174,8 +174,8 @@ def _training_endpoint(loaded, path: str, inference_fn):
   except (ValueError, TypeError) as e:
     raise ModelLoadError(
         f"SavedModel {path}: its '{TRAINING_ENDPOINT}' endpoint returns a different structure from "
-        "its inference endpoint; export both from the same model call (README: SavedModel "
-        "inputs)") from e
+        "its inference endpoint; export both from the same model call "
+        "(docs/user-guide.md#savedmodel-inputs)") from e
   return TRAINING_ENDPOINT
 
 
@@ -419,7 +419,7 @@ def inference_mode_warning(model: keras.Model):
           "endpoint or a __call__ traced with training=True, so it is fine-tuned in inference "
           "mode: BatchNorm moving statistics stay frozen and dropout is off while its weights "
           "train; to fine-tune in training mode pass a .keras file, or export the model with a "
-          f"'{TRAINING_ENDPOINT}' endpoint (README: SavedModel inputs)")
+          f"'{TRAINING_ENDPOINT}' endpoint (docs/user-guide.md#savedmodel-inputs)")
 
 
 def describe_input(model: keras.Model, path: str) -> dict:

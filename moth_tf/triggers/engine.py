@@ -52,7 +52,7 @@ device runs all blocks in one `tf.while_loop` (TensorFlow runs independent block
 moth_tf.triggers.distributed hands whole blocks to the replicas of a tf.distribute strategy, so one
 device and N replicas give the same bits. A block whose directions are all done skips its step.
 The price on one device is one model call per block instead of one for the whole call
-(README, "Several devices").
+(docs/scaling.md, "Trigger directions across replicas").
 """
 
 import dataclasses
