@@ -25,10 +25,10 @@ _README = os.path.join(_REPO, "README.md")
 _PAGES = [_README] + sorted(glob.glob(os.path.join(_REPO, "docs", "*.md")))
 _README_MAX_LINES = 250
 
-# Where each command's flags are defined, newest layout first.
+# Where each command's flags are defined.
 _FLAG_MODULES = {
-    "moth_tf.main": ("moth_tf.cli.flags", "moth_tf.cli_flags"),
-    "moth_tf.report": ("moth_tf.reporting.report", "moth_tf.report"),
+    "moth_tf.main": "moth_tf.cli.flags",
+    "moth_tf.report": "moth_tf.reporting.report",
 }
 
 _FENCE = re.compile(r"^\s*(```|~~~)")
@@ -141,6 +141,34 @@ def test_slugs_follow_github():
       "ablations-what-each-part-of-moth-buys")
 
 
+def fence_problems(text):
+  """Line numbers (1-based) of fences that leave a code block open: a closing fence that carries an
+  info string (```bash) opens the next block in the author's mind but closes the last one, and a
+  block still open at the end swallows the rest of the page."""
+  problems, open_at = [], None
+  for number, line in enumerate(text.splitlines(), 1):
+    if _FENCE.match(line):
+      if open_at is None:
+        open_at = number
+      else:
+        if line.strip().lstrip("`~").strip():
+          problems.append(number)
+        open_at = None
+  if open_at is not None:
+    problems.append(open_at)
+  return problems
+
+
+@pytest.mark.parametrize("page", _PAGES, ids=lambda p: os.path.relpath(p, _REPO))
+def test_code_blocks_are_closed(page):
+  assert not fence_problems(_read(page)), f"{page}: unclosed code block at these fences"
+
+
+def test_the_fence_check_finds_an_unclosed_block():
+  assert fence_problems("```python\nx = 1\n\ntext\n```bash\nls\n```\n") == [5, 7]
+  assert fence_problems("```python\nx = 1\n```\n```bash\nls\n```\n") == []
+
+
 def test_readme_is_short():
   lines = _read(_README).count("\n")
   assert lines <= _README_MAX_LINES, (
@@ -176,16 +204,7 @@ def _commands(path):
 
 
 def _flag_module(command):
-  for name in _FLAG_MODULES[command]:
-    try:
-      module = importlib.import_module(name)
-    except ModuleNotFoundError as e:
-      if e.name and name.startswith(e.name):
-        continue
-      raise
-    if hasattr(module, "define_flags"):
-      return module
-  raise AssertionError(f"none of {_FLAG_MODULES[command]} defines define_flags()")
+  return importlib.import_module(_FLAG_MODULES[command])
 
 
 def fresh_flag_values(define_flags):

@@ -224,7 +224,7 @@ def test_hparams_listed_through_tensorboards_data_api(logdir):
   moth = next(g for g in groups if g["hparams"]["run"] == "toy_tiny_moth"
               and g["hparams"]["seed"] == 1)
   hparams = moth["hparams"]
-  assert (hparams["dataset"], hparams["model"], hparams["method"], hparams["harden.moth.mode"]) == (
+  assert (hparams["dataset"], hparams["model"], hparams["method"], hparams["harden.mode"]) == (
       "toy", "tiny", "moth", "nat")
   assert hparams["harden.learning_rate"] == pytest.approx(0.01)
   metrics = {(m["name"]["group"], m["name"]["tag"]): m["value"] for m in moth["metricValues"]}

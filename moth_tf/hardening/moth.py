@@ -346,7 +346,7 @@ class MothHardener:
     if self.verbose:
       ok = int(result.success.sum())
       print(f"MOTH warm-up done in {self.warmup_seconds:.1f} s: {ok}/{self.n} universal triggers, "
-            f"sizes {np.round(sizes, 2).tolist()}", flush=True)
+            f"sizes {' '.join(f'{size:.1f}' for size in sizes)}", flush=True)
     if self.writer is not None:
       with self.writer.as_default():
         tf.summary.image("moth/prior_U", distance.heatmap_image(prior)[None], step=0)
