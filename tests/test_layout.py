@@ -5,6 +5,7 @@ import ast
 import importlib
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import warnings
@@ -139,3 +140,12 @@ def test_main_reaches_the_phases_without_a_deprecation_warning(tmp_path):
   assert proc.returncode == 1
   assert "moth_tf: error: no trained model at " in proc.stderr
   assert _SHIM_WARNING not in proc.stderr, proc.stderr
+
+
+def test_every_test_module_has_its_bazel_target():
+  """`bazel test //...` runs the same tests as pytest: each tests/test_*.py is one py_test."""
+  build = (_REPO / "tests" / "BUILD").read_text(encoding="utf-8")
+  declared = set(re.findall(r'srcs = \["(test_\w+\.py)"\]', build))
+  modules = {path.name for path in (_REPO / "tests").glob("test_*.py")}
+  assert modules - declared == set(), "tests/BUILD lacks a moth_py_test for these"
+  assert declared - modules == set(), "tests/BUILD names test modules that do not exist"
