@@ -1,9 +1,9 @@
-"""Frozen, validated configuration of one run. `main.py` builds these from flags; library code takes
-them (or their fields) as explicit arguments and never reads flags.
+"""Frozen, validated configuration of one run. moth_tf.cli.main builds these from flags; library
+code takes them (or their fields) as explicit arguments and never reads flags.
 
 Each setting is declared once, as a dataclass field made by `setting`: its name, type, default,
 bounds, choices and help live there. The command line's flags are derived from these fields
-(moth_tf.cli_flags), the configs check their own bounds and choices in `__post_init__`, and
+(moth_tf.cli.flags), the configs check their own bounds and choices in `__post_init__`, and
 `replace` sets fields from a dict (the Python API's `config={...}`, a JSON file) with a clear error
 for a key that is no setting.
 
