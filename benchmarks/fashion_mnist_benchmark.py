@@ -97,10 +97,15 @@ def part_base(workdir):
   s = load_json(workdir, f"{DATASET}_{MODEL}_natural")
   r = {"test_accuracy": s["test_accuracy"], "val_accuracy": s["val_accuracy"],
        "train_seconds": s["train"]["wall_seconds"], "command_seconds": wall}
-  ok = r["test_accuracy"] >= 0.91 and r["train_seconds"] <= 300
+  # The targets the models were chosen for: small_cnn is the cheap CPU model, resnet20 the paper's
+  # architecture (its accuracy matters, its training time is what it is).
+  target, ok = {
+      "small_cnn": (">= 91%, <= 5 min", r["test_accuracy"] >= 0.91 and r["train_seconds"] <= 300),
+      "resnet20": (">= 93%", r["test_accuracy"] >= 0.93),
+  }.get(MODEL, (None, None))
+  verdict = f"; target ({target}) {'met' if ok else 'NOT met'}" if target else ""
   print(f"base {MODEL}: test accuracy {r['test_accuracy']:.4f} (val {r['val_accuracy']:.4f}), "
-        f"model.fit {r['train_seconds']:.1f} s, whole command {wall:.1f} s; target (>= 91%, <= 5 "
-        f"min) {'met' if ok else 'NOT met'}", flush=True)
+        f"model.fit {r['train_seconds']:.1f} s, whole command {wall:.1f} s{verdict}", flush=True)
   return r
 
 
