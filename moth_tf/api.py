@@ -512,7 +512,6 @@ def class_distance(model, x, y, *, num_classes: Optional[int] = None, samples: i
   """
   from moth_tf import config as config_lib
   from moth_tf.evaluation import distance
-  from moth_tf.cli import phases
 
   strategy = _strategy(strategy)
   base, path = _load(model)
@@ -523,7 +522,7 @@ def class_distance(model, x, y, *, num_classes: Optional[int] = None, samples: i
                                        early_stop_patience=early_stop_patience)
   logits = _measured_model(base, path, x, outputs, strategy)
   return distance.measure_distance(
-      logits, x, y, n, phases.inversion_settings(settings), settings.seeds, samples=samples,
+      logits, x, y, n, distance.inversion_settings(settings), settings.seeds, samples=samples,
       pairs=[tuple(p) for p in pairs] if pairs is not None else None, split_name="user",
       verbose=verbose, strategy=strategy)
 

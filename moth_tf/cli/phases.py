@@ -167,7 +167,8 @@ def run_robustness(config: config_lib.RunConfig, command_line=()):
   x, y = splits.x_val[:1000], splits.y_val[:1000]
   p = splits.info.eval_pgd
   start = time.time()
-  result = robustness.robust_accuracy(model, x, y, p.epsilon, p.steps, p.step_size, seed=config.seed)
+  result = robustness.robust_accuracy(model, x, y, p.epsilon, p.steps, p.step_size,
+                                      seed=config.seed)
   print(f"PGD robust accuracy: {result.accuracy:.4f} on {len(x)} validation images (L-inf eps "
         f"{p.epsilon:.4g}, {p.steps} steps of {p.step_size:.4g}); model {path}")
   recorder = tb_records.Recorder(output_dir(config), "robustness", config.to_dict(),
@@ -188,15 +189,6 @@ def output_dir(config: config_lib.RunConfig) -> str:
     return config.run_dir()
   stem = os.path.splitext(os.path.basename(os.path.normpath(config.model_path)))[0]
   return os.path.join(config.workdir, f"{config.data.dataset}_external_{stem}")
-
-
-def inversion_settings(dist: config_lib.DistanceConfig):
-  from moth_tf.triggers import engine
-  return engine.InversionSettings(steps=dist.steps, asr_bound=dist.asr_bound,
-                                  init_cost=dist.init_cost,
-                                  early_stop_patience=dist.early_stop_patience,
-                                  early_stop_tol=dist.early_stop_tol,
-                                  direction_blocks=dist.direction_blocks)
 
 
 def load_distance_json(path: str) -> dict:
@@ -256,8 +248,8 @@ def measure_and_record(model, splits, config: config_lib.RunConfig, out_dir: str
   recorder = tb_records.Recorder(out_dir, tag, config.to_dict(), splits.info.class_names,
                                  command_line, session=False).start()
   result = distance.measure_distance(
-      model, x, y, splits.num_classes, inversion_settings(dist), seeds, samples=dist.samples,
-      pairs=pairs, batch_directions=dist.batch_directions, split_name=split,
+      model, x, y, splits.num_classes, distance.inversion_settings(dist), seeds,
+      samples=dist.samples, pairs=pairs, batch_directions=dist.batch_directions, split_name=split,
       verbose=fit_verbosity(config) if verbose else 0, strategy=strategy)
   payload = result.to_json()
   model_file = config.model_path or rundir.find_model(config.run_dir())

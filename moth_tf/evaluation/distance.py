@@ -90,6 +90,15 @@ def all_pairs(num_classes: int) -> List[Tuple[int, int]]:
   return [(s, t) for s in range(num_classes) for t in range(num_classes) if s != t]
 
 
+def inversion_settings(dist) -> engine.InversionSettings:
+  """The engine settings of a distance configuration (moth_tf.config.DistanceConfig)."""
+  return engine.InversionSettings(steps=dist.steps, asr_bound=dist.asr_bound,
+                                  init_cost=dist.init_cost,
+                                  early_stop_patience=dist.early_stop_patience,
+                                  early_stop_tol=dist.early_stop_tol,
+                                  direction_blocks=dist.direction_blocks)
+
+
 def measure_distance(model, x: np.ndarray, y: np.ndarray, num_classes: int,
                      settings: engine.InversionSettings, seeds: Sequence[int],
                      samples: int = 100, pairs: Optional[Sequence[Tuple[int, int]]] = None,
