@@ -1,4 +1,5 @@
-"""How long fits report their progress: a live bar on a terminal, a few plain lines in a log.
+"""What the library tells the user while it works: fits' progress (a live bar on a terminal, a few
+plain lines in a log) and the warnings a run must not pass silently.
 
 The run setting `progress` (the command line's --progress) is one of moth_tf.config.PROGRESS:
 
@@ -21,6 +22,15 @@ from moth_tf import config as config_lib
 
 # Plain-line mode prints at most about this many progress lines for one hardening fit.
 MAX_LINES = 20
+
+
+def warn(text: str):
+  """A warning the user must see: one line "WARNING: ..." on stderr, before the work it is about.
+
+  Not `warnings.warn`: Python's filters show a warning once per place and may hide it, while these
+  say that a run is degraded (its summary.json records the same text).
+  """
+  print(f"WARNING: {text}", file=sys.stderr, flush=True)
 
 
 def keras_verbose(progress: str, stream=None) -> int:

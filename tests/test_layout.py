@@ -88,6 +88,36 @@ def test_the_top_level_holds_the_library_concepts_and_the_public_api():
       "models", "progress.py", "reporting", "rundir.py", "training.py", "triggers"]
 
 
+def _imported_modules(path: pathlib.Path):
+  """Every module `path` imports (`import a.b`, `from a.b import c` as a.b and a.b.c)."""
+  found = []
+  for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+    if isinstance(node, ast.Import):
+      found += [a.name for a in node.names]
+    elif isinstance(node, ast.ImportFrom) and node.module:
+      found += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+  return found
+
+
+# Entry points that are command lines themselves and share the command line's helpers.
+_COMMAND_LINE_ENTRY_POINTS = {"moth_tf/__main__.py", "moth_tf/reporting/report.py",
+                              "moth_tf/_deprecated.py"}
+
+
+def test_the_library_does_not_import_the_command_line():
+  """moth_tf.cli uses the library, never the other way round (docs/design.md's package map)."""
+  users = {}
+  for path in (_REPO / "moth_tf").rglob("*.py"):
+    name = str(path.relative_to(_REPO))
+    if name.startswith("moth_tf/cli/") or name in _COMMAND_LINE_ENTRY_POINTS:
+      continue
+    found = [m for m in _imported_modules(path)
+             if m == "moth_tf.cli" or m.startswith("moth_tf.cli.")]
+    if found:
+      users[name] = found
+  assert not users
+
+
 def _old_path_imports(path: pathlib.Path):
   """The imports of an old path in one file: `import moth_tf.X`, `from moth_tf.X import ...` and
   `from moth_tf import X`."""

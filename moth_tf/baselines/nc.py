@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from moth_tf import config as config_lib
+from moth_tf import progress
 from moth_tf.hardening import fitting
 from moth_tf.hardening import model as model_lib
 
@@ -84,7 +85,6 @@ def harden(classifier_factory, splits, config: config_lib.HardenConfig, run_dir:
   continues the fine-tuning.
   """
   del pgd_settings
-  from moth_tf.cli import console
   from moth_tf.evaluation import detection
   from moth_tf.evaluation import distance
 
@@ -95,7 +95,8 @@ def harden(classifier_factory, splits, config: config_lib.HardenConfig, run_dir:
     print(f"Neural Cleanse detection on the {split} split: {splits.num_classes} labels")
   found = detection.neural_cleanse(classifier_factory(), x, y, splits.num_classes, nc,
                                    verbose=verbose)
-  console.print_detection(found, splits.info.class_names)
+  # The detection is a result, printed like the other methods' result lines at any verbosity.
+  print(detection.format_detection(found, splits.info.class_names))
   labels = list(range(splits.num_classes)) if nc.unlearn_all else list(found.flagged)
   labels = [t for t in labels if found.success[t]]  # A failed label has no trigger to unlearn.
   note = None
@@ -107,7 +108,7 @@ def harden(classifier_factory, splits, config: config_lib.HardenConfig, run_dir:
     note = ("Neural Cleanse flagged no label, so there is no trigger to unlearn: this run only "
             "fine-tuned on clean batches (like --method=finetune); pass --nc_unlearn_all to "
             "unlearn every label's reversed trigger")
-    console.print_warning(note)
+    progress.warn(note)
     make_model = lambda: model_lib.HardeningModel(classifier_factory(), splits.num_classes)
   model, results = fitting.run_plain_method(make_model, splits, config, run_dir, strategy, verbose)
   results["wall_seconds"] += found.wall_seconds

@@ -4,14 +4,14 @@ The phases (moth_tf.cli.phases) compute and record; the wording and layout of wh
 here, so every hardening method reports through the same lines.
 """
 
-import sys
-
+from moth_tf import progress
+from moth_tf.evaluation import detection
 from moth_tf.evaluation import distance
 
 
 def print_warning(text: str):
   """A warning the user must see (one line on stderr, before the work it is about)."""
-  print(f"WARNING: {text}", file=sys.stderr, flush=True)
+  progress.warn(text)
 
 
 def print_harden_start(method: str, base_path: str, out_dir: str, description: str):
@@ -80,17 +80,7 @@ def print_pipeline_summary(config, harden_results: dict, comparison: dict, means
 
 def print_detection(found, class_names=None):
   """Neural Cleanse's outcome: every label's norm and anomaly index, and the flagged labels."""
-  import numpy as np
-  print(f"{'label':>14}  {'L1 norm':>8}  {'anomaly index':>13}")
-  for t, (norm, index) in enumerate(zip(found.l1_norms, found.anomaly_index)):
-    name = f"{t} {class_names[t]}"[:14] if class_names and class_names[t] != str(t) else str(t)
-    mark = "  <- flagged" if t in found.flagged else ""
-    norm_text = f"{norm:8.2f}" if np.isfinite(norm) else "  failed"
-    index_text = f"{index:13.2f}" if np.isfinite(index) else f"{'-':>13}"
-    print(f"{name:>14}  {norm_text}  {index_text}{mark}")
-  flagged = ", ".join(str(t) for t in found.flagged) or "none"
-  print(f"Neural Cleanse flags: {flagged} (anomaly index > {found.settings['threshold']:g} on the "
-        f"small side); {found.wall_seconds:.1f} s")
+  print(detection.format_detection(found, class_names))
 
 
 def print_backdoor(metrics: dict, label: str, original: dict = None):

@@ -148,6 +148,21 @@ def neural_cleanse(model, x: np.ndarray, y: np.ndarray, num_classes: int, config
       settings=dataclasses.asdict(config))
 
 
+def format_detection(found: DetectionResult, class_names=None) -> str:
+  """Neural Cleanse's outcome as a table: every label's norm and anomaly index, and the flagged."""
+  lines = [f"{'label':>14}  {'L1 norm':>8}  {'anomaly index':>13}"]
+  for t, (norm, index) in enumerate(zip(found.l1_norms, found.anomaly_index)):
+    name = f"{t} {class_names[t]}"[:14] if class_names and class_names[t] != str(t) else str(t)
+    mark = "  <- flagged" if t in found.flagged else ""
+    norm_text = f"{norm:8.2f}" if np.isfinite(norm) else "  failed"
+    index_text = f"{index:13.2f}" if np.isfinite(index) else f"{'-':>13}"
+    lines.append(f"{name:>14}  {norm_text}  {index_text}{mark}")
+  flagged = ", ".join(str(t) for t in found.flagged) or "none"
+  lines.append(f"Neural Cleanse flags: {flagged} (anomaly index > {found.settings['threshold']:g} "
+               f"on the small side); {found.wall_seconds:.1f} s")
+  return "\n".join(lines)
+
+
 def distance_detection(matrix, threshold: float = 2.0) -> dict:
   """Backdoor-target detection from a class-distance matrix [n, n] (row source, column target).
 

@@ -53,7 +53,7 @@ def build_hardening_model(strategy, make_model: Callable[[], keras.Model],
     sample: a batch of images to build the model with (before BackupAndRestore restores into it).
     learning_rate: a rate or schedule instead of `learning_rate_schedule(config, num_train)`.
   """
-  from moth_tf.cli import console
+  from moth_tf import progress
   from moth_tf.models import io as model_io
 
   with strategy.scope():
@@ -63,7 +63,7 @@ def build_hardening_model(strategy, make_model: Callable[[], keras.Model],
     # BatchNorm statistics and dropout in inference mode.
     warning = model_io.inference_mode_warning(model.classifier)
     if warning:
-      console.print_warning(warning)
+      progress.warn(warning)
     if learning_rate is None:
       learning_rate = learning_rate_schedule(config, num_train)
     model.compile(
