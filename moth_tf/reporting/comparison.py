@@ -187,24 +187,22 @@ def build_groups(runs: Sequence, baseline: str = "natural") -> List[Group]:
   return groups
 
 
+# How each kind of column shows its values (any other kind: "{:g}").
+_VALUE_FORMATS = {
+    "acc": lambda v: f"{v:.4f}",
+    "points": lambda v: f"{100 * v:+.2f} pts",
+    "distance": lambda v: f"{v:.3f}",
+    "percent": lambda v: f"{100 * v:+.1f}%",
+    "count": lambda v: f"{v:.0f}",
+    "seconds": lambda v: f"{v:.0f}",
+    "ratio": lambda v: f"{v:.2f}x",
+}
+
+
 def _format_value(value, kind):
   if value is None:
     return "-"
-  if kind == "acc":
-    return f"{value:.4f}"
-  if kind == "points":
-    return f"{100 * value:+.2f} pts"
-  if kind == "distance":
-    return f"{value:.3f}"
-  if kind == "percent":
-    return f"{100 * value:+.1f}%"
-  if kind == "count":
-    return f"{value:.0f}"
-  if kind == "seconds":
-    return f"{value:.0f}"
-  if kind == "ratio":
-    return f"{value:.2f}x"
-  return f"{value:g}"
+  return _VALUE_FORMATS.get(kind, lambda v: f"{v:g}")(value)
 
 
 def _cell(row, key, kind):
