@@ -166,6 +166,7 @@ class Bench:
 
 
 def tables(results) -> str:
+  """The defences' table, and the detection table when detection ran (not with --skip_distance)."""
   rows, lines = results["rows"], []
   lines += ["| model | C-Acc | ASR | R-Acc | DER | mean distance | enlargement vs poisoned (mean of "
             "per-pair / ratio of means) | defence wall (s) |", "|---|---|---|---|---|---|---|---|"]
@@ -173,17 +174,19 @@ def tables(results) -> str:
     r = rows.get(name)
     if not r or "backdoor" not in r:
       continue
-    b, d, h = r["backdoor"], r.get("distance", {"mean": float("nan")}), r.get("harden", {})
+    b, d, h = r["backdoor"], r.get("distance", {}), r.get("harden", {})
     enl = (f"{100 * d['enlargement_mean_relative']:+.1f}% / "
            f"{100 * d['enlargement_ratio_of_means']:+.1f}%"
            if "enlargement_mean_relative" in d else "-")
     der = f"{b['der']:.4f}" if "der" in b else "-"
+    mean = f"{d['mean']:.3f}" if "mean" in d else "-"  # "-": not measured (--skip_distance).
     wall = f"{h['wall_seconds']:.0f}" if h else "-"
     lines.append(f"| {name} | {b['c_acc']:.4f} | {b['asr']:.4f} | {b['r_acc']:.4f} | {der} | "
-                 f"{d['mean']:.3f} | {enl} | {wall} |")
-  lines += ["", "| detection on | NC flags | target flagged | target anomaly index (L1 vs median) "
-            "| clean labels flagged | class-distance flags | NC wall (s) |",
-            "|---|---|---|---|---|---|---|"]
+                 f"{mean} | {enl} | {wall} |")
+  if results["detection"]:
+    lines += ["", "| detection on | NC flags | target flagged | target anomaly index (L1 vs "
+              "median) | clean labels flagged | class-distance flags | NC wall (s) |",
+              "|---|---|---|---|---|---|---|"]
   for name, r in results["detection"].items():
     index = (f"{r['target_index']:.2f} ({r['target_l1']:.2f} vs {r['median_l1']:.2f})"
              if r.get("target_index") is not None else "-")
