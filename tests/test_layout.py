@@ -121,16 +121,7 @@ def test_the_library_does_not_import_the_command_line():
 def _old_path_imports(path: pathlib.Path):
   """The imports of an old path in one file: `import moth_tf.X`, `from moth_tf.X import ...` and
   `from moth_tf import X`."""
-  found = []
-  for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
-    if isinstance(node, ast.Import):
-      found += [a.name for a in node.names if a.name in _deprecated.MOVED]
-    elif isinstance(node, ast.ImportFrom) and node.module:
-      if node.module in _deprecated.MOVED:
-        found.append(node.module)
-      found += [f"{node.module}.{a.name}" for a in node.names
-                if f"{node.module}.{a.name}" in _deprecated.MOVED]
-  return found
+  return [m for m in _imported_modules(path) if m in _deprecated.MOVED]
 
 
 def test_nothing_in_the_repository_imports_an_old_path():
