@@ -30,7 +30,8 @@ use the data set's augmentation unless --defence_augment names another recipe (n
         --defence_args="--nc_samples=10 --nc_steps=500"
 
 `--defence_args` adds flags to every defence's hardening (above: Neural Cleanse on 10 images per
-class and at most 500 steps, which ResNet20 on a CPU affords, as the flagfile's distance setting).
+class and at most 500 steps, a cheaper search like the flagfile's distance setting, for machines
+without a GPU). The flags are checked only when the first defence runs, after the base models.
 """
 
 import argparse
