@@ -24,6 +24,13 @@ settings; results go to baselines_<dataset>_<model>.json.
     python benchmarks/baselines_benchmark.py --dataset=fashion_mnist --model=resnet20 \
         --flagfile=flags/fashion_mnist_resnet20.flags --methods=finetune,moth,universal,adv_train
 
+Pairwise on a large model may not fit: --pairwise_minutes=M stops its sweep after M minutes and
+measures its cost per pair from the run's logs instead (pairs finished, periods each, seconds per
+period: a measured cost per pair and the whole sweep's projected cost, no distance or robustness):
+
+    python benchmarks/baselines_benchmark.py --dataset=fashion_mnist --model=resnet20 \
+        --flagfile=flags/fashion_mnist_resnet20.flags --methods=pairwise --pairwise_minutes=20
+
 Costs on the project's 2-core CPU (measured; see docs/results.md): digits about 45 minutes for every
 row (Pairwise about half of it), fashion_mnist without pairwise about 90 minutes.
 """
@@ -32,8 +39,12 @@ import argparse
 import json
 import os
 import re
+import signal
+import subprocess
 import sys
 import time
+
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=g-import-not-at-top
@@ -152,6 +163,65 @@ class Bench:
     self.measure(name, method=name, compare_to=self.run_dir("natural"))
     print(f"{name}: {json.dumps(row)}", flush=True)
 
+  def pairwise_partial(self, minutes):
+    """Pairwise's measured cost per pair from a sweep stopped after `minutes` of wall time.
+
+    The run is interrupted like a user's Ctrl-C (its backup stays, so it can be resumed); the
+    periods it logged (moth/pair_source, moth/pair_target, one point per period) give the pairs
+    it finished, their periods and the seconds per period.
+    """
+    from moth_tf.reporting import reader  # pylint: disable=g-import-not-at-top
+    row = self.results["rows"].setdefault("pairwise_partial", {})
+    run_dir = self.run_dir("pairwise")
+    if os.path.exists(run_dir):
+      raise SystemExit(f"{run_dir} exists: remove it to measure Pairwise's cost per pair again")
+    flagfile = [f"--flagfile={self.flagfile}"] if self.flagfile else []
+    cmd = [sys.executable, "-m", "moth_tf.main", *flagfile, f"--dataset={self.dataset}",
+           f"--model={self.model}", "--phase=harden", "--method=pairwise",
+           f"--workdir={self.workdir}"]
+    start = time.time()
+    with open(os.path.join(self.workdir, "pairwise_partial.log"), "w") as log:
+      proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+      try:
+        proc.wait(timeout=60 * minutes)
+      except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        try:
+          proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+          proc.kill()
+          proc.wait()
+    wall = time.time() - start
+    runs = reader.read_runs(os.path.join(run_dir, "logs"))
+    sources = [p for r in runs for p in r.points("moth/pair_source")]
+    targets = [p for r in runs for p in r.points("moth/pair_target")]
+    periods = [(round(s.value), round(t.value), s.wall_time) for s, t in zip(sources, targets)]
+    if len(periods) < 2:
+      raise SystemExit(f"Pairwise logged {len(periods)} periods in {minutes} minutes: too few "
+                       "to measure; give --pairwise_minutes more time")
+    # Consecutive periods of the same pair form its visit; the last visit may be unfinished.
+    visits = []
+    for s, t, _ in periods:
+      if visits and visits[-1][0] == (s, t):
+        visits[-1][1] += 1
+      else:
+        visits.append([(s, t), 1])
+    finished = [n for _, n in visits[:-1]]
+    seconds_per_period = (periods[-1][2] - periods[0][2]) / (len(periods) - 1)
+    n = len(read_json(os.path.join(self.run_dir("natural"), "distance.json"))["matrix"])
+    num_pairs = n * (n - 1) // 2
+    row.update(
+        minutes=minutes, cli_seconds=wall, finished_process=proc.returncode == 0,
+        periods_logged=len(periods), pairs_started=len(visits), pairs_finished=len(finished),
+        periods_per_finished_pair=finished, seconds_per_period=seconds_per_period,
+        first_period_after_seconds=periods[0][2] - start)
+    if finished:
+      per_pair = float(np.mean(finished)) * seconds_per_period
+      row.update(seconds_per_pair=per_pair, pairs=num_pairs,
+                 projected_sweep_seconds=num_pairs * per_pair)
+    self.save()
+    print(f"pairwise (stopped after {minutes} min): {json.dumps(row)}", flush=True)
+
   def moth_adv(self):
     """MOTH in adversarial mode on the adv_train model, in a workdir of its own."""
     row = self.results["rows"].setdefault("moth_adv", {})
@@ -203,6 +273,15 @@ def table(results) -> str:
         f"{pct('enlargement_ratio_of_means')} | {h.get('steps', '-')} | "
         f"{f'{wall:.0f}' if wall else '-'} | "
         f"{f'{wall / moth_wall:.2f}x' if wall and moth_wall else '-'} |")
+  partial = rows.get("pairwise_partial", {})
+  if "seconds_per_pair" in partial:
+    lines.append("")
+    lines.append(
+        f"pairwise, stopped after {partial['minutes']:g} min: {partial['pairs_finished']} of "
+        f"{partial['pairs']} pairs finished in {np.mean(partial['periods_per_finished_pair']):.1f} "
+        f"periods each, {partial['seconds_per_period']:.1f} s per period: "
+        f"{partial['seconds_per_pair']:.0f} s per pair, the whole sweep about "
+        f"{partial['projected_sweep_seconds'] / 60:.0f} min")
   adv = rows.get("moth_adv", {}).get("vs_adv_train")
   if adv:
     lines.append("")
@@ -224,6 +303,8 @@ def main():
   parser.add_argument("--flagfile", default=None,
                       help="a flagfile put first on every command (training, budget, distance)")
   parser.add_argument("--workdir", default=None)
+  parser.add_argument("--pairwise_minutes", type=float, default=None,
+                      help="stop Pairwise after this many minutes and measure its cost per pair")
   parser.add_argument("--fresh", action="store_true",
                       help="forget the JSON of an earlier run (run directories are reused)")
   args = parser.parse_args()
@@ -240,6 +321,8 @@ def main():
       raise SystemExit(f"unknown method {name!r}; choose from {', '.join(ALL_METHODS)}")
     if name == "moth_adv":
       bench.moth_adv()
+    elif name == "pairwise" and args.pairwise_minutes:
+      bench.pairwise_partial(args.pairwise_minutes)
     else:
       bench.method(name)
   common.finish(bench, table(bench.results), out_path, start)
