@@ -32,10 +32,10 @@ class SweepScheduler:
   It has PairScheduler's interface (choose / update / state_dict / load_state_dict / count /
   reward), so MothHardener drives it unchanged, plus `finished`, which ends the fit. Its state fits
   PairScheduler's arrays (so the same model variables checkpoint it): `size` holds the two
-  directions' period-average sizes in the period where the pair's sum was largest, `count` the periods each pair
-  got, and `reward` (unused by the sweep) the current pair's position in the order, its periods
-  and its periods without growth: on the diagonal, or with n = 2 (a 2 x 2 matrix) in [0, 0], [1, 1]
-  and [0, 1].
+  directions' period-average sizes in the period where the pair's sum was largest, `count` the
+  periods each pair got, and `reward` (unused by the sweep) the current pair's position in the
+  order, its periods and its periods without growth: on the diagonal, or with n = 2 (a 2 x 2
+  matrix) in [0, 0], [1, 1] and [0, 1].
   """
 
   def __init__(self, num_classes: int, tol: float = 0.05, patience: int = 10,
@@ -117,8 +117,8 @@ def describe(config: config_lib.HardenConfig, num_train: int, pgd_settings=None)
           f"{config.pairwise.tol:.0%} for {config.pairwise.patience} periods (at most "
           f"{config.pairwise.max_periods}); batch "
           f"{config.batch_size}, SGD lr {config.learning_rate} (ramp {config.lr_warmup_steps} "
-          f"steps, then constant), {config.moth.portion:.0%} of each pair class stamped, replay "
-          f"{config.moth.replay:.0%}")
+          f"steps, then constant), {100 * config.moth.portion:g}% of each pair class stamped, "
+          f"replay {config.moth.replay:.0%}")
 
 
 def harden(classifier_factory, splits, config: config_lib.HardenConfig, run_dir: str,

@@ -117,8 +117,8 @@ def describe(config: config_lib.HardenConfig, num_train: int, pgd_settings=None)
   del pgd_settings
   return (f"Universal: {fitting.describe_schedule(config, num_train)}; after the warm-up, one "
           f"target class per period of {config.moth.period} steps in turn, its universal trigger "
-          f"regenerated every step and stamped on {config.moth.portion:.0%} of the other classes' "
-          f"images, replay {config.moth.replay:.0%}")
+          f"regenerated every step and stamped on {100 * config.moth.portion:g}% of the other "
+          f"classes' images, replay {config.moth.replay:.0%}")
 
 
 def harden(classifier_factory, splits, config: config_lib.HardenConfig, run_dir: str,

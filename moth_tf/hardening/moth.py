@@ -872,7 +872,7 @@ def describe(config: config_lib.HardenConfig, num_train: int, pgd_settings=None)
       (f"{h.schedule} pair schedule", h.schedule != "karm"),
       ("no trigger reuse (every generation from a random trigger)", not h.trigger_reuse)) if on]
   return (f"{fitting.describe_schedule(config, num_train)}, {pairs} class pair(s) per period with "
-          f"{generations}, {h.portion:.0%} of each pair class "
+          f"{generations}, {100 * h.portion:g}% of each pair class "
           f"stamped, replay {h.replay:.0%}, {h.families} trigger famil"
           f"{'y' if h.families == 1 else 'ies'} per direction{adv}"
           f"{''.join('; ablation: ' + a for a in ablations)}")
