@@ -201,14 +201,15 @@ class Bench:
     if len(steps) < 2:
       raise SystemExit(f"Pairwise logged {len(steps)} steps in {minutes} minutes: too few "
                        "to measure; give --pairwise_minutes more time")
-    # Consecutive steps of the same pair form its visit; the last visit may be unfinished.
+    # Consecutive steps of the same pair form its visit; the last visit is unfinished unless the
+    # whole sweep ended within the time.
     visits = []
     for s, t, _ in steps:
       if visits and visits[-1][0] == (s, t):
         visits[-1][1] += 1
       else:
         visits.append([(s, t), 1])
-    finished = [n for _, n in visits[:-1]]
+    finished = [n for _, n in (visits if proc.returncode == 0 else visits[:-1])]
     seconds_per_step = (steps[-1][2] - steps[0][2]) / (len(steps) - 1)
     n = len(read_json(os.path.join(self.run_dir("natural"), "distance.json"))["matrix"])
     num_pairs = n * (n - 1) // 2
