@@ -97,12 +97,14 @@ class Bench:
       json.dump(self.results, f, indent=1)
     os.replace(self.out_path + ".tmp", self.out_path)
 
-  def cli(self, *args, workdir=None):
+  def cli_args(self, *args):
+    """The command line's arguments for this data set and model, then `args`."""
     # The flagfile first: flags after it win (it may set --phase=pipeline).
     flagfile = [f"--flagfile={self.flagfile}"] if self.flagfile else []
-    wall, out = common.run_cli(*flagfile, f"--dataset={self.dataset}", f"--model={self.model}", *args,
-                               workdir=workdir or self.workdir)
-    return wall, out
+    return [*flagfile, f"--dataset={self.dataset}", f"--model={self.model}", *args]
+
+  def cli(self, *args, workdir=None):
+    return common.run_cli(*self.cli_args(*args), workdir=workdir or self.workdir)
 
   def run_dir(self, method, workdir=None):
     return os.path.join(workdir or self.workdir, f"{self.dataset}_{self.model}_{method}")
@@ -177,10 +179,8 @@ class Bench:
     run_dir = self.run_dir("pairwise")
     if os.path.exists(run_dir):
       raise SystemExit(f"{run_dir} exists: remove it to measure Pairwise's cost per pair again")
-    flagfile = [f"--flagfile={self.flagfile}"] if self.flagfile else []
-    cmd = [sys.executable, "-m", "moth_tf.main", *flagfile, f"--dataset={self.dataset}",
-           f"--model={self.model}", "--phase=harden", "--method=pairwise",
-           f"--workdir={self.workdir}"]
+    cmd = [sys.executable, "-m", "moth_tf.main",
+           *self.cli_args("--phase=harden", "--method=pairwise"), f"--workdir={self.workdir}"]
     start = time.time()
     with open(os.path.join(self.workdir, "pairwise_partial.log"), "w") as log:
       proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -311,6 +311,8 @@ def main():
   parser.add_argument("--fresh", action="store_true",
                       help="forget the JSON of an earlier run (run directories are reused)")
   args = parser.parse_args()
+  if args.pairwise_minutes is not None and args.pairwise_minutes <= 0:
+    parser.error(f"--pairwise_minutes={args.pairwise_minutes:g}: give a positive number of minutes")
   name = f"baselines_{args.dataset}" + (
       f"_{args.model}" if args.model and args.model != DEFAULT_MODELS[args.dataset] else "")
   workdir = args.workdir or os.path.join(common.REPO, "benchmarks", "results", name)
