@@ -33,8 +33,10 @@ step: a measured cost per pair and the whole sweep's projected cost, no distance
 
 Costs on the project's 2-core CPU (measured; see docs/results.md): digits about 45 minutes for every
 row (Pairwise about half of it), fashion_mnist without pairwise about 90 minutes; resnet20 (860 steps,
-measurements included, idle machine) about 10 minutes each for finetune and moth, 20 for adv_train
-and 85 for universal (its generation on every step).
+measurements included, idle machine; the flagfile now hardens for 1,720 steps, which roughly doubles
+every row but pairwise) about 10 minutes each for finetune and moth, 20 for adv_train, 85 for
+universal (its generation on every step) and 100 for pairwise (one sweep over the 45 pairs, whatever
+the budget).
 """
 
 import argparse
