@@ -97,6 +97,33 @@ def test_clean_stats_without_clean_images_runs_in_inference_mode():
   np.testing.assert_array_equal(np.asarray(bn.moving_variance), 1.0)
 
 
+def test_clean_stats_without_perturbed_images_trains_on_the_whole_batch_as_mixed():
+  # A strided convolution: TensorFlow mis-shapes an empty batch through it, so the rule must not
+  # run an empty perturbed part.
+  def classifier():
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3, strides=2, padding="same")(inputs)
+    x = keras.layers.BatchNormalization(momentum=0.0, name="bn")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(N)(x))
+
+  class NonePerturbed(model_lib.HardeningModel):
+    def perturb_batch(self, x, y, seed):
+      return x, tf.zeros([tf.shape(x)[0]], tf.bool)
+
+  x = np.random.default_rng(2).random((6, 8, 8, 1)).astype(np.float32)
+  means = {}
+  for rule in ("clean_stats", "mixed"):
+    model = NonePerturbed(classifier(), N, batchnorm=rule)
+    model.compile(optimizer=keras.optimizers.SGD(0.0),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.train_on_batch(x, np.zeros(6, np.int64))
+    means[rule] = np.asarray(model.classifier.get_layer("bn").moving_mean)
+  assert np.all(means["mixed"] != 0.0)  # The step took the batch's statistics.
+  np.testing.assert_allclose(means["clean_stats"], means["mixed"], rtol=1e-5)
+
+
 def test_frozen_keeps_the_moving_statistics(batch):
   x, y = batch
   mean, variance, _ = _one_step("frozen", x, y)

@@ -148,9 +148,12 @@ class HardeningModel(keras.Model):
       clean_logits = self(tf.gather(x, clean_index), training=True)
       return tf.dynamic_stitch([clean_index, perturbed_index], [clean_logits, perturbed_logits])
 
-    # A batch without clean images has no statistics to take (an empty batch's mean is NaN): it
-    # runs in inference mode.
-    return tf.cond(tf.reduce_any(clean), split, lambda: self(x, training=False))
+    # Neither part may be empty: an empty batch's mean is NaN, and TensorFlow's strided
+    # convolutions mis-shape an empty batch. A batch without clean images has no statistics to take
+    # (inference mode); one without perturbed images is all clean (training mode).
+    return tf.cond(
+        tf.reduce_all(clean), lambda: self(x, training=True),
+        lambda: tf.cond(tf.reduce_any(clean), split, lambda: self(x, training=False)))
 
   def training_forward(self, x, y, perturbed):
     """Returns (logits of the training forward pass, extra loss); the extra loss is 0 here.
