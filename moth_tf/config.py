@@ -650,6 +650,13 @@ class HardenConfig(Checked):
       "training mode, perturbed ones normalised by the moving averages), frozen (all in inference "
       "mode), recalibrate (mixed, then the moving averages re-estimated from clean images). "
       "Default: the preset's.", choices=BATCHNORM_MODES)
+  # Streaming training data (moth_tf.data.stream): the images per class held in memory, the first
+  # ones of the stream; trigger generation draws its images from them. 200 holds every digits
+  # training image, so arrays and a stream of them harden alike.
+  trigger_pool: int = setting(
+      200, "Streaming training data (tfds:, folder:, a tf.data.Dataset): training images per class "
+      "held in memory for trigger generation, the first ones of the stream (default 200).",
+      lower=1)
   # The run's --seed.
   seed: int = setting(0, cli=False)
   moth: MothConfig = sub_config(MothConfig)

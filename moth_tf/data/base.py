@@ -6,7 +6,7 @@ inside the model, so triggers and attacks always work in [0, 1] pixel space.
 """
 
 import dataclasses
-from typing import Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -55,11 +55,17 @@ class DatasetInfo:
 
 @dataclasses.dataclass
 class DatasetSplits:
-  """Train/validation/test arrays of one data set.
+  """Train/validation/test data of one data set.
 
   Images are float32 [N, H, W, C] in [0, 1]; labels are int64 [N]. `augmentation` is what every
   fit on these splits applies to its training batches (the data set's default unless the run chose
   another; `moth_tf.data.load_dataset`).
+
+  Streaming training data: when `train_stream` is set, training batches come from it (a
+  `tf.data.Dataset` of single (image, label) examples, never read into memory), and
+  `x_train`/`y_train` hold only a bounded sample of it per class (moth_tf.data.stream), what trigger
+  generation draws its images from. `train_count` is the stream's number of images when it is
+  known (None: unknown or endless). Without a stream, `x_train`/`y_train` are the training set.
   """
   info: DatasetInfo
   x_train: np.ndarray
@@ -69,10 +75,22 @@ class DatasetSplits:
   x_test: np.ndarray
   y_test: np.ndarray
   augmentation: augment_lib.Augmentation = augment_lib.NONE
+  train_stream: Any = None
+  train_count: Optional[int] = None
 
   @property
   def image_shape(self) -> Tuple[int, int, int]:
     return tuple(self.x_train.shape[1:])
+
+  @property
+  def streaming(self) -> bool:
+    """Whether training batches come from `train_stream` (x_train is then a sample)."""
+    return self.train_stream is not None
+
+  @property
+  def num_train(self) -> Optional[int]:
+    """Training images: the stream's count (None: unknown or endless), else len(x_train)."""
+    return self.train_count if self.streaming else len(self.x_train)
 
   @property
   def num_classes(self) -> int:
