@@ -8,6 +8,11 @@ arrays in memory:
     moth_tf.detect_backdoor(model, x, y)          # Neural Cleanse: .flagged
     moth_tf.backdoor_metrics(model, x, y, trigger)
 
+Hardening in your own `compile`/`fit` (moth_tf.hardening.wrapper):
+
+    hardening = moth_tf.hardening_model(classifier, samples=train_ds)
+    hardening.compile(optimizer, metrics=["accuracy"]); hardening.fit(train_ds, epochs=...)
+
 They are loaded on first use, so that `import moth_tf` does not import TensorFlow.
 """
 
@@ -28,6 +33,8 @@ _LAZY = {
     "class_distance": "moth_tf.api",
     "detect_backdoor": "moth_tf.api",
     "backdoor_metrics": "moth_tf.api",
+    "hardening_model": "moth_tf.hardening.wrapper",
+    "HardeningModel": "moth_tf.hardening.model",
 }
 
 __all__ = ["__version__", *_LAZY]

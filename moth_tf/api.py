@@ -12,8 +12,10 @@ and `backdoor_metrics` wrap moth_tf.evaluation.distance.measure_distance,
 moth_tf.evaluation.detection.neural_cleanse and moth_tf.evaluation.backdoor.backdoor_metrics.
 
 Data: images are float arrays in [0, 1], NHWC ([N, H, W, C]; grey images have C = 1), labels integer
-class indices; `(images, labels)` tuples or a finite `tf.data.Dataset` of (image, label) pairs,
-batched or not. Models map such images to one score per class: logits, or probabilities when the
+class indices, as `(images, labels)` arrays. `harden` also takes its data as `tf.data.Dataset`s of
+(image, label) pairs, batched or not: the training set is streamed (never read into memory), the
+validation and test sets are read into memory. `class_distance`, `detect_backdoor` and
+`backdoor_metrics` take arrays (x, y). Models map such images to one score per class: logits, or probabilities when the
 model ends in a softmax (see `outputs` below). Bad input is a ValueError with one line that names the
 problem and the fix.
 
@@ -50,31 +52,6 @@ _PROBE_IMAGES = 64
 # --- Input checks ---------------------------------------------------------------------------------
 
 
-def _dataset_arrays(ds, what: str) -> Tuple[np.ndarray, np.ndarray]:
-  """A finite tf.data.Dataset of (image, label), batched or not, as two arrays."""
-  import tensorflow as tf
-
-  spec = ds.element_spec
-  if not (isinstance(spec, tuple) and len(spec) == 2 and
-          all(isinstance(s, tf.TensorSpec) for s in spec)):
-    raise ValueError(f"{what}: a tf.data.Dataset must yield (image, label) pairs of tensors, but "
-                     f"its elements are {spec}; map it to (image, label) first")
-  if ds.cardinality() == tf.data.INFINITE_CARDINALITY:
-    raise ValueError(f"{what}: the tf.data.Dataset is infinite (a repeat()?); pass a finite one")
-  rank = spec[0].shape.rank
-  if rank not in (3, 4):
-    raise ValueError(f"{what}: the tf.data.Dataset's images have shape {spec[0].shape}; give "
-                     "[H, W, C] images, or batches of them [B, H, W, C]")
-  images, labels = [], []
-  for x, y in ds.as_numpy_iterator():
-    images.append(x)
-    labels.append(np.reshape(y, (-1,)) if rank == 4 else np.reshape(y, (1, -1))[:, 0])
-  if not images:
-    raise ValueError(f"{what}: the tf.data.Dataset is empty")
-  join = np.concatenate if rank == 4 else np.stack
-  return join(images), np.concatenate(labels)
-
-
 def _arrays(data, what: str) -> Tuple[np.ndarray, np.ndarray]:
   """(x, y) of an (images, labels) tuple or a tf.data.Dataset."""
   if isinstance(data, (tuple, list)):
@@ -84,7 +61,8 @@ def _arrays(data, what: str) -> Tuple[np.ndarray, np.ndarray]:
     return np.asarray(data[0]), np.asarray(data[1])
   import tensorflow as tf
   if isinstance(data, tf.data.Dataset):
-    return _dataset_arrays(data, what)
+    from moth_tf.data import stream
+    return stream.read_all(data, what)
   raise ValueError(f"{what} must be an (images, labels) tuple of arrays or a tf.data.Dataset of "
                    f"(image, label), got {type(data).__name__}")
 
@@ -141,8 +119,10 @@ def _data(data, what: str, model, num_classes: int) -> Tuple[np.ndarray, np.ndar
 
 def _images_and_labels(x, y, what, model, num_classes):
   x = _check_images(x, what)
-  expected = tuple(model.input_shape[1:])
-  if len(expected) != 3 or any(e is not None and e != g for e, g in zip(expected, x.shape[1:])):
+  expected = _input_shape(model)
+  if expected is None:  # A subclassed model: the images decide (it fails on a wrong shape).
+    return x, _check_labels(y, len(x), num_classes, what)
+  if any(e is not None and e != g for e, g in zip(expected, x.shape[1:])):
     raise ValueError(f"{what} images are {x.shape[1:]} (H, W, C) but the model takes {expected}; "
                      "resize the images or pass a model built for them")
   return x, _check_labels(y, len(x), num_classes, what)
@@ -159,25 +139,39 @@ def _load(model, unsafe_load: bool = False):
   if not isinstance(model, keras.Model):
     raise ValueError("model must be a keras.Model or the path of a .keras file or SavedModel "
                      f"directory, got {type(model).__name__}")
-  if not model.built or not _has_input_shape(model):
-    raise ValueError("the model is not built, so its input shape is unknown; start it with "
-                     "keras.Input(shape=(H, W, C)) or call it once on a batch")
+  if not model.built:
+    raise ValueError("the model has no weights yet (never built, called or trained); train it, "
+                     "or call it once on a batch of images, before hardening or measuring it")
   return model, None
 
 
-def _has_input_shape(model) -> bool:
+def _input_shape(model) -> Optional[Tuple[int, ...]]:
+  """(H, W, C) the model declares, or None (a subclassed model declares none: the data decides)."""
   try:
-    return len(model.input_shape) == 4
+    shape = tuple(model.input_shape)
+  except (AttributeError, TypeError, ValueError):
+    return None
+  return shape[1:] if len(shape) == 4 else None
+
+
+def _is_graph_model(model) -> bool:
+  """Whether `model` is a functional or Sequential model (a graph of layers that
+  keras.models.clone_model can rebuild layer by layer), not a subclassed one."""
+  try:
+    return bool(model.inputs)
   except (AttributeError, ValueError):
     return False
 
 
-def _class_count(model, num_classes: Optional[int]) -> int:
-  """The model's number of outputs, checked against `num_classes` when given."""
+def _class_count(model, num_classes: Optional[int], sample=None) -> int:
+  """The model's number of outputs, checked against `num_classes` when given (a model without an
+  output shape, a subclassed one, is called on `sample` to see it)."""
   try:
-    shape = model.output_shape
-  except (AttributeError, ValueError):
+    shape = tuple(model.output_shape)
+  except (AttributeError, TypeError, ValueError):
     shape = None
+  if shape is None and sample is not None:
+    shape = tuple(model(np.asarray(sample[:1], np.float32)).shape)
   outputs = shape[-1] if isinstance(shape, tuple) and len(shape) == 2 else None
   if outputs is None and num_classes is None:
     raise ValueError(f"the model's output shape is {shape}, not [batch, classes]; give it one "
@@ -212,7 +206,9 @@ def _softmax_end(model) -> Optional[str]:
   """How `model` ends in a softmax that can be taken off: "layer", "activation", or None."""
   import keras
   layers = getattr(model, "layers", None)
-  if not layers:
+  if not layers or not _is_graph_model(model):
+    # A subclassed model's layers are in attribute order, not call order: its softmax, if any,
+    # is found by its outputs (probabilities).
     return None
   last = layers[-1]
   if isinstance(last, keras.layers.Softmax):
@@ -252,10 +248,45 @@ _FORM_NOTES = {
 }
 
 
-def _clone(model, strip_softmax: bool = False):
+def _copy_subclassed(model, sample):
+  """A copy of a subclassed model with its weights: rebuilt from its config (Keras records a
+  subclass's constructor arguments), else through a temporary .keras file; None if neither
+  works."""
+  import keras
+
+  try:
+    copy = model.__class__.from_config(model.get_config())
+    copy(np.asarray(sample[:1], np.float32))
+    copy.set_weights(model.get_weights())
+    return copy
+  except Exception:  # Any failure of the user's code means: try the next way.
+    pass
+  folder = tempfile.mkdtemp(prefix="moth_tf_copy_")
+  try:
+    path = os.path.join(folder, "model.keras")
+    model.save(path)
+    copy = keras.saving.load_model(path, compile=False)
+    copy.set_weights(model.get_weights())
+    return copy
+  except Exception:
+    return None
+  finally:
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _clone(model, strip_softmax: bool = False, sample=None):
   """A copy of `model` with its weights (the softmax taken off when asked); the original is never
   touched."""
   import keras
+  if not _is_graph_model(model):
+    copy = _copy_subclassed(model, sample)
+    if copy is None:
+      raise ValueError(
+          f"cannot copy the subclassed model {type(model).__name__} (neither from_config("
+          "get_config()) nor a .keras save and load rebuilds it); give its __init__ arguments a "
+          "get_config() or register the class with @keras.saving.register_keras_serializable(), "
+          "or pass in_place=True to harden the model itself")
+    return copy
   last = model.layers[-1]
 
   def clone_layer(layer):
@@ -275,23 +306,23 @@ def _clone(model, strip_softmax: bool = False):
   return copy
 
 
-def _log_probabilities(model):
+def _log_probabilities(model, image_shape=None):
   """`model` (probabilities) with the logarithm on top: logits up to a constant per image."""
   import keras
 
-  inputs = keras.Input(model.input_shape[1:])
+  inputs = keras.Input(_input_shape(model) or tuple(image_shape))
   scores = keras.layers.Lambda(lambda p: keras.ops.log(keras.ops.maximum(p, 1e-12)),
                                name="log_probabilities")(model(inputs))
   return keras.Model(inputs, scores, name="log_" + model.name)
 
 
-def _logits_model(model, form: str, copy: bool):
+def _logits_model(model, form: str, copy: bool, sample=None, image_shape=None):
   """A logits view of `model` (form from `_output_form`); a copy when `copy` or when the softmax is
-  taken off."""
+  taken off (`sample`: images to build a subclassed model's copy with)."""
   if form.startswith("softmax_"):
-    return _clone(model, strip_softmax=True)
-  base = _clone(model) if copy else model
-  return _log_probabilities(base) if form == "probabilities" else base
+    return _clone(model, strip_softmax=True, sample=sample)
+  base = _clone(model, sample=sample) if copy else model
+  return _log_probabilities(base, image_shape) if form == "probabilities" else base
 
 
 # --- Hardening ------------------------------------------------------------------------------------
@@ -354,14 +385,22 @@ def harden(model, train, val=None, method: str = "moth", *, test=None,
            dataset: Optional[str] = None,
            config: Union[None, Any, Mapping[str, Any]] = None, outputs: str = "auto",
            strategy=None, workdir: Optional[str] = None, augment: Optional[str] = None,
-           seed: int = 0, verbose: int = 1, unsafe_load: bool = False):
+           seed: int = 0, verbose: int = 1, unsafe_load: bool = False, in_place: bool = False):
   """Hardens a copy of a classifier with MOTH (or a baseline) and returns it.
 
+  The hardening is the model users fit themselves (moth_tf.hardening_model), fitted here with the
+  method's recipe: its optimizer, learning-rate schedule and budget (`config`).
+
   Args:
-    model: a built keras.Model, or the path of a .keras file or SavedModel directory (loaded with
-      moth_tf.models.io.load_model). It is never modified: a copy is hardened.
-    train: training data, (images, labels) arrays or a tf.data.Dataset of (image, label).
-    val: validation data in the same forms; None: a stratified 10% of `train`, seeded by `seed`.
+    model: a trained keras.Model (functional, Sequential or subclassed), or the path of a .keras
+      file or SavedModel directory (loaded with moth_tf.models.io.load_model). It is never
+      modified (unless `in_place`): a copy is hardened.
+    train: training data: (images, labels) arrays, or a tf.data.Dataset of (image, label), batched
+      or not, finite or endless, which is streamed: its batches go into the fit as they come
+      (re-batched to the config's batch size, not shuffled) and only the first
+      `config.trigger_pool` images of every class are held in memory, for trigger generation.
+    val: validation data, arrays or a finite tf.data.Dataset (read into memory); None: a
+      stratified 10% of `train` when it is arrays, none when it is a stream.
     method: "moth" or a baseline (moth_tf.hardening.methods.METHODS).
     test: data the accuracy before and after is measured on; None: `val`.
     dataset: a registered data set's name (moth_tf.data.DATASETS) when the data is that set: its
@@ -369,15 +408,20 @@ def harden(model, train, val=None, method: str = "moth", *, test=None,
       method's recipe for every data set and no augmentation.
     config: a moth_tf.config.HardenConfig, used as it is, or a dict of its fields to change on
       the default recipe (e.g. {"steps": 500}; "nc" may be a dict of NeuralCleanseConfig fields).
+      The run takes exactly `steps` training steps (unless `epochs` is set).
     outputs: "auto", "logits" or "probabilities" (see the module docstring).
     strategy: None (the current tf.distribute strategy), a tf.distribute.Strategy, or "mirrored".
     workdir: where the TensorBoard logs and the resumable backup go; a call killed part-way and
-      made again with the same workdir resumes. None: a temporary directory, deleted at the end.
+      made again with the same workdir resumes (arrays: exactly where the uninterrupted run would
+      be; a stream: at its last finished epoch, the stream read again from its start). None: a
+      temporary directory, deleted at the end.
     augment: training augmentation (moth_tf.data.augment.RECIPES); None: the data set's default.
     seed: the run's seed (config.seed unless `config` is a HardenConfig) and the validation
       split's.
     verbose: 0 silent, 1 a progress bar, 2 plain lines.
     unsafe_load: load a `model` path that needs safe_mode=False (only for files you trust).
+    in_place: harden `model` itself instead of a copy (for a subclassed model that cannot be
+      copied; the returned model is then `model`).
 
   Returns:
     (hardened keras.Model, HardenResults). The hardened model outputs what the input did (logits,
@@ -387,42 +431,35 @@ def harden(model, train, val=None, method: str = "moth", *, test=None,
     ValueError: bad input (shapes, labels, pixel range, unknown method or setting), one line.
     moth_tf.training.NonFiniteTrainingError: the hardening diverged (lower the learning rate).
   """
-  from moth_tf import data as data_lib
   from moth_tf import evaluation
-  from moth_tf.data import augment as augment_lib
-  from moth_tf.data import base as data_base
   from moth_tf.hardening import methods
   from moth_tf.hardening import runner
   from moth_tf.models import io as model_io
 
   methods.get_method(method)  # An unknown method is refused before anything is loaded.
   base, path = _load(model, unsafe_load)
-  num_classes = _class_count(base, None)
-  x_train, y_train = _data(train, "train", base, num_classes)
-  if val is None:
-    keep, held = data_base.stratified_split(y_train, (1 - VALIDATION_SHARE, VALIDATION_SHARE), seed)
-    if not len(held):
-      raise ValueError(f"train has too few images ({len(x_train)}) to hold out a validation "
-                       "split; pass val")
-    x_train, y_train, x_val, y_val = x_train[keep], y_train[keep], x_train[held], y_train[held]
-  else:
-    x_val, y_val = _data(val, "val", base, num_classes)
-  x_test, y_test = _data(test, "test", base, num_classes) if test is not None else (x_val, y_val)
-  info = _dataset_info(dataset, num_classes, x_train.shape[1:])
-  augmentation = augment_lib.resolve(info.augment, augment, None, x_train.shape[1])
-  splits = data_lib.DatasetSplits(info, x_train, y_train, x_val, y_val, x_test, y_test,
-                                  augmentation=augmentation)
-  harden_config = runner.hardening_config("default", info.name, method, config, seed=seed)
+  if in_place and path:
+    raise ValueError("in_place=True hardens a model object; a path is loaded, so pass the model "
+                     "or leave in_place out")
+  splits, harden_config = _harden_splits(base, train, val, test, dataset, method, config, augment,
+                                         seed)
+  num_classes = splits.num_classes
   plan = runner.plan(method, base, splits, harden_config)
-  form = _output_form(base, outputs, x_train)
+  form = _output_form(base, outputs, splits.x_train)
+  if in_place and form.startswith("softmax_"):
+    form = "probabilities"  # Its softmax stays on: worked on as log-probabilities.
+  if not (path or in_place or _is_graph_model(base)):
+    _clone(base, sample=splits.x_train[:1])  # Refused now if it cannot be copied, not mid-run.
   strategy = _strategy(strategy)
+  image_shape = splits.image_shape
 
   def classifier_factory():
     # Called inside the strategy's scope: the copy's variables are the strategy's.
     original = model_io.load_model(path, unsafe_load=unsafe_load) if path else base
-    return _logits_model(original, form, copy=path is None)
+    return _logits_model(original, form, copy=path is None and not in_place,
+                         sample=splits.x_train[:1], image_shape=image_shape)
 
-  accuracy_before = evaluation.accuracy(base, x_test, y_test)
+  accuracy_before = evaluation.accuracy(base, splits.x_test, splits.y_test)
   if verbose:
     print(f"{method} hardening: {plan.describe(splits)}; {_FORM_NOTES[form]}", flush=True)
   run_dir = workdir or tempfile.mkdtemp(prefix="moth_tf_harden_")
@@ -440,15 +477,71 @@ def harden(model, train, val=None, method: str = "moth", *, test=None,
     hardened = classifier.layers[1]  # Under the log_probabilities layer.
   else:
     hardened = classifier
-  accuracy_after = evaluation.accuracy(hardened, x_test, y_test)
+  accuracy_after = evaluation.accuracy(hardened, splits.x_test, splits.y_test)
   results = HardenResults(
       method=method, test_accuracy_before=accuracy_before, test_accuracy_after=accuracy_after,
       accuracy_split="test" if test is not None else "val", wall_seconds=raw["wall_seconds"],
       steps=raw["steps"], config=harden_config, outputs=form, note=_FORM_NOTES[form],
-      workdir=workdir, raw={**raw, "method": method, "batchnorm": plan.batchnorm})
+      workdir=workdir, raw={**raw, "method": method, "batchnorm": plan.batchnorm,
+                            "streamed": splits.streaming, "num_classes": num_classes})
   if verbose:
     print(results, flush=True)
   return hardened, results
+
+
+def _harden_splits(base, train, val, test, dataset, method, config, augment, seed):
+  """The DatasetSplits and HardenConfig of a `harden` call: arrays checked, or a stream with its
+  per-class sample in memory."""
+  import tensorflow as tf
+  from moth_tf import data as data_lib
+  from moth_tf.data import augment as augment_lib
+  from moth_tf.data import base as data_base
+  from moth_tf.data import stream
+  from moth_tf.hardening import runner
+
+  streaming = isinstance(train, tf.data.Dataset)
+  if streaming:
+    examples = stream.examples(train, "train")
+    shape = stream.image_shape(train)
+    if None in shape:
+      raise ValueError(f"train: the tf.data.Dataset's images have no fixed shape {shape}; resize "
+                       "them to one size (e.g. keras.layers.Resizing) first")
+    first = next(iter(examples.take(1).batch(1)), None)
+    if first is None:
+      raise ValueError("train: the tf.data.Dataset is empty")
+    num_classes = _class_count(base, None, first[0].numpy())
+  else:
+    x_train, y_train = _arrays(train, "train")
+    x_train = _check_images(x_train, "train")
+    num_classes = _class_count(base, None, x_train)
+    x_train, y_train = _images_and_labels(x_train, y_train, "train", base, num_classes)
+    shape = x_train.shape[1:]
+  info = _dataset_info(dataset, num_classes, shape)
+  harden_config = runner.hardening_config("default", info.name, method, config, seed=seed)
+  if streaming:
+    x_train, y_train = stream.class_sample(examples, num_classes, harden_config.trigger_pool)
+    x_train, y_train = _images_and_labels(x_train, y_train, "train", base, num_classes)
+    count = stream.known_count(train) if train.element_spec[0].shape.rank == 3 else None
+  if val is not None:
+    x_val, y_val = _data(val, "val", base, num_classes)
+  elif streaming:
+    if test is None:
+      raise ValueError("a streamed train set has no validation split to hold out; pass val= or "
+                       "test= (images the accuracy is measured on)")
+    x_val, y_val = np.zeros((0, *shape), np.float32), np.zeros((0,), np.int64)
+  else:
+    keep, held = data_base.stratified_split(y_train, (1 - VALIDATION_SHARE, VALIDATION_SHARE), seed)
+    if not len(held):
+      raise ValueError(f"train has too few images ({len(x_train)}) to hold out a validation "
+                       "split; pass val")
+    x_train, y_train, x_val, y_val = x_train[keep], y_train[keep], x_train[held], y_train[held]
+  x_test, y_test = _data(test, "test", base, num_classes) if test is not None else (x_val, y_val)
+  augmentation = augment_lib.resolve(info.augment, augment, None, shape[0])
+  splits = data_lib.DatasetSplits(info, x_train, y_train, x_val, y_val, x_test, y_test,
+                                  augmentation=augmentation)
+  if streaming:
+    splits.train_stream, splits.train_count = examples, count
+  return splits, harden_config
 
 
 # --- Measurements ---------------------------------------------------------------------------------
@@ -463,7 +556,8 @@ def _measured_model(base, path: Optional[str], x, outputs: str, strategy):
   with strategy.scope():
     if path and not default:  # Loaded again in the scope, as the command line does.
       base = _load(path)[0]
-    return _logits_model(base, form, copy=not default and path is None)
+    return _logits_model(base, form, copy=not default and path is None, sample=x[:1],
+                         image_shape=x.shape[1:])
 
 
 def _seed_values(seeds: Union[int, Sequence[int]]) -> Tuple[int, ...]:
@@ -515,7 +609,8 @@ def class_distance(model, x, y, *, num_classes: Optional[int] = None, samples: i
 
   strategy = _strategy(strategy)
   base, path = _load(model)
-  n = _class_count(base, num_classes)
+  x = _check_images(x, "x")
+  n = _class_count(base, num_classes, x)
   x, y = _images_and_labels(x, y, "x", base, n)
   settings = config_lib.DistanceConfig(samples=samples, steps=steps, seeds=_seed_values(seeds),
                                        asr_bound=asr_bound,
@@ -555,7 +650,8 @@ def detect_backdoor(model, x, y, *, num_classes: Optional[int] = None,
   nc = runner.neural_cleanse_config(config)
   strategy = _strategy(strategy)
   base, path = _load(model)
-  n = _class_count(base, num_classes)
+  x = _check_images(x, "x")
+  n = _class_count(base, num_classes, x)
   x, y = _images_and_labels(x, y, "x", base, n)
   logits = _measured_model(base, path, x, outputs, strategy)
   return detection.neural_cleanse(logits, x, y, n, nc, verbose=verbose, strategy=strategy)
@@ -611,6 +707,7 @@ def backdoor_metrics(model, x, y, trigger, num_classes: Optional[int] = None) ->
   from moth_tf.evaluation import backdoor as backdoor_eval
 
   base, _ = _load(model)
-  n = _class_count(base, num_classes)
+  x = _check_images(x, "x")
+  n = _class_count(base, num_classes, x)
   x, y = _images_and_labels(x, y, "x", base, n)
   return backdoor_eval.backdoor_metrics(base, x, y, _trigger(trigger, x.shape[1:]), n)

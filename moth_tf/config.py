@@ -613,6 +613,10 @@ class NadConfig(Checked):
              "give one per layer")
 
 
+# The epoch length, in steps, of a hardening on a stream of unknown size (HardenConfig).
+STREAM_EPOCH_STEPS = 500
+
+
 @dataclasses.dataclass(frozen=True)
 class HardenConfig(Checked):
   """Hardening: what every method shares, and one sub-config per method family.
@@ -622,13 +626,15 @@ class HardenConfig(Checked):
   """
   PRESET_FLAGS: ClassVar[bool] = True
   WHAT: ClassVar[str] = "hardening"
-  # Budget: `epochs` if given, else about `steps` training steps (the authors used 2 epochs).
+  # Budget: `epochs` if given, else exactly `steps` training steps (the last epoch cut short
+  # where they end; the authors used 2 epochs).
   epochs: Optional[int] = setting(
-      None, "Hardening epochs (default: about --harden_steps steps).", flag="harden_epochs",
+      None, "Hardening epochs (default: as many as --harden_steps takes).", flag="harden_epochs",
       lower=1)
   steps: int = setting(
       2000, "Hardening budget in training steps when --harden_epochs is not given (default "
-      "2000).", flag="harden_steps", lower=1)
+      "2000); the run stops after exactly this many, inside an epoch if need be.",
+      flag="harden_steps", lower=1)
   batch_size: int = setting(128, "Hardening global batch size.", flag="harden_batch_size",
                             lower=1)
   learning_rate: float = setting(0.01, "Hardening SGD learning rate.",
@@ -670,19 +676,30 @@ class HardenConfig(Checked):
     """MOTH's class pairs per period on an n-class model (MothConfig.pairs_for)."""
     return self.moth.pairs_for(num_classes)
 
-  def steps_per_epoch_for(self, num_train: int) -> int:
-    """Training steps in one epoch of `num_train` images (the last batch may be partial)."""
+  def steps_per_epoch_for(self, num_train: Optional[int]) -> int:
+    """Training steps in one epoch of `num_train` images (the last batch may be partial). A
+    stream of unknown size (None) has epochs of STREAM_EPOCH_STEPS steps (fewer for a shorter
+    run): an epoch is then only the interval of checkpoints and logs."""
+    if num_train is None:
+      if self.epochs:
+        raise ValueError(f"harden_epochs={self.epochs} needs training data of known size; give "
+                         "the budget in steps (harden_steps) for a stream of unknown length")
+      return max(1, min(self.steps, STREAM_EPOCH_STEPS))
     return -(-num_train // self.batch_size)
 
-  def epochs_for(self, num_train: int) -> int:
-    """Hardening epochs on `num_train` images: explicit, or enough for about `steps` steps."""
+  def epochs_for(self, num_train: Optional[int]) -> int:
+    """Hardening epochs on `num_train` images: explicit, or as many as `steps` steps start (the
+    last one may be cut short: see total_steps_for)."""
     if self.epochs:
       return self.epochs
-    return max(1, round(self.steps / self.steps_per_epoch_for(num_train)))
+    return -(-self.steps // self.steps_per_epoch_for(num_train))
 
-  def total_steps_for(self, num_train: int) -> int:
-    """Training steps of a run on `num_train` images: epochs x steps per epoch."""
-    return self.epochs_for(num_train) * self.steps_per_epoch_for(num_train)
+  def total_steps_for(self, num_train: Optional[int]) -> int:
+    """Training steps of a run on `num_train` images: epochs x steps per epoch with explicit
+    epochs, else `steps` exactly."""
+    if self.epochs:
+      return self.epochs * self.steps_per_epoch_for(num_train)
+    return self.steps
 
   def lr_ramp_steps_for(self, num_train: int, total_steps: Optional[int] = None) -> int:
     """The learning-rate ramp actually used: `lr_warmup_steps`, capped below the run's length

@@ -15,6 +15,7 @@ Library functions take the Keras-style verbosity that `keras_verbose` makes of i
 import math
 import sys
 import time
+from typing import Optional
 
 import keras
 
@@ -70,13 +71,15 @@ class StepProgress(keras.callbacks.Callback):
   """
 
   def __init__(self, epochs: int, steps_per_epoch: int, verbose: int = 2,
-               what: str = "hardening", max_lines: int = MAX_LINES):
+               what: str = "hardening", max_lines: int = MAX_LINES,
+               total_steps: Optional[int] = None):
     super().__init__()
     if verbose not in (1, 2):
       raise ValueError(f"StepProgress shows a bar (verbose=1) or lines (verbose=2), got {verbose}")
     self.epochs = int(epochs)
     self.steps_per_epoch = int(steps_per_epoch)
-    self.total_steps = self.epochs * self.steps_per_epoch
+    # A budget in steps may end inside the last epoch.
+    self.total_steps = int(total_steps or self.epochs * self.steps_per_epoch)
     self.verbose = verbose
     self.what = what
     self.every = max(1, math.ceil(self.epochs / max(1, max_lines)))
@@ -98,7 +101,7 @@ class StepProgress(keras.callbacks.Callback):
 
   def on_train_batch_end(self, batch, logs=None):
     if self._bar is not None:
-      step = self._epoch * self.steps_per_epoch + batch + 1
+      step = min(self._epoch * self.steps_per_epoch + batch + 1, self.total_steps)
       self._bar.update(step, values=_numbers(logs), finalize=False)
 
   def on_epoch_end(self, epoch, logs=None):
@@ -119,8 +122,11 @@ class StepProgress(keras.callbacks.Callback):
     elif self._last_logs and self._last_shown != done:
       self._print_line(done)
 
+  def _steps(self, done_epochs):
+    return min(done_epochs * self.steps_per_epoch, self.total_steps)
+
   def _update_bar(self, done, finalize):
-    self._bar.update(done * self.steps_per_epoch, values=_numbers(self._last_logs),
+    self._bar.update(self._steps(done), values=_numbers(self._last_logs),
                      finalize=finalize)
     if finalize:
       self._last_shown = "final"
@@ -128,7 +134,7 @@ class StepProgress(keras.callbacks.Callback):
   def _print_line(self, done):
     self._last_shown = done
     metrics = "".join(f" - {name}: {_format(value)}" for name, value in _numbers(self._last_logs))
-    print(f"{self.what} step {done * self.steps_per_epoch}/{self.total_steps} (epoch "
+    print(f"{self.what} step {self._steps(done)}/{self.total_steps} (epoch "
           f"{done}/{self.epochs}) - {time.time() - self._start:.0f}s{metrics}", flush=True)
 
 

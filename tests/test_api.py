@@ -71,8 +71,8 @@ def test_import_is_cheap_and_lists_the_api():
           "print(' '.join(n for n in names if not n.startswith('_')))")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=_REPO,
                        env={**os.environ, "PYTHONPATH": _REPO}, check=True).stdout.split()
-  assert set(out) == {"HardenResults", "backdoor_metrics", "class_distance", "detect_backdoor",
-                      "harden"}
+  assert set(out) == {"HardenResults", "HardeningModel", "backdoor_metrics", "class_distance",
+                      "detect_backdoor", "harden", "hardening_model"}
   for name in out:
     assert getattr(moth_tf, name).__doc__
 
@@ -98,14 +98,25 @@ def test_harden_arrays_copies_the_model(digits, logits_model, tmp_path, monkeypa
   assert "test accuracy" in str(results)
 
 
-def test_harden_a_dataset_with_a_workdir_and_a_held_out_split(digits, logits_model, tmp_path):
+def test_harden_a_stream_with_a_workdir(digits, logits_model, tmp_path):
+  # A batched dataset is streamed: re-batched to the config's 128, exactly `steps` steps, and only
+  # its per-class sample in memory; accuracy on `test` (a stream has no split to hold out).
   train = tf.data.Dataset.from_tensor_slices((digits.x_train, digits.y_train)).batch(100)
-  hardened, results = moth_tf.harden(logits_model, train, method="finetune", config={"steps": 10},
-                                     workdir=str(tmp_path), verbose=0)
-  # No val: 10% of the 1,257 training images, stratified, so 1,131 are trained on (9 steps/epoch).
-  assert results.accuracy_split == "val" and results.steps == 9
+  hardened, results = moth_tf.harden(logits_model, train, method="finetune", config={"steps": 13},
+                                     test=(digits.x_test, digits.y_test), workdir=str(tmp_path),
+                                     verbose=0)
+  assert results.accuracy_split == "test" and results.steps == 13
+  assert results.raw["streamed"] is True
   assert os.path.isdir(tmp_path / "logs")
   assert hardened.output_shape == (None, 10)
+
+
+def test_harden_arrays_without_val_hold_out_a_split(digits, logits_model):
+  _, results = moth_tf.harden(logits_model, (digits.x_train, digits.y_train), method="finetune",
+                              config={"steps": 9}, verbose=0)
+  # 10% of the 1,257 training images, stratified: 1,131 are trained on (9 steps per epoch).
+  assert results.accuracy_split == "val" and results.steps == 9
+  assert results.raw["steps_per_epoch"] == 9 and results.raw["streamed"] is False
 
 
 def test_dataset_inputs_become_the_same_arrays(digits):
@@ -122,7 +133,7 @@ def test_harden_a_savedmodel_path(digits, logits_model, tmp_path):
   logits_model.export(path, verbose=False)
   hardened, results = moth_tf.harden(path, (digits.x_train, digits.y_train), config=TINY,
                                      verbose=0)
-  assert results.outputs == "logits" and results.steps == 18
+  assert results.outputs == "logits" and results.steps == 20  # Exactly the budget.
   assert os.listdir(path)  # Still there, untouched; the hardened copy is in memory.
   assert hardened.predict(digits.x_test[:4], verbose=0).shape == (4, 10)
 
@@ -231,9 +242,197 @@ def test_bad_input_is_one_line(digits, logits_model):
   _bad(harden, "no/such/model.keras", (x, y), match="does not exist")
   _bad(harden, object(), (x, y), match="must be a keras.Model or the path")
   _bad(harden, logits_model, tf.data.Dataset.from_tensor_slices((x, y)).repeat(),
-       match="infinite")
+       match="no validation split to hold out; pass val= or test=")
+  _bad(harden, logits_model, (x, y), val=tf.data.Dataset.from_tensor_slices((x, y)).repeat(),
+       match="val: the tf.data.Dataset is endless")
+  _bad(harden, logits_model, tf.data.Dataset.from_tensor_slices(((x * 255).astype(np.uint8), y)),
+       test=(x, y), match=r"uint8 \(0\.\.255\); map them")
+  _bad(harden, logits_model, tf.data.Dataset.from_tensor_slices((x * 2, y)), test=(x, y),
+       match=r"stream's images span \[0, 2\], outside \[0, 1\]")
+  _bad(harden, logits_model, tf.data.Dataset.from_tensor_slices({"image": x, "label": y}),
+       match=r"map it to \(image, label\) first")
   _bad(harden, logits_model, x, match=r"\(images, labels\) tuple")
   _bad(moth_tf.class_distance, logits_model, x, y, steps=0, match="steps must be >= 1")
   _bad(moth_tf.class_distance, logits_model, x, y, num_classes=5, match="num_classes=5")
   _bad(moth_tf.detect_backdoor, logits_model, x, y, config={"thresh": 1}, match="'thresh'")
   _bad(moth_tf.backdoor_metrics, logits_model, x, y, trigger=3, match="trigger must be")
+
+
+# --- Hardening in the user's own compile/fit, any Keras model, streams -------------------------
+
+# A few steps of MOTH with trigger generation cut to a minimum: the plumbing, not the hardening.
+MINI = dict(warmup_steps=5, pair_steps=5, fast_steps=3, trigger_samples=5, period=3)
+
+
+class SubclassedNet(keras.Model):
+  """A subclassed classifier, as research code writes them (no input shape of its own)."""
+
+  def __init__(self, classes=10, width=16, **kwargs):
+    super().__init__(**kwargs)
+    self.classes, self.width = classes, width
+    self.conv = keras.layers.Conv2D(width, 3, activation="relu")
+    self.flat = keras.layers.Flatten()
+    self.out = keras.layers.Dense(classes)
+
+  def call(self, x):
+    return self.out(self.flat(self.conv(x)))
+
+
+class OpaqueNet(SubclassedNet):
+  """A subclassed classifier that Keras can neither rebuild from its config nor reload."""
+
+  def __init__(self, layer_factory):
+    super().__init__()
+    self.factory = layer_factory  # Not serialisable: get_config cannot record it.
+
+
+@pytest.fixture(scope="module")
+def subclassed_model(digits):
+  keras.utils.set_random_seed(2)
+  return _fit(SubclassedNet(), digits.x_train, digits.y_train, epochs=10)
+
+
+@pytest.fixture(scope="module")
+def functional_model(logits_model):
+  inputs = keras.Input((8, 8, 1))
+  model = keras.Model(inputs, logits_model(inputs))  # A functional model around the Sequential.
+  return model
+
+
+@pytest.mark.parametrize("kind", ["sequential", "functional", "subclassed"])
+def test_harden_any_keras_model(digits, logits_model, functional_model, subclassed_model, kind):
+  model = {"sequential": logits_model, "functional": functional_model,
+           "subclassed": subclassed_model}[kind]
+  before = _weights(model)
+  hardened, results = moth_tf.harden(model, (digits.x_train, digits.y_train),
+                                     (digits.x_val, digits.y_val), config=dict(MINI, steps=12),
+                                     verbose=0)
+  assert _same(_weights(model), before) and hardened is not model  # A copy was hardened.
+  assert type(hardened) is type(model)
+  # 10 warm-up steps (one per class), then pair triggers.
+  assert results.steps == 12 and results.outputs == "logits"
+  assert results.raw["events"]["generations"] > 0  # Triggers were generated and stamped.
+  assert not _same(_weights(hardened), before)
+
+
+def test_a_model_that_cannot_be_copied_is_hardened_in_place_only_when_asked(digits):
+  keras.utils.set_random_seed(3)
+  model = OpaqueNet(lambda: None)
+  model(digits.x_train[:1])
+  _bad(moth_tf.harden, model, (digits.x_train, digits.y_train), config=dict(MINI, steps=3),
+       verbose=0, match=r"cannot copy the subclassed model OpaqueNet .* pass in_place=True")
+  before = _weights(model)
+  hardened, results = moth_tf.harden(model, (digits.x_train, digits.y_train),
+                                     config=dict(MINI, steps=3), verbose=0, in_place=True)
+  assert hardened is model and results.steps == 3 and not _same(_weights(model), before)
+
+
+def test_an_unbuilt_model_is_refused_with_the_real_cause(digits):
+  _bad(moth_tf.harden, SubclassedNet(), (digits.x_train, digits.y_train),
+       match=r"has no weights yet \(never built, called or trained\)")
+
+
+class _Record(keras.callbacks.Callback):
+  """What a user's callback sees: every epoch's logs, the running stamped count per step and
+  whether the step was to perturb (the model's switch, set by its driver before the step)."""
+
+  def __init__(self):
+    super().__init__()
+    self.epochs, self.stamped, self.perturbing = [], [], []
+
+  def on_train_batch_begin(self, batch, logs=None):
+    self.perturbing.append(int(self.model.perturbing.numpy()))
+
+  def on_train_batch_end(self, batch, logs=None):
+    self.stamped.append(float(logs["stamped"]))
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.epochs.append(epoch)
+
+
+def test_hardening_model_in_the_users_own_fit(digits, logits_model, tmp_path):
+  classifier = keras.models.clone_model(logits_model)
+  classifier.set_weights(logits_model.get_weights())
+  train = tf.data.Dataset.from_tensor_slices((digits.x_train, digits.y_train))
+  # Warm-up triggers long enough to succeed, so the first stamping step stamps.
+  wrapped = moth_tf.hardening_model(classifier, samples=train, config=dict(MINI, warmup_steps=20),
+                                    start_step=4,
+                                    log_dir=str(tmp_path / "driver"), verbose=0)
+  assert isinstance(wrapped, moth_tf.HardeningModel) and wrapped.classifier is classifier
+  optimizer = keras.optimizers.Adam(1e-3)
+  wrapped.compile(optimizer=optimizer, metrics=["accuracy"])
+  record = _Record()
+  checkpoint = str(tmp_path / "ckpt.weights.h5")
+  # An endless stream, the length set by steps_per_epoch; the user's callbacks join.
+  history = wrapped.fit(train.shuffle(500, seed=0).repeat().batch(64), epochs=3,
+                        steps_per_epoch=4, verbose=0,
+                        callbacks=[record, keras.callbacks.ModelCheckpoint(
+                            checkpoint, save_weights_only=True)])
+  assert wrapped.optimizer is optimizer and int(optimizer.iterations.numpy()) == 12
+  assert record.epochs == [0, 1, 2] and len(history.history["loss"]) == 3
+  # Epoch 0's running mean of stamped images is 0 for exactly its first 4 steps: stamping starts
+  # at step 4, the start of epoch 1, with the warm-up's universal triggers.
+  assert record.perturbing == [0] * 4 + [1] * 8
+  assert record.stamped[:4] == [0.0] * 4 and record.stamped[4] > 0
+  assert wrapped.hardener.step == 8 and os.path.exists(checkpoint)
+  assert os.listdir(tmp_path / "driver")  # The driver's TensorBoard events.
+  # The hardened classifier is the user's plain model: saved, it names nothing of moth_tf.
+  path = str(tmp_path / "hardened.keras")
+  classifier.save(path)
+  import zipfile
+  with zipfile.ZipFile(path) as archive:
+    assert "moth_tf" not in archive.read("config.json").decode()
+
+
+def test_hardening_model_refusals(digits, logits_model):
+  x, y = digits.x_train, digits.y_train
+  _bad(moth_tf.hardening_model, logits_model, "nad", (x, y),
+       match=r"method 'nad' runs several fits of its own .* moth_tf.harden")
+  _bad(moth_tf.hardening_model, logits_model, "moth",
+       match=r"generates triggers on training images: pass samples=")
+  _bad(moth_tf.hardening_model, logits_model, "moth", (x, np.where(y == 3, 4, y)),
+       match=r"no image of class\(es\) 3; every class needs some")
+  _bad(moth_tf.hardening_model, logits_model, "moth", (x, y), start_step=-1,
+       match=r"start_step=-1")
+  # finetune needs no trigger images, and its steps are the user's.
+  wrapped = moth_tf.hardening_model(logits_model, "finetune")
+  assert wrapped.image_shape == (8, 8, 1) and wrapped.num_classes == 10
+
+
+def test_a_generator_stream_is_read_only_as_far_as_the_run_needs(digits, logits_model):
+  read = []
+
+  def endless():
+    rng = np.random.default_rng(0)
+    while True:  # An endless generator: only what 10 steps and the trigger sample need is read.
+      i = int(rng.integers(len(digits.y_train)))
+      read.append(i)
+      yield digits.x_train[i], digits.y_train[i]
+
+  spec = (tf.TensorSpec((8, 8, 1), tf.float32), tf.TensorSpec((), tf.int64))
+  train = tf.data.Dataset.from_generator(endless, output_signature=spec)
+  _, results = moth_tf.harden(logits_model, train, test=(digits.x_test, digits.y_test),
+                              config=dict(MINI, steps=10, batch_size=32, trigger_pool=6),
+                              verbose=0)
+  assert results.steps == 10 and results.raw["streamed"]
+  # The sample (6 per class: ~60-120 images) plus 10 batches of 32 and a few batches read ahead.
+  assert 10 * 32 < len(read) < 10 * 32 + 400, len(read)
+
+
+def test_the_users_fit_with_the_recipe_is_the_same_run_as_harden(digits, logits_model):
+  # moth_tf.harden and --phase=harden are this model fitted with the recipe: the same steps on
+  # the same seeded batches give the same weights, to the bit.
+  config = dict(MINI, steps=20)  # 2 epochs of 10 steps on the 1,257 training images.
+  hardened, results = moth_tf.harden(logits_model, (digits.x_train, digits.y_train),
+                                     (digits.x_val, digits.y_val), config=config, verbose=0)
+  keras.utils.set_random_seed(0)
+  classifier = keras.models.clone_model(logits_model)
+  classifier.set_weights(logits_model.get_weights())
+  wrapped = moth_tf.hardening_model(classifier, samples=(digits.x_train, digits.y_train),
+                                    config=config, verbose=0)
+  wrapped.compile()  # The recipe's optimizer and schedule.
+  batches = data_lib.make_pipeline(digits.x_train, digits.y_train, 128, shuffle=True, seed=0,
+                                   repeat=True)
+  wrapped.fit(batches, epochs=2, steps_per_epoch=10, verbose=0)
+  assert results.steps == 20 and wrapped.hardener.step == 20
+  assert _same(_weights(hardened), _weights(classifier))

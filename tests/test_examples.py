@@ -36,6 +36,18 @@ def test_harden_your_model():
   assert "hardening: 10 steps" in out
 
 
+def test_harden_in_your_fit(tmp_path):
+  checkpoint = str(tmp_path / "hardened.keras")
+  out = _run("harden_in_your_fit.py", "--epochs=2", "--harden_epochs=3", "--start_epoch=1",
+             "--steps_per_epoch=4", "--trigger_steps=5", "--distance_steps=5",
+             f"--checkpoint={checkpoint}")
+  before, after = _number(r"test accuracy: ([\d.]+) -> ([\d.]+)", out)
+  assert 0 < before <= 1 and 0 < after <= 1
+  assert "MOTH stamped for 8 steps after 1 plain epochs" in out  # Epochs 1 and 2, 4 steps each.
+  _number(r"mean class distance: ([\d.]+) -> ([\d.]+)", out)
+  assert os.path.exists(checkpoint) and not os.path.exists(checkpoint + ".partial.keras")
+
+
 def test_class_distance():
   out = _run("class_distance.py", "--epochs=3", "--steps=5", "--samples=3")
   assert "rows: source class" in out

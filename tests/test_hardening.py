@@ -23,6 +23,7 @@ from moth_tf import config as config_lib
 from moth_tf import data as data_lib
 from moth_tf import evaluation
 from moth_tf import training
+from moth_tf.hardening import fitting
 from moth_tf.hardening import moth
 from moth_tf.models import io as model_io
 
@@ -305,7 +306,7 @@ def test_learning_rate_schedule(warmup, decay):
   config = config_lib.harden_config(learning_rate=0.02, lr_warmup_steps=warmup, lr_decay=decay,
                                    epochs=100, batch_size=10)
   assert config.total_steps_for(100) == 1000 and config.lr_ramp_steps_for(100) == warmup
-  schedule = moth.learning_rate_schedule(config, 100)
+  schedule = fitting.learning_rate_schedule(config, 100)
   rate = lambda step: float(schedule(step)) if callable(schedule) else float(schedule)
   assert rate(warmup) == pytest.approx(0.02, rel=1e-5)  # The peak, right after the ramp.
   if warmup:

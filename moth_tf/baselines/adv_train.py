@@ -57,6 +57,14 @@ def describe(config: config_lib.HardenConfig, num_train: int, pgd_settings) -> s
           f"{steps} steps of {step_size:g}): {fitting.describe_schedule(config, num_train)}")
 
 
+def wrap(classifier, num_classes: int, config: config_lib.HardenConfig, samples=None,
+         pgd_settings=(0.03, 8, 0.005), **model_kwargs):
+  """An AdversarialTrainingModel around `classifier` (pgd_settings: the training attack)."""
+  del samples
+  return AdversarialTrainingModel(classifier, num_classes, tuple(pgd_settings),
+                                  config.adv_train.mix, **model_kwargs)
+
+
 def harden(classifier_factory, splits, config: config_lib.HardenConfig, run_dir: str,
            strategy=None, verbose: int = 1, pgd_settings=None):
   """Adversarially trains a copy of the classifier; returns (classifier, results)."""
@@ -65,8 +73,8 @@ def harden(classifier_factory, splits, config: config_lib.HardenConfig, run_dir:
   p = splits.info.train_pgd
   settings = tuple(pgd_settings or (p.epsilon, p.steps, p.step_size))
   model, results = fitting.run_plain_method(
-      lambda: AdversarialTrainingModel(classifier_factory(), splits.num_classes, settings,
-                                       config.adv_train.mix),
+      lambda: wrap(classifier_factory(), splits.num_classes, config, pgd_settings=settings,
+                   image_shape=splits.image_shape),
       splits, config, run_dir, strategy, verbose,
       pgd={"epsilon": settings[0], "steps": int(settings[1]), "step_size": settings[2],
            "mix": config.adv_train.mix})

@@ -303,7 +303,9 @@ def clean_subset(splits, share: float, seed: int):
   if not len(index):
     raise ValueError(f"--nad_clean_share={share:g} of {len(splits.y_train)} training images leaves "
                      "no image in any class; raise it")
-  return dataclasses.replace(splits, x_train=splits.x_train[index], y_train=splits.y_train[index])
+  # From a stream, the subset is a share of its in-memory sample, trained on as arrays.
+  return dataclasses.replace(splits, x_train=splits.x_train[index], y_train=splits.y_train[index],
+                             train_stream=None, train_count=None)
 
 
 def describe(config: config_lib.HardenConfig, num_train: int, pgd_settings=None) -> str:
@@ -356,7 +358,8 @@ def _trained_teacher(classifier_factory, clean, config, run_dir, strategy, verbo
       return float(record["seconds"]), int(record["steps"])
   keras.utils.set_random_seed(config.seed)
   model = fitting.build_hardening_model(
-      strategy, lambda: model_lib.HardeningModel(classifier_factory(), clean.num_classes), config,
+      strategy, lambda: model_lib.HardeningModel(classifier_factory(), clean.num_classes,
+                                              image_shape=clean.image_shape), config,
       num_clean, clean.x_train[:1],
       learning_rate=_schedule(config, num_clean, config.nad.teacher_epochs))
   _, seconds = fitting.fit_hardening(model, clean, config, run_dir,
@@ -409,7 +412,7 @@ def harden(classifier_factory, splits, config: config_lib.HardenConfig, run_dir:
     teacher = classifier_factory()
     teacher.load_weights(teacher_weights)
     return NADModel(classifier_factory(), clean.num_classes, teacher, layers, betas,
-                    config.nad.power)
+                    config.nad.power, image_shape=clean.image_shape)
 
   keras.utils.set_random_seed(config.seed)
   student_start = time.time()

@@ -103,13 +103,15 @@ def harden(classifier_factory, splits, config: config_lib.HardenConfig, run_dir:
   if labels:
     masks, patterns = found.masks[labels], found.patterns[labels]
     make_model = lambda: TriggerUnlearningModel(classifier_factory(), splits.num_classes, masks,
-                                                patterns, share=nc.stamp_share)
+                                                patterns, share=nc.stamp_share,
+                                                image_shape=splits.image_shape)
   else:
     note = ("Neural Cleanse flagged no label, so there is no trigger to unlearn: this run only "
             "fine-tuned on clean batches (like --method=finetune); pass --nc_unlearn_all to "
             "unlearn every label's reversed trigger")
     progress.warn(note)
-    make_model = lambda: model_lib.HardeningModel(classifier_factory(), splits.num_classes)
+    make_model = lambda: model_lib.HardeningModel(classifier_factory(), splits.num_classes,
+                                                  image_shape=splits.image_shape)
   model, results = fitting.run_plain_method(make_model, splits, config, run_dir, strategy, verbose)
   results["wall_seconds"] += found.wall_seconds
   results["generation_seconds"] = found.wall_seconds

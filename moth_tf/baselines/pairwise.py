@@ -121,6 +121,16 @@ def describe(config: config_lib.HardenConfig, num_train: int, pgd_settings=None)
           f"replay {config.moth.replay:.0%}")
 
 
+def wrap(classifier, num_classes: int, config: config_lib.HardenConfig, samples, **kwargs):
+  """A StampingModel whose `fit` runs the Pairwise sweep (moth_tf.hardening.moth.wrap); the sweep
+  ends the fit itself once every pair has stopped growing (give `fit` epochs enough)."""
+  config = config_lib.replace(config, {"pairs_per_period": 1})
+  sweep = SweepScheduler(num_classes, config.pairwise.tol, config.pairwise.patience,
+                         config.pairwise.max_periods, seed=config.seed)
+  return moth.wrap(classifier, num_classes, config, samples,
+                   hardener_kwargs={"scheduler": sweep, "warmup": False}, **kwargs)
+
+
 def harden(classifier_factory, splits, config: config_lib.HardenConfig, run_dir: str,
            strategy=None, verbose: int = 1, pgd_settings=None):
   """Hardens a copy of the classifier pair by pair; returns (classifier, results).
@@ -130,7 +140,7 @@ def harden(classifier_factory, splits, config: config_lib.HardenConfig, run_dir:
   config = config_lib.replace(config, {"pairs_per_period": 1})
   sweep = SweepScheduler(splits.num_classes, config.pairwise.tol, config.pairwise.patience,
                          config.pairwise.max_periods, seed=config.seed)
-  steps_per_epoch = config.steps_per_epoch_for(len(splits.x_train))
+  steps_per_epoch = config.steps_per_epoch_for(splits.num_train)
   epochs = -(-sweep.cap_steps(config.moth.period) // steps_per_epoch)
   classifier, results = moth.harden(
       classifier_factory, splits, config, run_dir, strategy=strategy, verbose=verbose,

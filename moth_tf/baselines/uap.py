@@ -79,15 +79,25 @@ def describe(config: config_lib.HardenConfig, num_train: int, pgd_settings) -> s
           f"step {step:g} per batch): {fitting.describe_schedule(config, num_train)}")
 
 
+def wrap(classifier, num_classes: int, config: config_lib.HardenConfig, samples=None,
+         pgd_settings=(0.03, 8, 0.005), **model_kwargs):
+  """A UniversalPerturbationModel around `classifier` (its budget: `budget`)."""
+  del samples
+  eps, step = budget(config, pgd_settings)
+  return UniversalPerturbationModel(classifier, num_classes, eps, step, **model_kwargs)
+
+
 def harden(classifier_factory, splits, config: config_lib.HardenConfig, run_dir: str,
            strategy=None, verbose: int = 1, pgd_settings=None):
   """UAP-trains a copy of the classifier; returns (classifier, results)."""
   # The data set's PGDSettings dataclass does not unpack as a tuple: spell it out (harden() without
   # pgd_settings used to raise TypeError; the CLI always passes a tuple).
   p = splits.info.train_pgd
-  eps, step = budget(config, pgd_settings or (p.epsilon, p.steps, p.step_size))
+  settings = pgd_settings or (p.epsilon, p.steps, p.step_size)
+  eps, step = budget(config, settings)
   model, results = fitting.run_plain_method(
-      lambda: UniversalPerturbationModel(classifier_factory(), splits.num_classes, eps, step),
+      lambda: wrap(classifier_factory(), splits.num_classes, config, pgd_settings=settings,
+                   image_shape=splits.image_shape),
       splits, config, run_dir, strategy, verbose)
   delta = model.delta.numpy()
   results["uap"] = {"epsilon": eps, "step_size": step,

@@ -121,6 +121,12 @@ def describe(config: config_lib.HardenConfig, num_train: int, pgd_settings=None)
           f"classes' images, replay {config.moth.replay:.0%}")
 
 
+def wrap(classifier, num_classes: int, config: config_lib.HardenConfig, samples, **kwargs):
+  """A StampingModel whose `fit` runs the Universal driver (moth_tf.hardening.moth.wrap)."""
+  return moth.wrap(classifier, num_classes, config_lib.replace(config, {"pairs_per_period": 1}),
+                   samples, hardener_class=UniversalHardener, **kwargs)
+
+
 def harden(classifier_factory, splits, config: config_lib.HardenConfig, run_dir: str,
            strategy=None, verbose: int = 1, pgd_settings=None):
   """Hardens a copy of the classifier with universal triggers; returns (classifier, results).

@@ -66,12 +66,29 @@ def build_hardening_model(strategy, make_model: Callable[[], keras.Model],
       progress.warn(warning)
     if learning_rate is None:
       learning_rate = learning_rate_schedule(config, num_train)
-    model.compile(
-        optimizer=keras.optimizers.SGD(learning_rate, momentum=config.momentum, nesterov=True),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"])
+    model.default_optimizer = recipe_optimizer(config, learning_rate)
+    model.compile()  # The recipe's optimizer, sparse cross-entropy on logits, accuracy.
     model(sample)
   return model
+
+
+def recipe_optimizer(config: config_lib.HardenConfig, learning_rate):
+  """The hardening recipes' optimizer: SGD with Nesterov momentum at `learning_rate` (a rate or a
+  schedule, see learning_rate_schedule)."""
+  return keras.optimizers.SGD(learning_rate, momentum=config.momentum, nesterov=True)
+
+
+class StopAtStep(keras.callbacks.Callback):
+  """Ends a fit after its optimizer's `total_steps`-th step, inside an epoch if need be (a budget
+  in steps that is no whole number of epochs)."""
+
+  def __init__(self, total_steps: int):
+    super().__init__()
+    self.total_steps = int(total_steps)
+
+  def on_train_batch_end(self, batch, logs=None):
+    if int(self.model.optimizer.iterations.numpy()) >= self.total_steps:
+      self.model.stop_training = True
 
 
 class RunClock(keras.callbacks.Callback):
@@ -114,20 +131,43 @@ def resume_epoch(run_dir: str, name: str = "harden") -> int:
     return 0  # Keras itself decides what to do with a damaged backup.
 
 
+def training_data(splits, config: config_lib.HardenConfig, run_dir: str, name: str = "harden"):
+  """The endless training batches of a hardening fit and their epoch length in steps.
+
+  In-memory splits: the seeded, shuffled pipeline of moth_tf.data.make_pipeline; a resumed run
+  continues the uninterrupted run's stream of batches (the seeded shuffle is replayed and the
+  batches of the finished epochs skipped; augmentation is seeded by each batch's place in that
+  stream, so the resumed batches are augmented as in the uninterrupted run). A stream
+  (`splits.train_stream`): its examples as they come, batched (moth_tf.data.stream); a resumed
+  run starts the stream again at its beginning.
+  """
+  from moth_tf import data as data_lib
+  from moth_tf.data import stream
+
+  steps_per_epoch = config.steps_per_epoch_for(splits.num_train)
+  if splits.streaming:
+    return stream.training_batches(splits.train_stream, config.batch_size,
+                                   augment=splits.augmentation, seed=config.seed), steps_per_epoch
+  return data_lib.make_pipeline(splits.x_train, splits.y_train, config.batch_size, shuffle=True,
+                                augment=splits.augmentation, seed=config.seed, repeat=True,
+                                skip_batches=resume_epoch(run_dir, name) * steps_per_epoch
+                                ), steps_per_epoch
+
+
 def fit_hardening(model, splits, config: config_lib.HardenConfig, run_dir: str,
-                  driver_callbacks: Sequence[keras.callbacks.Callback] = (),
                   epochs: Optional[int] = None, verbose: int = 1, what: str = "hardening",
-                  start: Optional[float] = None, name: str = "harden"):
+                  start: Optional[float] = None, name: str = "harden",
+                  total_steps: Optional[int] = None):
   """Runs `model.fit` for a hardening method and checks that it did not diverge.
 
   Args:
-    model: a compiled HardeningModel (see build_hardening_model).
-    splits: moth_tf.data.DatasetSplits.
+    model: a compiled HardeningModel (see build_hardening_model); its own driver callbacks
+      (`model.driver_callbacks`, e.g. MOTH's trigger generation) run before the checkpointing
+      callback, so that their state is in the model's variables when BackupAndRestore saves them.
+    splits: moth_tf.data.DatasetSplits (in memory, or streaming: `splits.train_stream`).
     config: the hardening configuration (batch size, budget, seed).
     run_dir: logs go to `logs/{name}`, the resumable backup to `backup_{name}/` (deleted by Keras
       when the fit completes).
-    driver_callbacks: the method's host-side driver, run before the checkpointing callback so that
-      its state is in the model's variables when BackupAndRestore saves them.
     epochs: the number of epochs (default: the configured budget). A driver may end the fit early
       by setting `model.stop_training`.
     verbose: 0 silent, 1 one live progress bar over the run's steps, 2 plain progress lines (at
@@ -137,6 +177,8 @@ def fit_hardening(model, splits, config: config_lib.HardenConfig, run_dir: str,
     name: the fit's name in `run_dir`: logs under `logs/{name}`, the backup in `backup_{name}/`.
       A method that runs several fits (NAD's teacher, then its student) gives each its own name so
       that their logs do not mix and a resume finds each fit's own backup.
+    total_steps: stop after this many steps (default: the configured budget when `epochs` is not
+      given, else every step of the epochs).
 
   Returns:
     (history, wall seconds of the whole run: earlier processes' completed epochs and this one).
@@ -152,28 +194,27 @@ def fit_hardening(model, splits, config: config_lib.HardenConfig, run_dir: str,
   from moth_tf import training
 
   clock = RunClock(start or time.time())
-  steps_per_epoch = config.steps_per_epoch_for(len(splits.x_train))
-  # A resumed run continues the uninterrupted run's stream of batches: the seeded shuffle is
-  # replayed and the batches of the finished epochs skipped; augmentation is seeded by each batch's
-  # place in that stream, so the resumed batches are augmented as in the uninterrupted run.
-  train_ds = data_lib.make_pipeline(splits.x_train, splits.y_train, config.batch_size,
-                                    shuffle=True, augment=splits.augmentation, seed=config.seed,
-                                    repeat=True,
-                                    skip_batches=resume_epoch(run_dir, name) * steps_per_epoch)
-  val_ds = data_lib.make_pipeline(splits.x_val, splits.y_val, 512)
-  epochs = epochs or config.epochs_for(len(splits.x_train))
-  callbacks = list(driver_callbacks) + [clock,
+  train_ds, steps_per_epoch = training_data(splits, config, run_dir, name)
+  if epochs is None:
+    epochs = config.epochs_for(splits.num_train)
+    total_steps = total_steps or config.total_steps_for(splits.num_train)
+  total_steps = total_steps or epochs * steps_per_epoch
+  val_ds = data_lib.make_pipeline(splits.x_val, splits.y_val, 512) if len(splits.x_val) else None
+  callbacks = [clock,
       keras.callbacks.TerminateOnNaN(),  # No point in running the epochs after a divergence.
       keras.callbacks.TensorBoard(rundir.logs_dir(run_dir, name)),
       keras.callbacks.BackupAndRestore(os.path.join(run_dir, f"backup_{name}")),
   ]
+  if total_steps < epochs * steps_per_epoch:
+    callbacks.insert(0, StopAtStep(total_steps))
   # Progress is shown by StepProgress, and Keras's own display is off (verbose=0): a hardening
   # epoch is one pass over the training data, on digits 10 steps, so Keras would count 200 epochs
   # (200 lines, or 200 redraws of a bar) for the 2,000-step budget. StepProgress counts the run's
   # steps instead, in one bar or in at most ~20 lines, and only reads the absolute epoch numbers
   # Keras passes, so BackupAndRestore's checkpoints and resumes work exactly as without it.
   if verbose:
-    callbacks.append(progress.StepProgress(epochs, steps_per_epoch, verbose=verbose, what=what))
+    callbacks.append(progress.StepProgress(epochs, steps_per_epoch, verbose=verbose, what=what,
+                                           total_steps=total_steps))
   distribute.prepare_fit(model, model.distribute_strategy, (splits.x_train[:1], splits.y_train[:1]))
   history = model.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
                       validation_data=val_ds, callbacks=callbacks, verbose=0,
@@ -263,7 +304,7 @@ def run_plain_method(make_model: Callable[[], keras.Model], splits,
   strategy = strategy or tf.distribute.get_strategy()
   keras.utils.set_random_seed(config.seed)
   start = time.time()
-  num_train = len(splits.x_train)
+  num_train = splits.num_train
   model = build_hardening_model(strategy, make_model, config, num_train, splits.x_train[:1])
   history, wall = fit_hardening(model, splits, config, run_dir, verbose=verbose, start=start)
   steps = int(model.optimizer.iterations.numpy())

@@ -86,28 +86,87 @@ class HardeningModel(keras.Model):
   `training_forward`, so the loss scaling under tf.distribute, the logged loss and the per-replica
   seeding are written once.
 
+  It is also the model users `compile` and `fit` themselves (moth_tf.hardening.wrapper builds one
+  for a method): `fit` runs the method's driver callbacks (`driver_callbacks`, MOTH's trigger
+  generation) in front of the caller's own, and `compile` without an optimizer or loss takes the
+  recipe's (`default_optimizer`, sparse cross-entropy on logits).
+
   Args:
     classifier: the logits model being hardened (its weights are trained in place: pass a copy).
     num_classes: n.
     tracker_name: name of the logged per-batch count of perturbed images.
     batchnorm: how BatchNorm layers see perturbed images (BATCHNORM_MODES).
+    image_shape: (H, W, C) of the images; None: the classifier's input shape (a subclassed
+      classifier has none: pass it).
+    start_step: optimizer steps trained on clean batches before the perturbation starts (0: from
+      the first step).
+    start_epoch: or the first epoch that perturbs (None: `start_step` decides).
   """
 
   def __init__(self, classifier, num_classes, tracker_name="perturbed", batchnorm="mixed",
-               **kwargs):
+               image_shape=None, start_step=0, start_epoch=None, **kwargs):
     super().__init__(**kwargs)
     if batchnorm not in BATCHNORM_MODES:
       raise ValueError(f"batchnorm must be one of {', '.join(BATCHNORM_MODES)}, got {batchnorm!r}")
     self.batchnorm = batchnorm
     self.classifier = classifier
     self.num_classes = int(num_classes)
-    self.image_shape = tuple(classifier.input_shape[1:])
+    if image_shape is None:
+      try:
+        image_shape = classifier.input_shape[1:]
+      except AttributeError as e:  # A subclassed model has no input shape of its own.
+        raise ValueError("the classifier has no input shape (a subclassed model?); pass "
+                         "image_shape=(H, W, C)") from e
+    self.image_shape = tuple(int(v) for v in image_shape)
     self.tracker_name = tracker_name
     self.perturbed_tracker = keras.metrics.Mean(name=tracker_name)
     # Wall seconds of the run's earlier processes (a resumed run adds its own): checkpointed by
     # BackupAndRestore like the weights (see moth_tf.hardening.fitting.RunClock).
     self.elapsed_seconds = self.add_weight(name="elapsed_seconds", shape=(), dtype="float32",
                                            trainable=False, initializer="zeros")
+    if int(start_step) < 0 or (start_epoch is not None and int(start_epoch) < 0):
+      raise ValueError(f"start_step={start_step}, start_epoch={start_epoch}: give a step or "
+                       "epoch >= 0 to start perturbing at")
+    self.start_step = int(start_step)
+    self.start_epoch = None if start_epoch is None else int(start_epoch)
+    # 1 once the perturbation has started (assigned by StartPerturbing; checkpointed, so a resumed
+    # run that had started goes on perturbing). Only a model with a delayed start reads it.
+    self.perturbing = self.add_weight(name="perturbing", shape=(), dtype="int32",
+                                      trainable=False, initializer="zeros")
+    self.driver_callbacks = [StartPerturbing()] if self.delayed_start else []
+    self.default_optimizer = None
+
+  @property
+  def delayed_start(self) -> bool:
+    """Whether the first steps train on clean batches (`start_step` or `start_epoch`)."""
+    return self.start_step > 0 or bool(self.start_epoch)
+
+  def compile(self, optimizer=None, loss=None, metrics=None, **kwargs):
+    """`keras.Model.compile`, with the recipe's defaults for what the caller leaves out.
+
+    optimizer None: `default_optimizer` (the method's recipe: SGD with Nesterov momentum, its
+    learning-rate ramp and decay), else Keras's SGD at 0.01; loss None: sparse categorical
+    cross-entropy on logits; metrics None: accuracy.
+    """
+    if optimizer is None:
+      optimizer = self.default_optimizer or keras.optimizers.SGD(0.01, momentum=0.9,
+                                                                 nesterov=True)
+    if loss is None:
+      loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    if metrics is None:
+      metrics = ["accuracy"]
+    super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+  def fit(self, *args, callbacks=None, **kwargs):
+    """`keras.Model.fit`, with the method's driver callbacks run before the caller's.
+
+    The drivers decide, before every step, what it perturbs with (MOTH's trigger generation), and
+    copy their state into the model's variables at every epoch end, before a checkpointing
+    callback of the caller's (BackupAndRestore, ModelCheckpoint) saves them.
+    """
+    callbacks = list(callbacks or [])
+    drivers = [c for c in self.driver_callbacks if c not in callbacks]
+    return super().fit(*args, callbacks=drivers + callbacks, **kwargs)
 
   def call(self, inputs, training=False):
     return self.classifier(inputs, training=training)
@@ -178,7 +237,12 @@ class HardeningModel(keras.Model):
     replica_id = replica.replica_id_in_sync_group if replica is not None else 0
     seed = tf.stack([tf.cast(self.optimizer.iterations, tf.int32),
                      tf.cast(replica_id, tf.int32) * 7919])
-    x, perturbed = self.perturb_batch(x, y, seed)
+    if self.delayed_start:
+      x, perturbed = tf.cond(
+          self.perturbing > 0, lambda: self.perturb_batch(x, y, seed),
+          lambda: (x, tf.zeros([tf.shape(x)[0]], tf.bool)))
+    else:  # The graph of a run that perturbs from its first step has no condition in it.
+      x, perturbed = self.perturb_batch(x, y, seed)
     num_perturbed = tf.reduce_sum(tf.cast(perturbed, tf.float32))
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     with tf.GradientTape() as tape:
@@ -208,6 +272,8 @@ class HardeningModel(keras.Model):
   def get_config(self):
     config = super().get_config()
     config.update(num_classes=self.num_classes, batchnorm=self.batchnorm,
+                  image_shape=list(self.image_shape), start_step=self.start_step,
+                  start_epoch=self.start_epoch,
                   classifier=keras.saving.serialize_keras_object(self.classifier))
     return config
 
@@ -216,6 +282,37 @@ class HardeningModel(keras.Model):
     config = dict(config)
     config["classifier"] = keras.saving.deserialize_keras_object(config["classifier"])
     return cls(**config)
+
+
+class StartPerturbing(keras.callbacks.Callback):
+  """Switches a HardeningModel's perturbation on at its `start_step` or `start_epoch`.
+
+  Runs first among the model's driver callbacks, so a driver that sees `perturbing` set (MOTH's
+  trigger generation) starts at the same step as the train step's perturbation.
+  """
+
+  def __init__(self):
+    super().__init__()
+    self._epoch = 0
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._epoch = epoch
+
+  def on_train_batch_begin(self, batch, logs=None):
+    model = self.model
+    if int(model.perturbing.numpy()):
+      return
+    if model.start_epoch is not None:
+      due = self._epoch >= model.start_epoch
+    else:
+      due = int(model.optimizer.iterations.numpy()) >= model.start_step
+    if due:
+      model.perturbing.assign(1)
+
+
+def perturbing_now(model) -> bool:
+  """Whether `model`'s next step perturbs: always, unless its start is delayed and not reached."""
+  return not model.delayed_start or bool(int(model.perturbing.numpy()))
 
 
 # Longest period whose progress a checkpoint keeps (longer ones restart their period on resume).

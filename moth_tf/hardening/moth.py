@@ -164,8 +164,13 @@ def pairs_per_period(config: config_lib.HardenConfig, num_classes: int) -> int:
 
 
 def check_model(classifier, config: config_lib.HardenConfig):
-  """Raises pairs_per_period's one-line ValueError before the run writes anything."""
-  pairs_per_period(config, int(classifier.output_shape[-1]))
+  """Raises pairs_per_period's one-line ValueError before the run writes anything (a model
+  without an output shape, a subclassed one, is checked when the hardening model is built)."""
+  try:
+    classes = int(classifier.output_shape[-1])
+  except (AttributeError, TypeError, ValueError):
+    return
+  pairs_per_period(config, classes)
 
 
 def hardening_blocks(model) -> int:
@@ -766,27 +771,76 @@ class MothHardener:
     self.writer.flush()
 
 
-def learning_rate_schedule(config: config_lib.HardenConfig, num_train: int):
-  """MOTH's learning rate (see moth_tf.hardening.fitting.learning_rate_schedule)."""
-  return fitting.learning_rate_schedule(config, num_train)
-
-
 class MothCallback(keras.callbacks.Callback):
-  """Runs the hardener around every training step; must come before BackupAndRestore."""
+  """Runs the hardener around every training step; must come before BackupAndRestore.
+
+  A StampingModel adds it to its own `driver_callbacks` (`wrap`), so every `fit` of the model runs
+  it first. With a delayed start (the model's `start_step` / `start_epoch`) the steps before the
+  start train on clean batches and the hardener does nothing; its warm-up runs at the first step
+  that stamps.
+  """
 
   def __init__(self, hardener: MothHardener):
     super().__init__()
     self.hardener = hardener
+    self._active = False
 
   def on_train_batch_begin(self, batch, logs=None):
-    self.hardener.before_step()
+    from moth_tf.hardening import model as model_lib
+    self._active = model_lib.perturbing_now(self.hardener.model)
+    if self._active:
+      self.hardener.before_step()
 
   def on_train_batch_end(self, batch, logs=None):
-    self.hardener.after_step()
+    if self._active:
+      self.hardener.after_step()
 
   def on_epoch_end(self, epoch, logs=None):
-    self.hardener.save_state()
-    self.hardener.log_epoch(epoch)
+    if self.hardener.ready:  # Nothing to keep before the first stamping step.
+      self.hardener.save_state()
+      self.hardener.log_epoch(epoch)
+
+
+def wrap(classifier, num_classes: int, config: config_lib.HardenConfig, samples,
+         pgd_settings=None, hardener_class=None, hardener_kwargs=None,
+         writer: Optional[tf.summary.SummaryWriter] = None, verbose: bool = True,
+         **model_kwargs):
+  """A StampingModel around `classifier` whose `fit` runs MOTH's driver (MothCallback) first.
+
+  Args:
+    classifier: the logits model (trained in place).
+    num_classes: n.
+    config: the HardenConfig (the stamping shares, the driver's settings).
+    samples: (images, labels) arrays the triggers are generated on: the training images, or a
+      bounded sample of them per class (moth_tf.data.stream.class_sample).
+    pgd_settings: (epsilon, steps, step_size) of mode "adv".
+    hardener_class: the host-side driver (default MothHardener; Universal passes its own).
+    hardener_kwargs: its extra constructor arguments (Pairwise's scheduler).
+    writer: TensorBoard writer for the driver's scalars and images (None: none written).
+    verbose: the driver's progress lines.
+    **model_kwargs: image_shape, start_step, start_epoch (moth_tf.hardening.model.HardeningModel).
+
+  Returns:
+    The StampingModel, uncompiled; its driver is `model.hardener`.
+  """
+  from moth_tf.hardening import model as model_lib
+
+  model = model_lib.StampingModel(
+      classifier, num_classes, portion=config.moth.portion, warm_ratio=config.moth.warm_ratio,
+      replay=config.moth.replay, families=config.moth.families, pairs=config.pairs_for(num_classes),
+      adversarial=config.moth.mode == "adv", pgd_settings=pgd_settings or (0.03, 8, 0.005),
+      batchnorm=config.batchnorm, **model_kwargs)
+  x, y = samples
+  missing = [c for c in range(num_classes) if not np.any(np.asarray(y) == c)]
+  if missing:
+    raise ValueError(f"the trigger images hold no image of class(es) "
+                     f"{', '.join(map(str, missing[:10]))}; every class needs some (a stream's "
+                     "first images fill the sample: shuffle it, or raise trigger_pool)")
+  hardener = (hardener_class or MothHardener)(model, x, y, config, writer=writer, verbose=verbose,
+                                              **(hardener_kwargs or {}))
+  model.hardener = hardener
+  model.driver_callbacks.append(MothCallback(hardener))
+  return model
 
 
 def harden(classifier_factory: Callable[[], keras.Model], splits,
@@ -796,10 +850,14 @@ def harden(classifier_factory: Callable[[], keras.Model], splits,
            lr_decay: Optional[str] = None, log_name: str = "harden_moth"):
   """Hardens a classifier with MOTH (or a trigger baseline's driver) and returns it with results.
 
+  The model is `wrap`'s, the one users `compile` and `fit` themselves
+  (moth_tf.hardening.wrapper.hardening_model), fitted with the recipe's optimizer and budget.
+
   Args:
     classifier_factory: returns a fresh copy of the classifier to harden; it is called inside the
       strategy scope so its variables are distributed. The original model is never modified.
-    splits: moth_tf.data.DatasetSplits.
+    splits: moth_tf.data.DatasetSplits (in memory, or streaming: triggers are generated on its
+      per-class sample `x_train`).
     config: config_lib.HardenConfig.
     run_dir: where TensorBoard logs (`logs/harden`, `logs/<log_name>`) and the resumable backup
       (`backup_harden/`) go.
@@ -823,36 +881,31 @@ def harden(classifier_factory: Callable[[], keras.Model], splits,
       caller must not save it).
   """
   from moth_tf import rundir
-  from moth_tf.hardening import model as model_lib
 
   strategy = strategy or tf.distribute.get_strategy()
   keras.utils.set_random_seed(config.seed)
-  num_train = len(splits.x_train)
-  epochs = epochs or config.epochs_for(num_train)
-  total_steps = epochs * config.steps_per_epoch_for(num_train)
+  num_train = splits.num_train
+  steps_per_epoch = config.steps_per_epoch_for(num_train)
+  total_steps = epochs * steps_per_epoch if epochs else config.total_steps_for(num_train)
   start = time.time()
+  writer = tf.summary.create_file_writer(rundir.logs_dir(run_dir, log_name))
 
   def make_model():
-    return model_lib.StampingModel(
-        classifier_factory(), splits.num_classes, portion=config.moth.portion,
-        warm_ratio=config.moth.warm_ratio, replay=config.moth.replay, families=config.moth.families,
-        pairs=config.pairs_for(splits.num_classes), adversarial=config.moth.mode == "adv",
-        pgd_settings=pgd_settings or (0.03, 8, 0.005))
+    return wrap(classifier_factory(), splits.num_classes, config, (splits.x_train, splits.y_train),
+                pgd_settings=pgd_settings, hardener_class=hardener_class,
+                hardener_kwargs=hardener_kwargs, writer=writer, verbose=bool(verbose),
+                image_shape=splits.image_shape)
 
   stamping = fitting.build_hardening_model(
       strategy, make_model, config, num_train, splits.x_train[:1],
       learning_rate=fitting.learning_rate_schedule(config, num_train, total_steps, lr_decay))
-  writer = tf.summary.create_file_writer(rundir.logs_dir(run_dir, log_name))
-  hardener = (hardener_class or MothHardener)(
-      stamping, splits.x_train, splits.y_train, config, writer=writer, verbose=bool(verbose),
-      **(hardener_kwargs or {}))
-  history, wall = fitting.fit_hardening(stamping, splits, config, run_dir,
-                                        [MothCallback(hardener)], epochs=epochs, verbose=verbose,
-                                        start=start)
+  hardener = stamping.hardener
+  history, wall = fitting.fit_hardening(stamping, splits, config, run_dir, epochs=epochs,
+                                        verbose=verbose, start=start)
   writer.flush()
   results = fitting.common_results(
       history, wall, hardener.step, config, num_train,
-      epochs=-(-hardener.step // config.steps_per_epoch_for(num_train)),
+      epochs=-(-hardener.step // steps_per_epoch),
       warmup_seconds=hardener.warmup_seconds, generation_seconds=hardener.generation_seconds,
       events=dict(hardener.events), **hardener.extra_results())
   return stamping.classifier, results
