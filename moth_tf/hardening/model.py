@@ -105,6 +105,11 @@ class HardeningModel(keras.Model):
 
   def __init__(self, classifier, num_classes, tracker_name="perturbed", batchnorm="mixed",
                image_shape=None, start_step=0, start_epoch=None, **kwargs):
+    # The wrapper only runs its classifier, so it takes the classifier's dtype policy, not the
+    # global one: under a mixed global policy a float32 classifier would otherwise get its images
+    # rounded to the compute dtype on the way in, and compile() gives a mixed_float16 classifier
+    # its LossScaleOptimizer (the `scale_loss` of train_step) only when the wrapper says so.
+    kwargs.setdefault("dtype", getattr(classifier, "dtype_policy", None))
     super().__init__(**kwargs)
     if batchnorm not in BATCHNORM_MODES:
       raise ValueError(f"batchnorm must be one of {', '.join(BATCHNORM_MODES)}, got {batchnorm!r}")

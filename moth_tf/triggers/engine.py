@@ -303,7 +303,9 @@ class TriggerInverter:
       pattern = params.decode(pattern_var)  # [K, H, W, C]
       m = tf.gather(mask, ds)
       stamped = (1.0 - m) * xs + m * tf.gather(pattern, ds)
-      logits = self.model(stamped, training=False)
+      # A mixed-precision model computes (and returns logits) in its policy's dtype; the losses that
+      # size the trigger, its L1 and the ASR stay float32. A no-op for a float32 model.
+      logits = tf.cast(self.model(stamped, training=False), tf.float32)
       ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=ts, logits=logits)
       ce_dir = tf.math.unsorted_segment_sum(ce, ds, num_dirs)
       count = tf.math.unsorted_segment_sum(tf.ones_like(ce), ds, num_dirs)
