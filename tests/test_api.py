@@ -436,3 +436,17 @@ def test_the_users_fit_with_the_recipe_is_the_same_run_as_harden(digits, logits_
   wrapped.fit(batches, epochs=2, steps_per_epoch=10, verbose=0)
   assert results.steps == 20 and wrapped.hardener.step == 20
   assert _same(_weights(hardened), _weights(classifier))
+
+
+def test_hardening_model_built_in_the_users_strategy_scope(digits, logits_model):
+  strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+  with strategy.scope():  # As for any Keras model: built and compiled in the scope.
+    classifier = keras.models.clone_model(logits_model)
+    classifier.set_weights(logits_model.get_weights())
+    wrapped = moth_tf.hardening_model(classifier, samples=(digits.x_train, digits.y_train),
+                                      config=MINI, verbose=0)
+    wrapped.compile(optimizer=keras.optimizers.SGD(0.01))
+  batches = data_lib.make_pipeline(digits.x_train, digits.y_train, 64, shuffle=True, repeat=True)
+  wrapped.fit(batches, epochs=1, steps_per_epoch=12, verbose=0)
+  assert wrapped.distribute_strategy is strategy and wrapped.hardener.step == 12
+  assert isinstance(classifier.trainable_variables[0], tf.distribute.DistributedValues)

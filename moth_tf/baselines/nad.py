@@ -313,9 +313,11 @@ def describe(config: config_lib.HardenConfig, num_train: int, pgd_settings=None)
   layers = ",".join(config.nad.layers) if config.nad.layers else "the architecture's defaults"
   betas = (",".join(f"{b:g}" for b in config.nad.betas) if config.nad.betas
            else "NAD's, scaled to each map's size")
-  clean = round(config.nad.clean_share * num_train)
-  return (f"NAD on a {config.nad.clean_share:.0%} clean subset (~{clean} of {num_train} images, "
-          f"stratified): teacher fine-tuned {config.nad.teacher_epochs} epochs, student distilled "
+  # A stream's subset is taken from its in-memory sample, whose size the line does not know.
+  subset = (f"~{round(config.nad.clean_share * num_train)} of {num_train} images" if num_train
+            else "of the stream's in-memory sample")
+  return (f"NAD on a {config.nad.clean_share:.0%} clean subset ({subset}, stratified): teacher "
+          f"fine-tuned {config.nad.teacher_epochs} epochs, student distilled "
           f"{config.nad.epochs} epochs (layers {layers}; betas {betas}; attention p="
           f"{config.nad.power:g}); batch {config.batch_size}, SGD lr {config.learning_rate}")
 

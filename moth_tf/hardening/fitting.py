@@ -291,8 +291,11 @@ def describe_schedule(config: config_lib.HardenConfig, num_train: int) -> str:
   ramp = config.lr_ramp_steps_for(num_train)
   schedule = (f" (ramp {ramp} steps)" if ramp > 0 else "") + (
       ", cosine decay" if config.lr_decay == "cosine" else "")
-  return (f"{config.epochs_for(num_train)} epochs of batch {config.batch_size} "
-          f"({config.total_steps_for(num_train)} steps), SGD lr {config.learning_rate}{schedule}")
+  total, epochs = config.total_steps_for(num_train), config.epochs_for(num_train)
+  per_epoch = config.steps_per_epoch_for(num_train)
+  partial = " (the last cut short)" if total < epochs * per_epoch else ""
+  return (f"{total} steps of batch {config.batch_size} ({epochs} epoch(s) of {per_epoch} steps"
+          f"{partial}), SGD lr {config.learning_rate}{schedule}")
 
 
 def run_plain_method(make_model: Callable[[], keras.Model], splits,

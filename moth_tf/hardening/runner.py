@@ -87,7 +87,7 @@ class Plan:
 
   def describe(self, splits) -> str:
     """The one line said before the run: the method's schedule, augmentation and BatchNorm."""
-    return (self.method.describe(self.config, len(splits.x_train), self.pgd_settings)
+    return (self.method.describe(self.config, splits.num_train, self.pgd_settings)
             + f"; augmentation: {splits.augmentation.describe()}; BatchNorm: {self.batchnorm}")
 
   def run(self, classifier_factory: Callable[[], Any], splits, run_dir: str, strategy,
