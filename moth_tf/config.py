@@ -278,8 +278,9 @@ class DataConfig(Checked):
   augment: Optional[str] = setting(None, cli="custom")
   augment_pad: Optional[int] = setting(None, lower=0, cli="custom")
   download: bool = setting(
-      True, "cifar10 / svhn / tfds:NAME: when --data_dir (else $TFDS_DATA_DIR, else ~/tensorflow_datasets) "
-      "does not hold the data set, download and prepare it there with tensorflow_datasets. "
+      True, "cifar10 / svhn / tfds:NAME: when --data_dir (else $TFDS_DATA_DIR, else "
+      "~/tensorflow_datasets) does not hold the data set, download and prepare it there with "
+      "tensorflow_datasets. "
       "--nodownload (or MOTH_TF_NO_DOWNLOAD=1) never touches the network: a missing data set is an "
       "error at once.")
 

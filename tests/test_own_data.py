@@ -276,6 +276,12 @@ def test_folder_train_and_distance_on_the_command_line(digits_folder, tmp_path):
   assert payload["split"] == "val"
   assert payload["samples_per_class"] == {str(c): 3 for c in range(10)}
   assert payload["steps_run"][0][0][1] == 5
+  # The report reads the run under its data set's own name.
+  from moth_tf.reporting import comparison
+  from moth_tf.reporting import reader
+  (group,) = comparison.build_groups(reader.read_runs(work), "natural")
+  assert (group.dataset, group.model) == (f"folder:{digits_folder}", "small_cnn")
+  assert group.rows[0]["test_accuracy"] == pytest.approx(summary["test_accuracy"])
 
 
 def test_folder_refusals_are_one_line(digits_folder, tmp_path, capsys):
@@ -290,6 +296,12 @@ def test_folder_refusals_are_one_line(digits_folder, tmp_path, capsys):
   err = _cli_error(capsys, "--phase=test", f"--dataset=folder:{empty}",
                    f"--workdir={tmp_path / 'work'}")
   assert f"{empty} has no class sub-folders" in err
+  damaged = tmp_path / "damaged"
+  _save_digits(str(damaged), 40)
+  (damaged / "7" / "0017.png").write_bytes(b"not a png")
+  err = _cli_error(capsys, "--phase=test", f"--dataset=folder:{damaged}",
+                   f"--workdir={tmp_path / 'work'}")
+  assert f"cannot decode {damaged / '7' / '0017.png'} (Unknown image file format" in err
   err = _cli_error(capsys, "--phase=poison", f"--dataset=folder:{digits_folder}",
                    f"--workdir={tmp_path / 'work'}")
   assert "needs the training set in memory" in err

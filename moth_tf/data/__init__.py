@@ -127,7 +127,7 @@ def load_dataset(name: str, data_dir: Optional[str] = None,
   if own_lib.is_own(name):
     error = own_lib.check_name(name)
     if error:
-      raise DatasetUnavailableError(error)
+      raise DatasetUnavailableError(f"{name}: {error}")
     # Resolved first: a bad recipe is refused before the data is read (own data: no default).
     augmentation = augment_lib.resolve(augment_lib.NONE, augment, augment_pad, image_size or 32)
     splits = own_lib.load(name, data_dir, image_size, download, trigger_pool)

@@ -87,11 +87,10 @@ def check_name(name: str) -> Optional[str]:
   a folder, whether it is a directory: the contents are checked when it is loaded."""
   kind, value = parse(name)
   if not value:
-    return (f"--dataset={name}: give the {'tfds data set name' if kind == 'tfds' else 'folder'} "
-            f"after the colon, e.g. tfds:mnist or folder:/data/my_images")
+    return (f"give the {'tfds data set name' if kind == 'tfds' else 'folder'} after the colon, "
+            "e.g. tfds:mnist or folder:/data/my_images")
   if kind == "folder" and not os.path.isdir(value):
-    return (f"--dataset={name}: {value} is not a directory; give a folder with one sub-folder of "
-            "images per class")
+    return f"{value} is not a directory; give a folder with one sub-folder of images per class"
   return None
 
 
@@ -176,8 +175,11 @@ def load(name: str, data_dir: Optional[str] = None, image_size: Optional[int] = 
   return _load_folder(name, value, image_size, trigger_pool)
 
 
-def _splits(info, train_stream, train_count, val, test, trigger_pool, source):
-  """DatasetSplits of a stream and two (images, labels) pairs, with the stream's class sample."""
+def _splits(info, train_stream, train_count, val, test, trigger_pool, source, find_bad=None):
+  """DatasetSplits of a stream and two datasets read into memory, with the stream's class sample.
+
+  `find_bad`, if given, returns the first file that does not decode (called only after reading
+  failed, to name it)."""
   import tensorflow as tf
 
   try:
@@ -185,16 +187,33 @@ def _splits(info, train_stream, train_count, val, test, trigger_pool, source):
     x_test, y_test = stream.read_all(test, f"{source}: test")
     x_train, y_train = stream.class_sample(train_stream, info.num_classes, trigger_pool)
   except tf.errors.OpError as err:
+    bad = find_bad() if find_bad else None
+    what = f"cannot decode {bad}" if bad else "cannot read its images"
     raise base.DatasetUnavailableError(
-        f"{source}: cannot read its images ({_first_line(err)}); remove or re-save the damaged "
-        "file") from None
+        f"{source}: {what} ({_first_line(err)}); remove or re-save the damaged file") from None
   return base.DatasetSplits(info, x_train, y_train, x_val, y_val, x_test, y_test,
                             train_stream=train_stream, train_count=train_count)
 
 
 def _first_line(err) -> str:
-  text = " ".join(str(getattr(err, "message", err)).split())
+  """A TensorFlow error's own words, without the graph and iterator names around them."""
+  text = str(getattr(err, "message", err))
+  text = re.sub(r"\{\{.*?\}\}|\[\[.*?\]\]|\[Op:[^\]]*\]", " ", text, flags=re.S)
+  text = re.sub(r"^.*transformation with iterator: \S+: ", "", " ".join(text.split()))
+  text = re.sub(r"\s*name:\s*$", "", text).strip() or type(err).__name__
   return text[:240] + ("..." if len(text) > 240 else "")
+
+
+def _first_undecodable(paths) -> Optional[str]:
+  """The first of `paths` that tf.io.decode_image cannot decode (None: they all decode)."""
+  import tensorflow as tf
+
+  for path in paths:
+    try:
+      tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
+    except tf.errors.OpError:
+      return path
+  return None
 
 
 # --- tfds:NAME ------------------------------------------------------------------------------------
@@ -467,5 +486,7 @@ def _load_folder(name, path, image_size, trigger_pool):
   # only after reading most of the set, and a bounded shuffle buffer could not mix it.
   order = np.random.default_rng(FOLDER_SPLIT_SEED).permutation(len(train_paths))
   train = read([train_paths[i] for i in order], train_labels[order])
+  every_file = [p for split in ("val", "test", "train") for p in parts[split][0]]
   return _splits(_info(name, shape, classes), train, len(train_paths), read(*parts["val"]),
-                 read(*parts["test"]), trigger_pool, name)
+                 read(*parts["test"]), trigger_pool, name,
+                 find_bad=lambda: _first_undecodable(every_file))
