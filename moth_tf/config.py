@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Mapping, Optional, Tuple
 PHASES = ("pipeline", "train", "test", "robustness", "distance", "harden", "poison", "backdoor",
           "detect")
 from moth_tf.hardening import methods as _methods  # pylint: disable=g-import-not-at-top
+from moth_tf.data import own as _own_data  # pylint: disable=g-import-not-at-top
 
 # "natural" is the base model; the others are hardening methods (moth_tf.hardening.methods). These
 # two are the built-in names; `methods()` also holds the ones registered later.
@@ -265,6 +266,7 @@ def field_type(field: dataclasses.Field):
 @dataclasses.dataclass(frozen=True)
 class DataConfig(Checked):
   """Which data set and how it is loaded."""
+  # A registered name (moth_tf.data.DATASETS), `tfds:NAME` or `folder:PATH` (moth_tf.data.own).
   dataset: str = setting("digits", "Data set.", cli="custom")
   data_dir: Optional[str] = setting(
       None, "tfds data dir / folder of prepared .npz files / folder of the Fashion-MNIST IDX files "
@@ -276,8 +278,9 @@ class DataConfig(Checked):
   augment: Optional[str] = setting(None, cli="custom")
   augment_pad: Optional[int] = setting(None, lower=0, cli="custom")
   download: bool = setting(
-      True, "cifar10 / svhn: when --data_dir (else $TFDS_DATA_DIR, else ~/tensorflow_datasets) "
-      "does not hold the data set, download and prepare it there with tensorflow_datasets. "
+      True, "cifar10 / svhn / tfds:NAME: when --data_dir (else $TFDS_DATA_DIR, else "
+      "~/tensorflow_datasets) does not hold the data set, download and prepare it there with "
+      "tensorflow_datasets. "
       "--nodownload (or MOTH_TF_NO_DOWNLOAD=1) never touches the network: a missing data set is an "
       "error at once.")
 
@@ -847,10 +850,12 @@ class RunConfig(Checked):
 
     From the natural base model: `{dataset}_{model}_{method}` (`..._natural` is the base itself).
     From another base run (a poisoned model): `{dataset}_{model}_{base_run}` is the base itself and
-    `{dataset}_{model}_{base_run}_{method}` what a method made of it.
+    `{dataset}_{model}_{base_run}_{method}` what a method made of it. Own data sets' names become
+    directory names first: `tfds:NAME` -> `tfds-NAME`, `folder:PATH` -> `folder-BASENAME-HASH`
+    (moth_tf.data.own.run_dir_name).
     """
     method = method or self.method
-    prefix = f"{self.data.dataset}_{self.model}"
+    prefix = f"{_own_data.run_dir_name(self.data.dataset)}_{self.model}"
     if self.base_run == "natural":
       return os.path.join(self.workdir, f"{prefix}_{method}")
     suffix = "" if method == "natural" else f"_{method}"

@@ -9,6 +9,7 @@ import numpy as np
 
 from moth_tf import config as config_lib
 from moth_tf import data as data_lib
+from moth_tf.data import stream as stream_lib
 from moth_tf import distribute
 from moth_tf import evaluation
 from moth_tf import models
@@ -32,6 +33,21 @@ RECIPES: Dict[str, config_lib.TrainConfig] = {
     "fashion_mnist": config_lib.TrainConfig(epochs=20, batch_size=128, optimizer="adam",
                                             learning_rate=2e-3, schedule="cosine"),
 }
+
+# Users' own data (tfds:NAME, folder:PATH; moth_tf.data.own), whatever it is: Adam with cosine
+# decay, which trains the default small_cnn without tuning (digits' and Fashion-MNIST's recipes
+# are of this kind).
+OWN_DATA_RECIPE = config_lib.TrainConfig(epochs=30, batch_size=128, optimizer="adam",
+                                         learning_rate=1e-3, schedule="cosine")
+
+
+def recipe(dataset: str) -> config_lib.TrainConfig:
+  """The base training recipe of a data set: its RECIPES entry, OWN_DATA_RECIPE for own data."""
+  if dataset in RECIPES:
+    return RECIPES[dataset]
+  if data_lib.is_own(dataset):
+    return OWN_DATA_RECIPE
+  raise ValueError(f"unknown dataset {dataset!r}; use one of {data_lib.choices_text()}")
 
 
 # The resumable backup of an unfinished training run (Keras deletes it when the fit completes).
@@ -110,7 +126,9 @@ def train_natural(model_name: str, splits: data_lib.DatasetSplits,
 
   Args:
     model_name: a name in moth_tf.models.MODELS.
-    splits: the data set's splits (train to fit, validation each epoch, test at the end).
+    splits: the data set's splits (train to fit, validation each epoch, test at the end); a
+      streaming one trains from its `train_stream` (shuffled through a bounded buffer) for
+      ceil(num_train / batch_size) steps per epoch.
     recipe: epochs, batch size, optimiser and learning rate.
     run_dir: where the model, logs, checkpoint and backup go.
     strategy: the tf.distribute strategy to build and train under.
@@ -126,7 +144,10 @@ def train_natural(model_name: str, splits: data_lib.DatasetSplits,
   """
   keras.utils.set_random_seed(seed)
   start = time.time()
-  steps_per_epoch = int(np.ceil(len(splits.x_train) / recipe.batch_size))
+  num_train = splits.num_train
+  if num_train is None:  # A stream of unknown size: counted once, so that epochs have an end.
+    num_train = stream_lib.count(splits.train_stream)
+  steps_per_epoch = int(np.ceil(num_train / recipe.batch_size))
   with strategy.scope():
     model = models.build_model(model_name, splits.image_shape, splits.num_classes,
                                normalization=splits.info.normalization)
@@ -134,8 +155,15 @@ def train_natural(model_name: str, splits: data_lib.DatasetSplits,
         optimizer=make_optimizer(recipe, steps_per_epoch),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"])
-  train_ds = data_lib.make_pipeline(splits.x_train, splits.y_train, recipe.batch_size, shuffle=True,
-                                    augment=splits.augmentation, seed=seed)
+  if splits.streaming:
+    # Never in memory: shuffled through a bounded buffer, endless, cut into epochs of
+    # steps_per_epoch batches.
+    train_ds = stream_lib.training_batches(
+        splits.train_stream, recipe.batch_size, augment=splits.augmentation, seed=seed,
+        shuffle_buffer=stream_lib.shuffle_buffer_size(splits.image_shape, num_train))
+  else:
+    train_ds = data_lib.make_pipeline(splits.x_train, splits.y_train, recipe.batch_size,
+                                      shuffle=True, augment=splits.augmentation, seed=seed)
   val_ds = data_lib.make_pipeline(splits.x_val, splits.y_val, 512)
   os.makedirs(run_dir, exist_ok=True)
   callbacks = [
@@ -146,6 +174,7 @@ def train_natural(model_name: str, splits: data_lib.DatasetSplits,
   ]
   distribute.prepare_fit(model, strategy, (splits.x_train[:1], splits.y_train[:1]))
   history = model.fit(train_ds, validation_data=val_ds, epochs=recipe.epochs, callbacks=callbacks,
+                      steps_per_epoch=steps_per_epoch if splits.streaming else None,
                       verbose=verbose, shuffle=False)  # The pipeline shuffles.
   check_finite_training(history, model, "training", "--learning_rate", recipe.learning_rate)
   train_seconds = time.time() - start

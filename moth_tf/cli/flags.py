@@ -113,11 +113,23 @@ def define_flags():
     _define(spec)
 
   # The flags whose value is resolved, not copied into a config field.
-  flags.DEFINE_enum("dataset", "digits", list(data_lib.DATASETS), "Data set.")
+  # A string checked in one line rather than an enum: besides the registered names it takes
+  # users' own data, tfds:NAME and folder:PATH (moth_tf.data.own).
+  flags.DEFINE_string(
+      "dataset", "digits",
+      f"<{'|'.join(data_lib.DATASETS)}|tfds:NAME|folder:PATH>: Data set. Your own data is "
+      "streamed (never read into memory whole): tfds:NAME is any tensorflow_datasets "
+      "image-classification set (train from its train split, test from test, validation from "
+      "validation or else the first 4% of train, at most 5,000; downloaded as for cifar10); "
+      "folder:PATH is a folder of class sub-folders of images (PATH/train/ and PATH/test/, plus "
+      "PATH/val/ or 10% of train, when present; else a stratified, seeded 80/10/10 split by "
+      "file), resized to --image_size or to the first image's size. Default model for both: "
+      "small_cnn.")
+  flags.register_validator("dataset", _check_dataset)
   flags.DEFINE_enum("model", None, list(models.MODELS),
                     "Architecture (default: the data set's default: lenet for digits, resnet20 "
                     "for cifar10 and gtsrb, nin for svhn, cnn for lisa, small_cnn for "
-                    "fashion_mnist).")
+                    "fashion_mnist, tfds:NAME and folder:PATH).")
   # A string checked against the live registry, so that methods registered after the flags were
   # defined are accepted too.
   flags.DEFINE_string("method", None,
@@ -151,6 +163,19 @@ def define_flags():
                       "poisoned run made by --phase=poison (default name there: poisoned). Phases "
                       "act on {dataset}_{model}_{base_run} and write what --method makes of it to "
                       "{dataset}_{model}_{base_run}_{method}.")
+
+
+def _check_dataset(name):
+  if name is None or name in data_lib.DATASETS:
+    return True
+  if not data_lib.is_own(name):
+    # Worded as absl words an enum's error (the other name flags' errors).
+    raise flags.ValidationError(
+        f"value should be one of <{'|'.join(data_lib.DATASETS)}|tfds:NAME|folder:PATH>")
+  error = data_lib.check_dataset_name(name)
+  if error:
+    raise flags.ValidationError(error)
+  return True
 
 
 def _check_method(name):

@@ -35,7 +35,7 @@ def config_from_flags(flag_values) -> config_lib.RunConfig:
 
   dataset = flag_values.dataset
   values = cli_flags.config_values(flag_values)
-  train = config_lib.replace(training.RECIPES[dataset], values.pop("train", {}))
+  train = config_lib.replace(training.recipe(dataset), values.pop("train", {}))
   seeds = config_lib.REFERENCE_SEEDS + tuple(range(1, flag_values.seeds + 1))
   distance = config_lib.replace(
       config_lib.DistanceConfig(seeds=seeds[:flag_values.seeds],
@@ -55,7 +55,7 @@ def config_from_flags(flag_values) -> config_lib.RunConfig:
       # Hardening phases default to MOTH; the others act on the base model unless told.
       method=flag_values.method or (
           "moth" if flag_values.phase in ("harden", "pipeline") else "natural"),
-      model=flag_values.model or data_lib.dataset_info(dataset).default_model,
+      model=flag_values.model or _default_model(dataset),
       data=data,
       train=train,
       distance=distance,
@@ -65,17 +65,34 @@ def config_from_flags(flag_values) -> config_lib.RunConfig:
           "poisoned" if flag_values.phase == "poison" else "natural"))
 
 
+def _default_model(dataset: str) -> str:
+  from moth_tf import data as data_lib
+  from moth_tf.data import own
+  # Own data's default is fixed: no need to open the tfds builder or the folder for it.
+  return own.DEFAULT_MODEL if data_lib.is_own(dataset) else (
+      data_lib.dataset_info(dataset).default_model)
+
+
 def data_config(dataset: str, flag_values, values=None) -> config_lib.DataConfig:
   """The DataConfig of the flags, with the augmentation resolved to a concrete recipe (so that
   summary.json and the HParams record what ran, not "default")."""
   from moth_tf import data as data_lib
   from moth_tf.data import augment as augment_lib
-  info = data_lib.dataset_info(dataset)
   values = values if values is not None else {
       "data_dir": flag_values.data_dir, "image_size": flag_values.image_size,
       "download": flag_values.download}
-  augmentation = augment_lib.resolve(info.augment, flag_values.augment, flag_values.augment_pad,
-                                     values["image_size"] or info.image_shape[0])
+  if data_lib.is_own(dataset):
+    # Own data has no augmentation of its own. Only a shift whose size was not given needs the
+    # image side (an eighth of it): then the tfds metadata or the folder's first image says it.
+    augmentation = augment_lib.resolve(augment_lib.NONE, flag_values.augment,
+                                       flag_values.augment_pad, values["image_size"] or 32)
+    if augmentation.translates and flag_values.augment_pad is None and not values["image_size"]:
+      side = data_lib.dataset_info(dataset, values["data_dir"]).image_shape[0]
+      augmentation = augment_lib.resolve(augment_lib.NONE, flag_values.augment, None, side)
+  else:
+    info = data_lib.dataset_info(dataset)
+    augmentation = augment_lib.resolve(info.augment, flag_values.augment, flag_values.augment_pad,
+                                       values["image_size"] or info.image_shape[0])
   return config_lib.DataConfig(dataset=dataset, augment=augmentation.recipe,
                                augment_pad=augmentation.pad, **values)
 

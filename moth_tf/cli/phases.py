@@ -29,9 +29,11 @@ def fit_verbosity(config: config_lib.RunConfig) -> int:
 
 
 def load_splits(config: config_lib.RunConfig) -> data_lib.DatasetSplits:
+  """The run's data set; a streamed one keeps config.harden.trigger_pool images per class."""
   return data_lib.load_dataset(config.data.dataset, config.data.data_dir, config.data.image_size,
                                augment=config.data.augment, augment_pad=config.data.augment_pad,
-                               download=config.data.download)
+                               download=config.data.download,
+                               trigger_pool=config.harden.trigger_pool)
 
 
 def make_run_command(config: config_lib.RunConfig, phase: str) -> str:
@@ -125,7 +127,10 @@ def run_train(config: config_lib.RunConfig, command_line=()):
   run_dir = distribute.worker_dir(strategy, config.run_dir("natural"))
   rundir.check_not_finished(run_dir, config.overwrite, "trained", training.BACKUP_DIR)
   rundir.check_writable(run_dir)
-  print(f"Training {config.model} on {config.data.dataset} ({len(splits.x_train)} train / "
+  train_size = "?" if splits.num_train is None else str(splits.num_train)
+  if splits.streaming:
+    train_size += " streamed"  # Only a sample is in memory (x_train).
+  print(f"Training {config.model} on {config.data.dataset} ({train_size} train / "
         f"{len(splits.x_val)} val / {len(splits.x_test)} test images; augmentation: "
         f"{splits.augmentation.describe()}) into {run_dir}")
   _, results, recorder = _train_base(config, splits, run_dir, strategy, "natural", command_line)
@@ -188,7 +193,8 @@ def output_dir(config: config_lib.RunConfig) -> str:
   if not config.model_path:
     return config.run_dir()
   stem = os.path.splitext(os.path.basename(os.path.normpath(config.model_path)))[0]
-  return os.path.join(config.workdir, f"{config.data.dataset}_external_{stem}")
+  return os.path.join(config.workdir,
+                      f"{data_lib.dataset_dir_name(config.data.dataset)}_external_{stem}")
 
 
 def load_distance_json(path: str) -> dict:
@@ -452,6 +458,11 @@ def run_poison(config: config_lib.RunConfig, command_line=()):
     raise ValueError("--phase=poison writes a poisoned base run, not the natural one; pass "
                      "--base_run=NAME (default: poisoned)")
   splits = load_splits(config)
+  if splits.streaming:
+    # Poisoning stamps a share of the training images in memory; a streamed set never is.
+    raise ValueError(f"--phase=poison needs the training set in memory, but "
+                     f"{config.data.dataset} is streamed; poison a registered data set, or stamp "
+                     "your own copy of the images and load that folder")
   run_dir = config.run_dir("natural")
   p = config.poison
   trigger = backdoor.make_trigger(p.kind, splits.image_shape, splits.num_classes, p.mode, p.target,

@@ -5,6 +5,10 @@
                                           shuffle=True, augment=splits.augmentation)
 
 All images are float32 in [0, 1], NHWC; labels are int64 class indices.
+
+Besides the registered names (DATASETS), users' own data loads by name, with a streamed training
+split (moth_tf.data.own): `tfds:NAME` (a tensorflow_datasets image-classification set) and
+`folder:PATH` (one sub-folder of images per class).
 """
 
 import importlib
@@ -19,6 +23,8 @@ from moth_tf.data.base import DatasetSplits
 from moth_tf.data.base import DatasetUnavailableError
 from moth_tf.data.base import check_splits
 from moth_tf.data.base import PGDSettings
+from moth_tf.data import own as own_lib
+from moth_tf.data import stream as stream_lib
 
 # name -> (module, info attribute, loader function). Modules are imported lazily so that importing
 # moth_tf does not import tensorflow_datasets or scikit-learn.
@@ -36,26 +42,67 @@ DATASETS = tuple(_REGISTRY)
 DOWNLOADABLE = ("cifar10", "svhn")
 
 
+def choices_text() -> str:
+  """Every form --dataset takes, for messages."""
+  return (f"{', '.join(DATASETS)}, tfds:NAME (a tensorflow_datasets image-classification set) or "
+          "folder:PATH (a folder with one sub-folder of images per class)")
+
+
+def check_dataset_name(name: str) -> Optional[str]:
+  """Why `name` is no data set (one line), or None: a registered name, `tfds:NAME`, or
+  `folder:PATH` naming a directory. The contents are checked when the data set is loaded."""
+  if own_lib.is_own(name):
+    return own_lib.check_name(name)
+  if name not in _REGISTRY:
+    return f"unknown dataset {name!r}; use one of {choices_text()}"
+  return None
+
+
+def is_own(name: str) -> bool:
+  """Whether `name` is users' own data (`tfds:NAME`, `folder:PATH`) rather than a registered set."""
+  return own_lib.is_own(name)
+
+
+def dataset_dir_name(name: str) -> str:
+  """`name` as a directory-name component (run directories): registered names as they are,
+  `tfds:NAME` -> `tfds-NAME`, `folder:PATH` -> `folder-BASENAME-HASH` (moth_tf.data.own)."""
+  return own_lib.run_dir_name(name)
+
+
 def _entry(name: str):
   if name not in _REGISTRY:
-    raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    raise ValueError(f"unknown dataset {name!r}; use one of {choices_text()}")
   module_name, info_attr, loader_attr = _REGISTRY[name]
   module = importlib.import_module(module_name)
   return getattr(module, info_attr), getattr(module, loader_attr)
 
 
-def dataset_info(name: str) -> DatasetInfo:
-  """Static facts (class count, shape, default model, PGD budgets) of a registered data set."""
+def dataset_info(name: str, data_dir: Optional[str] = None,
+                 image_size: Optional[int] = None) -> DatasetInfo:
+  """Static facts (class count, shape, default model, PGD budgets) of a data set.
+
+  A registered set's are fixed. Those of `tfds:NAME` / `folder:PATH` come from the tfds builder's
+  metadata (nothing is downloaded) or the folder's class folders and first image, with
+  `image_size` applied (moth_tf.data.own.describe; its DatasetUnavailableError for a set that
+  cannot be used).
+  """
+  if own_lib.is_own(name):
+    return own_lib.describe(name, data_dir, image_size)
   return _entry(name)[0]
 
 
 def load_dataset(name: str, data_dir: Optional[str] = None,
                  image_size: Optional[int] = None, augment: Optional[str] = None,
-                 augment_pad: Optional[int] = None, download: bool = True) -> DatasetSplits:
-  """Loads a registered data set's train/val/test splits as arrays.
+                 augment_pad: Optional[int] = None, download: bool = True,
+                 trigger_pool: int = stream_lib.DEFAULT_PER_CLASS) -> DatasetSplits:
+  """Loads a data set's train/val/test splits.
+
+  A registered set comes as arrays. `tfds:NAME` and `folder:PATH` stream their training split
+  (`train_stream`, `train_count`; x_train/y_train then hold up to `trigger_pool` images per class)
+  and hold validation and test as arrays; their split rules are in moth_tf.data.own.
 
   Args:
-    name: one of DATASETS.
+    name: one of DATASETS, `tfds:NAME` or `folder:PATH`.
     data_dir: where tfds data, prepared `.npz` files or the Fashion-MNIST IDX files live (None:
       each loader's default locations).
     image_size: if given, every split is resized (bilinear) to image_size x image_size.
@@ -65,7 +112,9 @@ def load_dataset(name: str, data_dir: Optional[str] = None,
       image side).
     download: let tfds download and prepare a missing DOWNLOADABLE data set into `data_dir` (or
       tfds's default directory). False, or $MOTH_TF_NO_DOWNLOAD=1, never touches the network;
-      the other data sets are never downloaded.
+      the other data sets are never downloaded. `tfds:NAME` follows the same rules.
+    trigger_pool: streamed sets: the training images per class held in memory (the first ones of
+      the stream; HardenConfig.trigger_pool).
 
   Returns:
     DatasetSplits with float32 [0,1] NHWC images, int64 labels, and the resolved `augmentation`.
@@ -75,6 +124,19 @@ def load_dataset(name: str, data_dir: Optional[str] = None,
       downloaded), or hold data no model should train on
       (non-finite or out-of-range pixels, bad labels or shapes); the message says what to do.
   """
+  if own_lib.is_own(name):
+    error = own_lib.check_name(name)
+    if error:
+      raise DatasetUnavailableError(f"{name}: {error}")
+    # Resolved first: a bad recipe is refused before the data is read (own data: no default).
+    augmentation = augment_lib.resolve(augment_lib.NONE, augment, augment_pad, image_size or 32)
+    splits = own_lib.load(name, data_dir, image_size, download, trigger_pool)
+    if augment_pad is None and not image_size:
+      # The default shift is an eighth of the image side, known only now.
+      augmentation = augment_lib.resolve(augment_lib.NONE, augment, None, splits.image_shape[0])
+    check_splits(splits, name)
+    splits.augmentation = augmentation
+    return splits
   info, loader = _entry(name)
   # Resolved first: a bad recipe is refused before the data is read.
   augmentation = augment_lib.resolve(info.augment, augment, augment_pad,
@@ -168,6 +230,7 @@ def samples_per_class(x: np.ndarray, y: np.ndarray, num_classes: int, per_class:
 
 __all__ = [
     "Augmentation", "DATASETS", "DOWNLOADABLE", "DatasetInfo", "DatasetSplits",
-    "DatasetUnavailableError", "PGDSettings", "check_splits", "dataset_info", "load_dataset",
+    "DatasetUnavailableError", "PGDSettings", "check_dataset_name", "check_splits", "choices_text",
+    "dataset_dir_name", "dataset_info", "is_own", "load_dataset",
     "make_pipeline", "resize_splits", "samples_per_class",
 ]

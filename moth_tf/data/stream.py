@@ -21,6 +21,10 @@ import numpy as np
 # Images per class held in memory for trigger generation when the training data is a stream
 # (HardenConfig.trigger_pool); 200 per class holds every training image of the digits.
 DEFAULT_PER_CLASS = 200
+# A training stream's shuffle buffer (`shuffle_buffer_size`): at most this many images and this
+# many bytes of them, so that large images keep the buffer small.
+SHUFFLE_BUFFER_IMAGES = 10_000
+SHUFFLE_BUFFER_BYTES = 256 * 2**20
 # `class_sample` stops after reading this many times `per_class * num_classes` images, whatever
 # it has found by then (a class missing from the stream would otherwise read all of it).
 SCAN_FACTOR = 10
@@ -142,19 +146,45 @@ def read_all(ds, what: str) -> Tuple[np.ndarray, np.ndarray]:
   return np.concatenate(images), np.concatenate(labels)
 
 
-def training_batches(ds, batch_size: int, augment=None, seed: int = 0):
-  """The endless batches a fit trains on: `ds`'s examples in stream order (no shuffle: the stream
-  is used as it is), batched, repeated, augmented like moth_tf.data.make_pipeline's batches.
+def shuffle_buffer_size(image_shape, count: Optional[int] = None) -> int:
+  """The shuffle buffer of a stream of float32 images of `image_shape` (and `count` images, when
+  known): SHUFFLE_BUFFER_IMAGES, fewer where their bytes would pass SHUFFLE_BUFFER_BYTES, at
+  least 1, never more than the stream holds."""
+  image_bytes = 4 * int(np.prod(image_shape))
+  size = min(SHUFFLE_BUFFER_IMAGES, SHUFFLE_BUFFER_BYTES // max(image_bytes, 1))
+  if count:
+    size = min(size, count)
+  return max(1, int(size))
+
+
+def count(ds) -> int:
+  """The number of elements of a finite dataset: tf.data's own count, else one pass over it."""
+  known = known_count(ds)
+  if known is not None:
+    return known
+  if is_endless(ds):
+    raise ValueError("the tf.data.Dataset is endless (a repeat()?); its size cannot be counted")
+  return int(ds.reduce(np.int64(0), lambda n, *_: n + 1))
+
+
+def training_batches(ds, batch_size: int, augment=None, seed: int = 0, shuffle_buffer: int = 0):
+  """The endless batches a fit trains on: `ds`'s examples in stream order (no shuffle by default:
+  the stream is used as it is), batched, repeated, augmented like moth_tf.data.make_pipeline's
+  batches.
 
   Args:
     ds: single (image, label) examples (`examples`).
     batch_size: the global batch size.
     augment: moth_tf.data.augment.Augmentation or None.
-    seed: the augmentation's seed (with each batch's index in the stream).
+    seed: the augmentation's (and the shuffle's) seed (with each batch's index in the stream).
+    shuffle_buffer: > 0: shuffle the examples through a buffer of this many (seeded, a new order
+      every pass over the stream); memory holds the buffer, never the whole stream.
   """
   import tensorflow as tf
   from moth_tf.data import augment as augment_lib
 
+  if shuffle_buffer:
+    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
   ds = ds.repeat().batch(batch_size)
   if augment is not None and augment.active:
     base_seed = tf.constant(seed or 0, tf.int64)

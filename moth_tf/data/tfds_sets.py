@@ -132,16 +132,33 @@ def _prepared_builder(name, tfds_name, data_dir, download):
   try:
     builder = tfds.builder(tfds_name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as err:
-    raise base.DatasetUnavailableError(_missing_message(name, tfds_name, data_dir)) from err
+    raise base.DatasetUnavailableError(missing_message(name, tfds_name, data_dir)) from err
+  prepare(builder, name, tfds_name, data_dir, download)
+  return builder
+
+
+def prepare(builder, name: str, tfds_name: str, data_dir: Optional[str], download: bool):
+  """Downloads and prepares a tfds builder's data set into its data dir when allowed (a no-op
+  when it is prepared there already, or when downloading is off: reading it then says whether it
+  is there, without any network).
+
+  Args:
+    builder: the tfds builder.
+    name: the data set's name in moth_tf ("svhn", "tfds:mnist"), for messages.
+    tfds_name: its tfds name.
+    data_dir: the tfds data dir as given (None: tfds's default), for messages.
+    download: whether downloading is allowed (see `download_allowed`).
+
+  Raises:
+    DatasetUnavailableError: the download failed; one line with the offline route.
+  """
   if not download_allowed(download):
-    return builder  # as_dataset below says whether the data is there, without any network.
+    return
   try:
-    # A no-op when the directory already holds the prepared data set.
     builder.download_and_prepare()
   except _download_errors() as err:
     raise base.DatasetUnavailableError(
         _download_failed_message(name, tfds_name, data_dir, err)) from err
-  return builder
 
 
 def _download_errors():
@@ -164,7 +181,7 @@ def _read_split(builder, name, tfds_name, split, data_dir, download):
   except AssertionError as err:
     # tfds signals missing data with an AssertionError ("could not find data in ...") after only
     # looking at the local directory, so with downloads off this fails fast without network.
-    raise base.DatasetUnavailableError(_missing_message(name, tfds_name, data_dir)) from err
+    raise base.DatasetUnavailableError(missing_message(name, tfds_name, data_dir)) from err
   images, labels, ids = [], [], []
   for batch in tfds.as_numpy(ds):
     images.append(batch["image"])
@@ -177,7 +194,7 @@ def _read_split(builder, name, tfds_name, split, data_dir, download):
   return np.concatenate(images)[order], np.concatenate(labels)[order].astype(np.int64)
 
 
-def _data_dir_shown(data_dir):
+def data_dir_shown(data_dir: Optional[str]) -> str:
   """The directory tfds uses: `data_dir`, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
   return data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.join(
       os.path.expanduser("~"), "tensorflow_datasets")
@@ -192,9 +209,9 @@ def _offline_route(tfds_name, directory):
           f"at such a copy)")
 
 
-def _missing_message(name, tfds_name, data_dir):
+def missing_message(name: str, tfds_name: str, data_dir: Optional[str]) -> str:
   """One line: where tfds looked, that downloading was off (and by what), and how to fill it."""
-  looked_in = _data_dir_shown(data_dir)
+  looked_in = data_dir_shown(data_dir)
   if download_allowed(True):
     why_off, turn_on = "downloading is off (--nodownload)", "without --nodownload"
   else:
@@ -206,7 +223,7 @@ def _missing_message(name, tfds_name, data_dir):
 
 def _download_failed_message(name, tfds_name, data_dir, err):
   """One line: which data set failed to download into which directory, why, and the way round."""
-  directory = _data_dir_shown(data_dir)
+  directory = data_dir_shown(data_dir)
   return (f"{_display_name(name, tfds_name)} could not be downloaded into the tfds data dir "
           f"{directory} ({_one_line(err)}). Run once with network access, or "
           f"{_offline_route(tfds_name, directory)}; --nodownload (or {NO_DOWNLOAD_ENV}=1) skips "
@@ -223,4 +240,4 @@ def _one_line(err, limit=240):
 
 def _display_name(name, tfds_name):
   """The registry name, plus tfds's where they differ: "svhn (tfds name svhn_cropped)"."""
-  return name if name == tfds_name else f"{name} (tfds name {tfds_name})"
+  return name if name in (tfds_name, f"tfds:{tfds_name}") else f"{name} (tfds name {tfds_name})"
