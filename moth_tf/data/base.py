@@ -77,6 +77,9 @@ class DatasetSplits:
   augmentation: augment_lib.Augmentation = augment_lib.NONE
   train_stream: Any = None
   train_count: Optional[int] = None
+  # Whether fits shuffle the stream through a bounded buffer: the data sets moth_tf streams itself
+  # (tfds:, folder:) are; a user's own tf.data.Dataset is used as it is.
+  shuffle_stream: bool = False
 
   @property
   def image_shape(self) -> Tuple[int, int, int]:

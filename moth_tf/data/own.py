@@ -192,7 +192,8 @@ def _splits(info, train_stream, train_count, val, test, trigger_pool, source, fi
     raise base.DatasetUnavailableError(
         f"{source}: {what} ({_first_line(err)}); remove or re-save the damaged file") from None
   return base.DatasetSplits(info, x_train, y_train, x_val, y_val, x_test, y_test,
-                            train_stream=train_stream, train_count=train_count)
+                            train_stream=train_stream, train_count=train_count,
+                            shuffle_stream=True)
 
 
 def _first_line(err) -> str:

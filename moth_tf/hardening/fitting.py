@@ -146,8 +146,11 @@ def training_data(splits, config: config_lib.HardenConfig, run_dir: str, name: s
 
   steps_per_epoch = config.steps_per_epoch_for(splits.num_train)
   if splits.streaming:
+    buffer = (stream.shuffle_buffer_size(splits.image_shape, splits.num_train)
+              if splits.shuffle_stream else 0)
     return stream.training_batches(splits.train_stream, config.batch_size,
-                                   augment=splits.augmentation, seed=config.seed), steps_per_epoch
+                                   augment=splits.augmentation, seed=config.seed,
+                                   shuffle_buffer=buffer), steps_per_epoch
   return data_lib.make_pipeline(splits.x_train, splits.y_train, config.batch_size, shuffle=True,
                                 augment=splits.augmentation, seed=config.seed, repeat=True,
                                 skip_batches=resume_epoch(run_dir, name) * steps_per_epoch
