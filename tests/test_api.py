@@ -394,6 +394,10 @@ def test_hardening_model_refusals(digits, logits_model):
        match=r"no image of class\(es\) 3; every class needs some")
   _bad(moth_tf.hardening_model, logits_model, "moth", (x, y), start_step=-1,
        match=r"start_step=-1")
+  _bad(moth_tf.hardening_model, logits_model, "moth", (x * 255, y),
+       match=r"samples: image values span \[0, 255\], outside \[0, 1\]")
+  _bad(moth_tf.hardening_model, logits_model, "moth", (x, y + 1),
+       match=r"samples: labels span 1\.\.10, outside the classifier's classes 0\.\.9")
   # finetune needs no trigger images, and its steps are the user's.
   wrapped = moth_tf.hardening_model(logits_model, "finetune")
   assert wrapped.image_shape == (8, 8, 1) and wrapped.num_classes == 10
@@ -449,4 +453,19 @@ def test_hardening_model_built_in_the_users_strategy_scope(digits, logits_model)
   batches = data_lib.make_pipeline(digits.x_train, digits.y_train, 64, shuffle=True, repeat=True)
   wrapped.fit(batches, epochs=1, steps_per_epoch=12, verbose=0)
   assert wrapped.distribute_strategy is strategy and wrapped.hardener.step == 12
-  assert isinstance(classifier.trainable_variables[0], tf.distribute.DistributedValues)
+  assert isinstance(classifier.trainable_variables[0].value, tf.distribute.DistributedValues)
+
+
+def test_a_subclassed_model_hardens_in_the_users_own_fit(digits, subclassed_model):
+  classifier = SubclassedNet.from_config(subclassed_model.get_config())
+  classifier(digits.x_train[:1])
+  classifier.set_weights(subclassed_model.get_weights())
+  # No input or output shape of its own: both are taken from the samples.
+  wrapped = moth_tf.hardening_model(classifier, samples=(digits.x_train, digits.y_train),
+                                    config=MINI, verbose=0)
+  assert wrapped.image_shape == (8, 8, 1) and wrapped.num_classes == 10
+  wrapped.compile()
+  wrapped.fit(tf.data.Dataset.from_tensor_slices((digits.x_train, digits.y_train)).repeat()
+              .batch(64), epochs=1, steps_per_epoch=12, verbose=0)
+  assert wrapped.hardener.events["generations"] > 0
+  assert not _same(_weights(classifier), _weights(subclassed_model))

@@ -181,3 +181,18 @@ def test_the_hardening_wrapper_takes_its_classifiers_policy(policy, data):
   history = wrapper.fit(x, y, batch_size=16, epochs=1, verbose=0)
   assert np.isfinite(history.history["loss"][0])
   assert all(w.dtype == "float32" for w in half.trainable_weights)
+
+
+def test_a_mixed_bfloat16_model_hardens_in_the_users_own_fit(data, mixed_model):
+  x, y = data
+  classifier = keras.models.clone_model(mixed_model)
+  classifier.set_weights(mixed_model.get_weights())
+  _assert_mixed_bfloat16(classifier)
+  wrapped = moth_tf.hardening_model(classifier, samples=(x, y), config=_TINY, verbose=0)
+  wrapped.compile(optimizer=keras.optimizers.SGD(0.01))
+  wrapped.fit(tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(16), epochs=2,
+              steps_per_epoch=4, verbose=0)  # 4 warm-up steps (one per class), then 4 of pairs.
+  assert wrapped.hardener.events["generations"] > 0
+  assert wrapped.pair_masks.dtype == "float32" and wrapped.store_masks.dtype == "float32"
+  assert all(w.dtype == "float32" for w in classifier.trainable_weights)
+  _assert_mixed_bfloat16(classifier)

@@ -39,9 +39,16 @@ def _samples(samples, num_classes: int, per_class: int):
   if isinstance(samples, (tuple, list)) and len(samples) == 2:
     x = np.asarray(samples[0], np.float32)
     y = np.asarray(samples[1]).reshape(-1).astype(np.int64)
-    if x.ndim != 4 or len(x) != len(y):
+    if x.ndim != 4 or len(x) != len(y) or not len(x):
       raise ValueError(f"samples: images of shape {x.shape} with {len(y)} labels; give "
                        "[N, H, W, C] images and one integer label each")
+    low, high = float(x.min()), float(x.max())
+    if not (np.isfinite(low) and np.isfinite(high)) or low < 0.0 or high > 1.0:
+      raise ValueError(f"samples: image values span [{low:.4g}, {high:.4g}], outside [0, 1] (or "
+                       "not finite); scale them to [0, 1] (e.g. x / 255.0)")
+    if y.min() < 0 or y.max() >= num_classes:
+      raise ValueError(f"samples: labels span {y.min()}..{y.max()}, outside the classifier's "
+                       f"classes 0..{num_classes - 1}")
     return x, y
   raise ValueError("samples must be (images, labels) arrays or a tf.data.Dataset of (image, "
                    f"label), got {type(samples).__name__}")
