@@ -15,9 +15,9 @@ Data: images are float arrays in [0, 1], NHWC ([N, H, W, C]; grey images have C 
 class indices, as `(images, labels)` arrays. `harden` also takes its data as `tf.data.Dataset`s of
 (image, label) pairs, batched or not: the training set is streamed (never read into memory), the
 validation and test sets are read into memory. `class_distance`, `detect_backdoor` and
-`backdoor_metrics` take arrays (x, y). Models map such images to one score per class: logits, or probabilities when the
-model ends in a softmax (see `outputs` below). Bad input is a ValueError with one line that names the
-problem and the fix.
+`backdoor_metrics` take arrays (x, y). Models map such images to one score per class: logits, or
+probabilities when the model ends in a softmax (see `outputs` below). Bad input is a ValueError
+with one line that names the problem and the fix.
 
 `outputs` (every function but `backdoor_metrics`, which only compares predicted labels):
 

@@ -20,6 +20,7 @@ from moth_tf.reporting import reader
 from moth_tf.reporting import records
 from moth_tf import training
 from moth_tf.hardening import model as model_lib
+from moth_tf.hardening import driver
 from moth_tf.hardening import moth
 from moth_tf.hardening import scheduler as scheduler_lib
 from moth_tf.models import io as model_io
@@ -50,7 +51,7 @@ def base(tmp_path_factory):
 
 def _hardener(splits, classifier, config, warmup=True, writer=None, pairs=1):
   stamping = model_lib.StampingModel(classifier, 10, pairs=pairs)
-  return moth.MothHardener(stamping, splits.x_train, splits.y_train, config, verbose=False,
+  return driver.MothHardener(stamping, splits.x_train, splits.y_train, config, verbose=False,
                            warmup=warmup, writer=writer)
 
 

@@ -23,6 +23,8 @@ from moth_tf import config as config_lib
 from moth_tf import data as data_lib
 from moth_tf import evaluation
 from moth_tf import training
+from moth_tf.hardening import callbacks
+from moth_tf.hardening import driver
 from moth_tf.hardening import fitting
 from moth_tf.hardening import moth
 from moth_tf.models import io as model_io
@@ -69,7 +71,7 @@ def hardened(base, tmp_path_factory):
   run_dir = str(tmp_path_factory.mktemp("moth"))
   before = {"file": _sha256(path), "weights": [w.copy() for w in model.get_weights()]}
   steps, first = [], {}
-  original_after_step = moth.MothHardener.after_step
+  original_after_step = driver.MothHardener.after_step
 
   def after_step(self):
     m = self.model
@@ -91,7 +93,7 @@ def hardened(base, tmp_path_factory):
     original_after_step(self)
 
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(moth.MothHardener, "after_step", after_step)
+    mp.setattr(driver.MothHardener, "after_step", after_step)
     classifier, results = moth.harden(lambda: model_io.load_model(path), splits, _TINY, run_dir,
                                       verbose=0)
   return {"classifier": classifier, "results": results, "run_dir": run_dir, "steps": steps,
@@ -227,7 +229,7 @@ def test_resume_after_an_interruption_equals_the_uninterrupted_run(base, tmp_pat
     if epoch == 1:
       raise _Interrupted(f"stopped at the start of epoch {epoch + 1}")
 
-  monkeypatch.setattr(moth.MothCallback, "on_epoch_begin", interrupt)
+  monkeypatch.setattr(callbacks.MothCallback, "on_epoch_begin", interrupt)
   with pytest.raises(_Interrupted):
     moth.harden(_copy_factory(model), splits, config, run_dir, verbose=0)
   monkeypatch.undo()
@@ -236,13 +238,13 @@ def test_resume_after_an_interruption_equals_the_uninterrupted_run(base, tmp_pat
     assert json.load(f)["epoch"] == 1
 
   iterations = []
-  original_after_step = moth.MothHardener.after_step
+  original_after_step = driver.MothHardener.after_step
 
   def after_step(self):
     iterations.append(int(self.model.optimizer.iterations.numpy()))
     original_after_step(self)
 
-  monkeypatch.setattr(moth.MothHardener, "after_step", after_step)
+  monkeypatch.setattr(driver.MothHardener, "after_step", after_step)
   capsys.readouterr()
   classifier, results = moth.harden(_copy_factory(model), splits, config, run_dir, verbose=2)
   out = capsys.readouterr().out
@@ -290,7 +292,7 @@ def test_a_direction_without_any_successful_trigger_is_not_stamped(base):
   stamping = model_lib.StampingModel(clf, 10)
   config = config_lib.harden_config(warmup_steps=5, pair_steps=5, fast_steps=2, trigger_samples=4,
                                    warmup_samples=2, epsilon=0.0, **_PUBLISHED)
-  hardener = moth.MothHardener(stamping, splits.x_train, splits.y_train, config, verbose=False)
+  hardener = driver.MothHardener(stamping, splits.x_train, splits.y_train, config, verbose=False)
   for _ in range(11):  # 10 warm-up steps, then the first pair step.
     hardener.before_step()
     hardener.after_step()
@@ -349,7 +351,7 @@ def test_two_families_are_generated_stored_and_stamped(base):
                                    trigger_samples=8, warmup_samples=4, families=2, epsilon=0.0,
                                    **_PUBLISHED)
   stamping = model_lib.StampingModel(clf, 10, families=2)
-  hardener = moth.MothHardener(stamping, splits.x_train, splits.y_train, config, verbose=False)
+  hardener = driver.MothHardener(stamping, splits.x_train, splits.y_train, config, verbose=False)
   for _ in range(11):  # 10 warm-up steps, then the first pair step.
     hardener.before_step()
     hardener.after_step()
@@ -484,7 +486,7 @@ def test_generations_per_period_and_warm_fast_start(base):
                                    **dict(_PUBLISHED, generations_per_period=1,
                                           warm_fast_start=True))
   stamping = model_lib.StampingModel(model_io.load_model(path), 10)
-  hardener = moth.MothHardener(stamping, splits.x_train, splits.y_train, config, verbose=False)
+  hardener = driver.MothHardener(stamping, splits.x_train, splits.y_train, config, verbose=False)
   calls = []
   original_invert, original_choose = hardener.pair_inverter.invert, hardener.scheduler.choose
 
@@ -533,7 +535,7 @@ def test_period_length_and_generation_early_stop(base):
                                    **dict(_PUBLISHED, generations_per_period=1, period=4,
                                           generation_early_stop=3))
   stamping = model_lib.StampingModel(model_io.load_model(path), 10)
-  hardener = moth.MothHardener(stamping, splits.x_train, splits.y_train, config, verbose=False)
+  hardener = driver.MothHardener(stamping, splits.x_train, splits.y_train, config, verbose=False)
   calls = []
   original_invert = hardener.pair_inverter.invert
 
@@ -568,7 +570,7 @@ def test_several_pairs_per_period_are_generated_in_one_call_and_stamped_together
                                    generations_per_period=1, warm_fast_start=True,
                                    fast_first_visit=True)
   stamping = model_lib.StampingModel(model_io.load_model(path), 10, pairs=3)
-  hardener = moth.MothHardener(stamping, splits.x_train, splits.y_train, config, verbose=False)
+  hardener = driver.MothHardener(stamping, splits.x_train, splits.y_train, config, verbose=False)
   calls = []
   original_invert = hardener.pair_inverter.invert
 
@@ -623,7 +625,7 @@ def test_more_pairs_per_period_than_the_classes_allow_is_refused(base):
   config = config_lib.harden_config(pairs_per_period=6)
   stamping = model_lib.StampingModel(model_io.load_model(path), 10, pairs=1)
   with pytest.raises(ValueError, match="pairs_per_period=6 needs 12 classes.*at most 5"):
-    moth.MothHardener(stamping, splits.x_train, splits.y_train, config, verbose=False)
+    driver.MothHardener(stamping, splits.x_train, splits.y_train, config, verbose=False)
   # The method's check, which phases.run_harden calls before it writes anything.
   with pytest.raises(ValueError, match="pairs_per_period=6 needs 12 classes.*at most 5"):
     moth.check_model(stamping.classifier, config)

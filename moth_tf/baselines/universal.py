@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from moth_tf import config as config_lib
 from moth_tf.evaluation import distance
+from moth_tf.hardening import driver
 from moth_tf.hardening import fitting
 from moth_tf.hardening import moth
 from moth_tf.triggers import distributed
@@ -28,7 +29,7 @@ from moth_tf.triggers import engine
 from moth_tf.triggers import params
 
 
-class UniversalHardener(moth.MothHardener):
+class UniversalHardener(driver.MothHardener):
   """MothHardener whose periods regenerate and stamp one universal trigger, targets in turn."""
 
   def __init__(self, model, x_train, y_train, config, **kwargs):

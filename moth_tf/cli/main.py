@@ -29,7 +29,6 @@ FLAGS = flags.FLAGS
 
 def config_from_flags(flag_values) -> config_lib.RunConfig:
   """Builds the frozen run configuration from parsed flags (recipe and preset values filled in)."""
-  from moth_tf import data as data_lib
   from moth_tf import training
   from moth_tf.hardening import runner
 

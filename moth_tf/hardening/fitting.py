@@ -8,12 +8,13 @@ with like: same optimiser, learning-rate schedule, batches, budget, checkpointin
 
 import os
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import keras
 import tensorflow as tf
 
 from moth_tf import config as config_lib
+from moth_tf.hardening import callbacks as callbacks_lib
 
 
 def learning_rate_schedule(config: config_lib.HardenConfig, num_train: int,
@@ -76,45 +77,6 @@ def recipe_optimizer(config: config_lib.HardenConfig, learning_rate):
   """The hardening recipes' optimizer: SGD with Nesterov momentum at `learning_rate` (a rate or a
   schedule, see learning_rate_schedule)."""
   return keras.optimizers.SGD(learning_rate, momentum=config.momentum, nesterov=True)
-
-
-class StopAtStep(keras.callbacks.Callback):
-  """Ends a fit after its optimizer's `total_steps`-th step, inside an epoch if need be (a budget
-  in steps that is no whole number of epochs)."""
-
-  def __init__(self, total_steps: int):
-    super().__init__()
-    self.total_steps = int(total_steps)
-
-  def on_train_batch_end(self, batch, logs=None):
-    if int(self.model.optimizer.iterations.numpy()) >= self.total_steps:
-      self.model.stop_training = True
-
-
-class RunClock(keras.callbacks.Callback):
-  """Keeps the run's wall time across restarts in the model's `elapsed_seconds` variable.
-
-  At every epoch end (before BackupAndRestore saves) it stores the earlier processes' seconds plus
-  this process's since `start`; the first batch reads back what a resume restored. A killed
-  process's unfinished epoch is redone and counted once, like its steps.
-  """
-
-  def __init__(self, start: float):
-    super().__init__()
-    self.start = start
-    self.earlier_seconds = 0.0
-    self._read = False
-
-  def on_train_batch_begin(self, batch, logs=None):
-    if not self._read:  # BackupAndRestore restores in on_train_begin, before the first batch.
-      self.earlier_seconds = float(self.model.elapsed_seconds.numpy())
-      self._read = True
-
-  def on_epoch_end(self, epoch, logs=None):
-    self.model.elapsed_seconds.assign(self.total_seconds())
-
-  def total_seconds(self) -> float:
-    return self.earlier_seconds + time.time() - self.start
 
 
 def resume_epoch(run_dir: str, name: str = "harden") -> int:
@@ -196,7 +158,7 @@ def fit_hardening(model, splits, config: config_lib.HardenConfig, run_dir: str,
   from moth_tf import rundir
   from moth_tf import training
 
-  clock = RunClock(start or time.time())
+  clock = callbacks_lib.RunClock(start or time.time())
   train_ds, steps_per_epoch = training_data(splits, config, run_dir, name)
   if epochs is None:
     epochs = config.epochs_for(splits.num_train)
@@ -209,7 +171,7 @@ def fit_hardening(model, splits, config: config_lib.HardenConfig, run_dir: str,
       keras.callbacks.BackupAndRestore(os.path.join(run_dir, f"backup_{name}")),
   ]
   if total_steps < epochs * steps_per_epoch:
-    callbacks.insert(0, StopAtStep(total_steps))
+    callbacks.insert(0, callbacks_lib.StopAtStep(total_steps))
   # Progress is shown by StepProgress, and Keras's own display is off (verbose=0): a hardening
   # epoch is one pass over the training data, on digits 10 steps, so Keras would count 200 epochs
   # (200 lines, or 200 redraws of a bar) for the 2,000-step budget. StepProgress counts the run's

@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from moth_tf import config as config_lib
 from moth_tf.attacks import pgd
+from moth_tf.hardening import callbacks
 from moth_tf.triggers import params
 
 
@@ -126,7 +127,7 @@ class HardeningModel(keras.Model):
     self.tracker_name = tracker_name
     self.perturbed_tracker = keras.metrics.Mean(name=tracker_name)
     # Wall seconds of the run's earlier processes (a resumed run adds its own): checkpointed by
-    # BackupAndRestore like the weights (see moth_tf.hardening.fitting.RunClock).
+    # BackupAndRestore like the weights (see moth_tf.hardening.callbacks.RunClock).
     self.elapsed_seconds = self.add_weight(name="elapsed_seconds", shape=(), dtype="float32",
                                            trainable=False, initializer="zeros")
     if int(start_step) < 0 or (start_epoch is not None and int(start_epoch) < 0):
@@ -134,11 +135,11 @@ class HardeningModel(keras.Model):
                        "epoch >= 0 to start perturbing at")
     self.start_step = int(start_step)
     self.start_epoch = None if start_epoch is None else int(start_epoch)
-    # 1 once the perturbation has started (assigned by StartPerturbing; checkpointed, so a resumed
-    # run that had started goes on perturbing). Only a model with a delayed start reads it.
+    # 1 once the perturbation has started (set by callbacks.StartPerturbing; checkpointed, so a
+    # resumed run that had started goes on perturbing). Only a model with a delayed start reads it.
     self.perturbing = self.add_weight(name="perturbing", shape=(), dtype="int32",
                                       trainable=False, initializer="zeros")
-    self.driver_callbacks = [StartPerturbing()] if self.delayed_start else []
+    self.driver_callbacks = [callbacks.StartPerturbing()] if self.delayed_start else []
     self.default_optimizer = None
 
   @property
@@ -289,37 +290,6 @@ class HardeningModel(keras.Model):
     return cls(**config)
 
 
-class StartPerturbing(keras.callbacks.Callback):
-  """Switches a HardeningModel's perturbation on at its `start_step` or `start_epoch`.
-
-  Runs first among the model's driver callbacks, so a driver that sees `perturbing` set (MOTH's
-  trigger generation) starts at the same step as the train step's perturbation.
-  """
-
-  def __init__(self):
-    super().__init__()
-    self._epoch = 0
-
-  def on_epoch_begin(self, epoch, logs=None):
-    self._epoch = epoch
-
-  def on_train_batch_begin(self, batch, logs=None):
-    model = self.model
-    if int(model.perturbing.numpy()):
-      return
-    if model.start_epoch is not None:
-      due = self._epoch >= model.start_epoch
-    else:
-      due = int(model.optimizer.iterations.numpy()) >= model.start_step
-    if due:
-      model.perturbing.assign(1)
-
-
-def perturbing_now(model) -> bool:
-  """Whether `model`'s next step perturbs: always, unless its start is delayed and not reached."""
-  return not model.delayed_start or bool(int(model.perturbing.numpy()))
-
-
 # Longest period whose progress a checkpoint keeps (longer ones restart their period on resume).
 MAX_CHECKPOINTED_PERIOD = 64
 
@@ -385,8 +355,8 @@ class StampingModel(HardeningModel):
     self.sched_choices = state("sched_choices", (), "int32")
     self.global_step = state("global_step", (), "int32")
     self.initialized = state("initialized", (), "int32")
-    # The driver's counters and the current period's progress (moth_tf.hardening.moth.DriverState,
-    # by field order), and the trigger sizes of the period's steps so far, so that a resumed
+    # The driver's counters and the current period's progress (by field order: DriverState of
+    # moth_tf.hardening.driver_state), and the trigger sizes of the period's steps so far, so that a resumed
     # run continues the period it was in and reports the counters of the whole run.
     self.driver_state = state("driver_state", (16,))
     self.period_sizes = state("period_sizes", (MAX_CHECKPOINTED_PERIOD, k))
