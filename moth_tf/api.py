@@ -42,287 +42,12 @@ from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-OUTPUTS = ("auto", "logits", "probabilities")
+from moth_tf import inputs
+from moth_tf import logits
+
+OUTPUTS = logits.OUTPUTS
 # Share of `train` kept for validation when `harden` gets no `val`.
 VALIDATION_SHARE = 0.1
-# Images whose outputs "auto" checks for probability rows.
-_PROBE_IMAGES = 64
-
-
-# --- Input checks ---------------------------------------------------------------------------------
-
-
-def _arrays(data, what: str) -> Tuple[np.ndarray, np.ndarray]:
-  """(x, y) of an (images, labels) tuple or a tf.data.Dataset."""
-  if isinstance(data, (tuple, list)):
-    if len(data) != 2:
-      raise ValueError(f"{what} must be an (images, labels) pair, got a {type(data).__name__} of "
-                       f"{len(data)} items")
-    return np.asarray(data[0]), np.asarray(data[1])
-  import tensorflow as tf
-  if isinstance(data, tf.data.Dataset):
-    from moth_tf.data import stream
-    return stream.read_all(data, what)
-  raise ValueError(f"{what} must be an (images, labels) tuple of arrays or a tf.data.Dataset of "
-                   f"(image, label), got {type(data).__name__}")
-
-
-def _check_images(x, what: str) -> np.ndarray:
-  """`x` as float32 [N, H, W, C] in [0, 1], or a one-line ValueError."""
-  x = np.asarray(x)
-  if x.dtype == np.uint8:
-    raise ValueError(f"{what} images are uint8 (0..255); pass floats in [0, 1], e.g. x / 255.0")
-  if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-    raise ValueError(f"{what} images are {x.dtype}, not numbers; pass a float array in [0, 1]")
-  if x.ndim != 4:
-    hint = " (grey images: add a channel axis, x[..., None])" if x.ndim == 3 else ""
-    raise ValueError(f"{what} images have shape {x.shape}, not 4-d [N, H, W, C]{hint}")
-  if not len(x):
-    raise ValueError(f"{what} holds no images")
-  x = x.astype(np.float32, copy=False)
-  low, high = x.min(), x.max()
-  if not (np.isfinite(low) and np.isfinite(high)):
-    raise ValueError(f"{what} images hold {int(np.count_nonzero(~np.isfinite(x)))} non-finite "
-                     "values (NaN or inf); clean or drop those images")
-  if low < 0.0 or high > 1.0:
-    raise ValueError(f"{what} image values span [{low:.4g}, {high:.4g}], outside [0, 1]; scale "
-                     "them to [0, 1] (e.g. x / 255.0) and move any normalisation into the model")
-  return x
-
-
-def _check_labels(y, count: int, num_classes: int, what: str) -> np.ndarray:
-  """`y` as int64 [N] class indices in 0..num_classes-1, or a one-line ValueError."""
-  y = np.asarray(y)
-  if y.ndim == 2 and y.shape[1] == 1:
-    y = y[:, 0]
-  if y.ndim == 2:
-    raise ValueError(f"{what} labels have shape {y.shape} (one-hot?); pass integer class indices "
-                     "[N], e.g. y.argmax(axis=1)")
-  if y.ndim != 1 or len(y) != count:
-    raise ValueError(f"{what} has {count} images but labels of shape {y.shape}; give one integer "
-                     "label per image")
-  if np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0):
-    y = y.astype(np.int64)  # Whole numbers stored as floats.
-  if not np.issubdtype(y.dtype, np.integer):
-    raise ValueError(f"{what} labels are {y.dtype}, not integer class indices; pass y.astype(int)")
-  if y.min() < 0 or y.max() >= num_classes:
-    raise ValueError(f"{what} labels span {y.min()}..{y.max()}, outside the model's classes "
-                     f"0..{num_classes - 1}")
-  return y.astype(np.int64, copy=False)
-
-
-def _data(data, what: str, model, num_classes: int) -> Tuple[np.ndarray, np.ndarray]:
-  """Checked images and labels of `data` for `model`."""
-  x, y = _arrays(data, what)
-  return _images_and_labels(x, y, what, model, num_classes)
-
-
-def _images_and_labels(x, y, what, model, num_classes):
-  x = _check_images(x, what)
-  expected = _input_shape(model)
-  if expected is None:  # A subclassed model: the images decide (it fails on a wrong shape).
-    return x, _check_labels(y, len(x), num_classes, what)
-  if any(e is not None and e != g for e, g in zip(expected, x.shape[1:])):
-    raise ValueError(f"{what} images are {x.shape[1:]} (H, W, C) but the model takes {expected}; "
-                     "resize the images or pass a model built for them")
-  return x, _check_labels(y, len(x), num_classes, what)
-
-
-def _load(model, unsafe_load: bool = False):
-  """(keras model, its path or None) of a Keras model or a path to one."""
-  import keras
-  from moth_tf.models import io as model_io
-
-  if isinstance(model, (str, os.PathLike)):
-    path = os.fspath(model)
-    return model_io.load_model(path, unsafe_load=unsafe_load), path
-  if not isinstance(model, keras.Model):
-    raise ValueError("model must be a keras.Model or the path of a .keras file or SavedModel "
-                     f"directory, got {type(model).__name__}")
-  if not model.built:
-    raise ValueError("the model has no weights yet (never built, called or trained); train it, "
-                     "or call it once on a batch of images, before hardening or measuring it")
-  return model, None
-
-
-def _input_shape(model) -> Optional[Tuple[int, ...]]:
-  """(H, W, C) the model declares, or None (a subclassed model declares none: the data decides)."""
-  try:
-    shape = tuple(model.input_shape)
-  except (AttributeError, TypeError, ValueError):
-    return None
-  return shape[1:] if len(shape) == 4 else None
-
-
-def _is_graph_model(model) -> bool:
-  """Whether `model` is a functional or Sequential model (a graph of layers that
-  keras.models.clone_model can rebuild layer by layer), not a subclassed one."""
-  try:
-    return bool(model.inputs)
-  except (AttributeError, ValueError):
-    return False
-
-
-def _class_count(model, num_classes: Optional[int], sample=None) -> int:
-  """The model's number of outputs, checked against `num_classes` when given (a model without an
-  output shape, a subclassed one, is called on `sample` to see it)."""
-  try:
-    shape = tuple(model.output_shape)
-  except (AttributeError, TypeError, ValueError):
-    shape = None
-  if shape is None and sample is not None:
-    shape = tuple(model(np.asarray(sample[:1], np.float32)).shape)
-  outputs = shape[-1] if isinstance(shape, tuple) and len(shape) == 2 else None
-  if outputs is None and num_classes is None:
-    raise ValueError(f"the model's output shape is {shape}, not [batch, classes]; give it one "
-                     "score per class, or pass num_classes")
-  if num_classes is not None and outputs is not None and num_classes != outputs:
-    raise ValueError(f"num_classes={num_classes} but the model has {outputs} outputs; leave "
-                     "num_classes out or pass the model that has them")
-  n = num_classes or outputs
-  if n < 2:
-    raise ValueError(f"the model has {n} output(s); class distance needs 2 or more classes")
-  return int(n)
-
-
-def _strategy(strategy):
-  """A tf.distribute strategy: the current one for None, a named one for a string."""
-  import tensorflow as tf
-  if strategy is None:
-    return tf.distribute.get_strategy()
-  if isinstance(strategy, str):
-    from moth_tf import distribute
-    return distribute.get_strategy(strategy)
-  if not isinstance(strategy, tf.distribute.Strategy):
-    raise ValueError("strategy must be None, a tf.distribute.Strategy or one of default, "
-                     f"mirrored, multi_worker; got {type(strategy).__name__}")
-  return strategy
-
-
-# --- Logits and probabilities ---------------------------------------------------------------------
-
-
-def _softmax_end(model) -> Optional[str]:
-  """How `model` ends in a softmax that can be taken off: "layer", "activation", or None."""
-  import keras
-  layers = getattr(model, "layers", None)
-  if not layers or not _is_graph_model(model):
-    # A subclassed model's layers are in attribute order, not call order: its softmax, if any,
-    # is found by its outputs (probabilities).
-    return None
-  last = layers[-1]
-  if isinstance(last, keras.layers.Softmax):
-    return "layer"
-  activation = getattr(last, "activation", None)
-  if activation is not None and getattr(activation, "__name__", "") == "softmax":
-    return "activation"
-  return None
-
-
-def _looks_like_probabilities(model, x) -> bool:
-  scores = np.asarray(model.predict(x[:_PROBE_IMAGES], verbose=0), np.float64)
-  return bool(scores.min() >= 0.0 and np.allclose(scores.sum(axis=-1), 1.0, atol=1e-3))
-
-
-def _output_form(model, outputs: str, x) -> str:
-  """"logits", "softmax_layer", "softmax_activation" or "probabilities" (no softmax to take off)."""
-  if outputs not in OUTPUTS:
-    raise ValueError(f"outputs={outputs!r}: use one of {', '.join(OUTPUTS)}")
-  if outputs == "logits":
-    return "logits"
-  end = _softmax_end(model)
-  if end:
-    return "softmax_" + end
-  if outputs == "probabilities" or _looks_like_probabilities(model, x):
-    return "probabilities"
-  return "logits"
-
-
-_FORM_NOTES = {
-    "logits": "the model outputs logits",
-    "softmax_layer": "the model ends in a Softmax layer: worked on without it, returned with it",
-    "softmax_activation": ("the last layer has a softmax activation: worked on with a linear one, "
-                           "returned with the softmax"),
-    "probabilities": ("the model outputs probabilities without a softmax layer to take off: worked "
-                      "on as their logarithm"),
-}
-
-
-def _copy_subclassed(model, sample):
-  """A copy of a subclassed model with its weights: rebuilt from its config (Keras records a
-  subclass's constructor arguments), else through a temporary .keras file; None if neither
-  works."""
-  import keras
-
-  try:
-    copy = model.__class__.from_config(model.get_config())
-    copy(np.asarray(sample[:1], np.float32))
-    copy.set_weights(model.get_weights())
-    return copy
-  except Exception:  # Any failure of the user's code means: try the next way.
-    pass
-  folder = tempfile.mkdtemp(prefix="moth_tf_copy_")
-  try:
-    path = os.path.join(folder, "model.keras")
-    model.save(path)
-    copy = keras.saving.load_model(path, compile=False)
-    copy.set_weights(model.get_weights())
-    return copy
-  except Exception:
-    return None
-  finally:
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-def _clone(model, strip_softmax: bool = False, sample=None):
-  """A copy of `model` with its weights (the softmax taken off when asked); the original is never
-  touched."""
-  import keras
-  if not _is_graph_model(model):
-    copy = _copy_subclassed(model, sample)
-    if copy is None:
-      raise ValueError(
-          f"cannot copy the subclassed model {type(model).__name__} (neither from_config("
-          "get_config()) nor a .keras save and load rebuilds it); give its __init__ arguments a "
-          "get_config() or register the class with @keras.saving.register_keras_serializable(), "
-          "or pass in_place=True to harden the model itself")
-    return copy
-  last = model.layers[-1]
-
-  def clone_layer(layer):
-    if strip_softmax and layer is last:
-      if isinstance(layer, keras.layers.Softmax):
-        return keras.layers.Identity(name=layer.name)
-      return layer.__class__.from_config({**layer.get_config(), "activation": "linear"})
-    return layer.__class__.from_config(layer.get_config())
-
-  try:
-    copy = keras.models.clone_model(model, clone_function=clone_layer)
-  except (TypeError, ValueError, NotImplementedError) as e:
-    raise ValueError(f"keras.models.clone_model cannot copy this model ({type(e).__name__}: "
-                     f"{str(e).splitlines()[0][:100]}); build it with the functional or "
-                     "Sequential API, or save it and pass the path") from e
-  copy.set_weights(model.get_weights())
-  return copy
-
-
-def _log_probabilities(model, image_shape=None):
-  """`model` (probabilities) with the logarithm on top: logits up to a constant per image."""
-  import keras
-
-  inputs = keras.Input(_input_shape(model) or tuple(image_shape))
-  scores = keras.layers.Lambda(lambda p: keras.ops.log(keras.ops.maximum(p, 1e-12)),
-                               name="log_probabilities")(model(inputs))
-  return keras.Model(inputs, scores, name="log_" + model.name)
-
-
-def _logits_model(model, form: str, copy: bool, sample=None, image_shape=None):
-  """A logits view of `model` (form from `_output_form`); a copy when `copy` or when the softmax is
-  taken off (`sample`: images to build a subclassed model's copy with)."""
-  if form.startswith("softmax_"):
-    return _clone(model, strip_softmax=True, sample=sample)
-  base = _clone(model, sample=sample) if copy else model
-  return _log_probabilities(base, image_shape) if form == "probabilities" else base
 
 
 # --- Hardening ------------------------------------------------------------------------------------
@@ -437,7 +162,7 @@ def harden(model, train, val=None, method: str = "moth", *, test=None,
   from moth_tf.models import io as model_io
 
   methods.get_method(method)  # An unknown method is refused before anything is loaded.
-  base, path = _load(model, unsafe_load)
+  base, path = inputs.load(model, unsafe_load)
   if in_place and path:
     raise ValueError("in_place=True hardens a model object; a path is loaded, so pass the model "
                      "or leave in_place out")
@@ -445,23 +170,23 @@ def harden(model, train, val=None, method: str = "moth", *, test=None,
                                          seed)
   num_classes = splits.num_classes
   plan = runner.plan(method, base, splits, harden_config)
-  form = _output_form(base, outputs, splits.x_train)
+  form = logits.output_form(base, outputs, splits.x_train)
   if in_place and form.startswith("softmax_"):
     form = "probabilities"  # Its softmax stays on: worked on as log-probabilities.
-  if not (path or in_place or _is_graph_model(base)):
-    _clone(base, sample=splits.x_train[:1])  # Refused now if it cannot be copied, not mid-run.
-  strategy = _strategy(strategy)
+  if not (path or in_place or inputs.is_graph_model(base)):
+    logits.clone(base, sample=splits.x_train[:1])  # Refused now if it cannot be copied, not mid-run.
+  strategy = inputs.strategy(strategy)
   image_shape = splits.image_shape
 
   def classifier_factory():
     # Called inside the strategy's scope: the copy's variables are the strategy's.
     original = model_io.load_model(path, unsafe_load=unsafe_load) if path else base
-    return _logits_model(original, form, copy=path is None and not in_place,
+    return logits.logits_model(original, form, copy=path is None and not in_place,
                          sample=splits.x_train[:1], image_shape=image_shape)
 
   accuracy_before = evaluation.accuracy(base, splits.x_test, splits.y_test)
   if verbose:
-    print(f"{method} hardening: {plan.describe(splits)}; {_FORM_NOTES[form]}", flush=True)
+    print(f"{method} hardening: {plan.describe(splits)}; {logits.FORM_NOTES[form]}", flush=True)
   run_dir = workdir or tempfile.mkdtemp(prefix="moth_tf_harden_")
   try:
     classifier, raw = plan.run(classifier_factory, splits, run_dir, strategy, verbose=verbose)
@@ -471,7 +196,7 @@ def harden(model, train, val=None, method: str = "moth", *, test=None,
   if form.startswith("softmax_"):
     # The input's own architecture, softmax included, with the hardened weights (the softmax has
     # none, and a linear activation has the same weights as a softmax one).
-    hardened = _clone(base)
+    hardened = logits.clone(base)
     hardened.set_weights(classifier.get_weights())
   elif form == "probabilities":
     hardened = classifier.layers[1]  # Under the log_probabilities layer.
@@ -481,7 +206,7 @@ def harden(model, train, val=None, method: str = "moth", *, test=None,
   results = HardenResults(
       method=method, test_accuracy_before=accuracy_before, test_accuracy_after=accuracy_after,
       accuracy_split="test" if test is not None else "val", wall_seconds=raw["wall_seconds"],
-      steps=raw["steps"], config=harden_config, outputs=form, note=_FORM_NOTES[form],
+      steps=raw["steps"], config=harden_config, outputs=form, note=logits.FORM_NOTES[form],
       workdir=workdir, raw={**raw, "method": method, "batchnorm": plan.batchnorm,
                             "streamed": splits.streaming, "num_classes": num_classes})
   if verbose:
@@ -509,21 +234,21 @@ def _harden_splits(base, train, val, test, dataset, method, config, augment, see
     first = next(iter(examples.take(1).batch(1)), None)
     if first is None:
       raise ValueError("train: the tf.data.Dataset is empty")
-    num_classes = _class_count(base, None, first[0].numpy())
+    num_classes = inputs.class_count(base, None, first[0].numpy())
   else:
-    x_train, y_train = _arrays(train, "train")
-    x_train = _check_images(x_train, "train")
-    num_classes = _class_count(base, None, x_train)
-    x_train, y_train = _images_and_labels(x_train, y_train, "train", base, num_classes)
+    x_train, y_train = inputs.arrays(train, "train")
+    x_train = inputs.check_images(x_train, "train")
+    num_classes = inputs.class_count(base, None, x_train)
+    x_train, y_train = inputs.images_and_labels(x_train, y_train, "train", base, num_classes)
     shape = x_train.shape[1:]
   info = _dataset_info(dataset, num_classes, shape)
   harden_config = runner.hardening_config("default", info.name, method, config, seed=seed)
   if streaming:
     x_train, y_train = stream.class_sample(examples, num_classes, harden_config.trigger_pool)
-    x_train, y_train = _images_and_labels(x_train, y_train, "train", base, num_classes)
+    x_train, y_train = inputs.images_and_labels(x_train, y_train, "train", base, num_classes)
     count = stream.known_count(train) if train.element_spec[0].shape.rank == 3 else None
   if val is not None:
-    x_val, y_val = _data(val, "val", base, num_classes)
+    x_val, y_val = inputs.data(val, "val", base, num_classes)
   elif streaming:
     if test is None:
       raise ValueError("a streamed train set has no validation split to hold out; pass val= or "
@@ -535,7 +260,7 @@ def _harden_splits(base, train, val, test, dataset, method, config, augment, see
       raise ValueError(f"train has too few images ({len(x_train)}) to hold out a validation "
                        "split; pass val")
     x_train, y_train, x_val, y_val = x_train[keep], y_train[keep], x_train[held], y_train[held]
-  x_test, y_test = _data(test, "test", base, num_classes) if test is not None else (x_val, y_val)
+  x_test, y_test = inputs.data(test, "test", base, num_classes) if test is not None else (x_val, y_val)
   augmentation = augment_lib.resolve(info.augment, augment, None, shape[0])
   splits = data_lib.DatasetSplits(info, x_train, y_train, x_val, y_val, x_test, y_test,
                                   augmentation=augmentation)
@@ -551,12 +276,12 @@ def _measured_model(base, path: Optional[str], x, outputs: str, strategy):
   """The logits model to optimise triggers on, built in the strategy's scope (`base` loaded from
   `path`, or the caller's model when `path` is None)."""
   import tensorflow as tf
-  form = _output_form(base, outputs, x)
+  form = logits.output_form(base, outputs, x)
   default = strategy is tf.distribute.get_strategy()
   with strategy.scope():
     if path and not default:  # Loaded again in the scope, as the command line does.
-      base = _load(path)[0]
-    return _logits_model(base, form, copy=not default and path is None, sample=x[:1],
+      base = inputs.load(path)[0]
+    return logits.logits_model(base, form, copy=not default and path is None, sample=x[:1],
                          image_shape=x.shape[1:])
 
 
@@ -607,17 +332,17 @@ def class_distance(model, x, y, *, num_classes: Optional[int] = None, samples: i
   from moth_tf import config as config_lib
   from moth_tf.evaluation import distance
 
-  strategy = _strategy(strategy)
-  base, path = _load(model)
-  x = _check_images(x, "x")
-  n = _class_count(base, num_classes, x)
-  x, y = _images_and_labels(x, y, "x", base, n)
+  strategy = inputs.strategy(strategy)
+  base, path = inputs.load(model)
+  x = inputs.check_images(x, "x")
+  n = inputs.class_count(base, num_classes, x)
+  x, y = inputs.images_and_labels(x, y, "x", base, n)
   settings = config_lib.DistanceConfig(samples=samples, steps=steps, seeds=_seed_values(seeds),
                                        asr_bound=asr_bound,
                                        early_stop_patience=early_stop_patience)
-  logits = _measured_model(base, path, x, outputs, strategy)
+  measured = _measured_model(base, path, x, outputs, strategy)
   return distance.measure_distance(
-      logits, x, y, n, distance.inversion_settings(settings), settings.seeds, samples=samples,
+      measured, x, y, n, distance.inversion_settings(settings), settings.seeds, samples=samples,
       pairs=[tuple(p) for p in pairs] if pairs is not None else None, split_name="user",
       verbose=verbose, strategy=strategy)
 
@@ -648,13 +373,13 @@ def detect_backdoor(model, x, y, *, num_classes: Optional[int] = None,
   from moth_tf.hardening import runner
 
   nc = runner.neural_cleanse_config(config)
-  strategy = _strategy(strategy)
-  base, path = _load(model)
-  x = _check_images(x, "x")
-  n = _class_count(base, num_classes, x)
-  x, y = _images_and_labels(x, y, "x", base, n)
-  logits = _measured_model(base, path, x, outputs, strategy)
-  return detection.neural_cleanse(logits, x, y, n, nc, verbose=verbose, strategy=strategy)
+  strategy = inputs.strategy(strategy)
+  base, path = inputs.load(model)
+  x = inputs.check_images(x, "x")
+  n = inputs.class_count(base, num_classes, x)
+  x, y = inputs.images_and_labels(x, y, "x", base, n)
+  measured = _measured_model(base, path, x, outputs, strategy)
+  return detection.neural_cleanse(measured, x, y, n, nc, verbose=verbose, strategy=strategy)
 
 
 def _trigger(trigger, image_shape):
@@ -706,8 +431,8 @@ def backdoor_metrics(model, x, y, trigger, num_classes: Optional[int] = None) ->
   """
   from moth_tf.evaluation import backdoor as backdoor_eval
 
-  base, _ = _load(model)
-  x = _check_images(x, "x")
-  n = _class_count(base, num_classes, x)
-  x, y = _images_and_labels(x, y, "x", base, n)
+  base, _ = inputs.load(model)
+  x = inputs.check_images(x, "x")
+  n = inputs.class_count(base, num_classes, x)
+  x, y = inputs.images_and_labels(x, y, "x", base, n)
   return backdoor_eval.backdoor_metrics(base, x, y, _trigger(trigger, x.shape[1:]), n)

@@ -15,7 +15,8 @@ import pytest
 import tensorflow as tf
 
 import moth_tf
-from moth_tf import api
+from moth_tf import inputs
+from moth_tf import logits
 from moth_tf import data as data_lib
 from moth_tf.attacks import backdoor
 from moth_tf.models import io as model_io
@@ -123,7 +124,7 @@ def test_dataset_inputs_become_the_same_arrays(digits):
   x, y = digits.x_val, digits.y_val
   for ds in (tf.data.Dataset.from_tensor_slices((x, y)),
              tf.data.Dataset.from_tensor_slices((x, y)).batch(7)):
-    got_x, got_y = api._arrays(ds, "train")
+    got_x, got_y = inputs.arrays(ds, "train")
     np.testing.assert_array_equal(got_x, x)
     np.testing.assert_array_equal(got_y, y)
 
@@ -162,11 +163,11 @@ def test_outputs_auto_reads_probabilities_without_a_softmax_layer(digits, softma
   path = str(tmp_path / "probabilities")
   softmax_model.export(path, verbose=False)
   loaded = model_io.load_model(path)
-  assert api._output_form(loaded, "auto", digits.x_val) == "probabilities"
-  assert api._output_form(loaded, "logits", digits.x_val) == "logits"
-  assert api._output_form(softmax_model, "auto", digits.x_val) == "softmax_activation"
+  assert logits.output_form(loaded, "auto", digits.x_val) == "probabilities"
+  assert logits.output_form(loaded, "logits", digits.x_val) == "logits"
+  assert logits.output_form(softmax_model, "auto", digits.x_val) == "softmax_activation"
   # The logits view is the log of the probabilities: same ranking, and the copy is separate.
-  view = api._logits_model(loaded, "probabilities", copy=False)
+  view = logits.logits_model(loaded, "probabilities", copy=False)
   np.testing.assert_allclose(np.exp(view.predict(digits.x_val[:8], verbose=0)),
                              loaded.predict(digits.x_val[:8], verbose=0), rtol=1e-4, atol=1e-6)
   result = moth_tf.class_distance(path, digits.x_val, digits.y_val, samples=5, steps=10, seeds=1,

@@ -85,7 +85,8 @@ def test_the_top_level_holds_the_library_concepts_and_the_public_api():
   assert top == [
       "__init__.py", "__main__.py", "_compat.py", "_deprecated.py", "api.py", "attacks",
       "baselines", "cli", "config.py", "data", "distribute.py", "evaluation", "hardening",
-      "models", "progress.py", "reporting", "rundir.py", "training.py", "triggers"]
+      "inputs.py", "logits.py", "models", "progress.py", "reporting", "rundir.py", "training.py",
+      "triggers"]
 
 
 def _imported_modules(path: pathlib.Path):
