@@ -68,22 +68,26 @@ def resolve_progress(progress: str, is_terminal: bool) -> str:
 
 
 def setting(default, help: str = "", *, flag: Optional[str] = None, choices=None, lower=None,
-            upper=None, above=None, below=None, why: Optional[str] = None, cli=True):
+            upper=None, above=None, below=None, why: Optional[str] = None,
+            none: Optional[str] = None, cli=True):
   """A config field with everything its flag and its checks need.
 
   Args:
     default: the field's default (for a preset config, the value when no preset sets it).
-    help: the flag's help text.
+    help: the flag's help text, without the default: moth_tf.cli.flags adds that, from the field
+      (and for a preset config from the presets and recipes).
     flag: the flag's name when it is not the flat name (class PREFIX + field name).
     choices: the allowed values (a tuple).
     lower, upper: inclusive bounds; `above`, `below`: exclusive ones. For a tuple of numbers they
       bound every item.
     why: what the setting is, added to a range error (e.g. "the share of ... images").
+    none: what the value None stands for, shown as the flag's default (e.g. "every step"); needed
+      by every field whose value can be None.
     cli: True: the flag is derived from this field; "custom": moth_tf.cli_flags defines the flag by
       hand (its value is resolved, not copied); False: no flag (a library-only setting).
   """
   metadata = dict(help=help, flag=flag, choices=choices, lower=lower, upper=upper, above=above,
-                  below=below, why=why, cli=cli)
+                  below=below, why=why, none=none, cli=cli)
   return dataclasses.field(default=default,
                            metadata={k: v for k, v in metadata.items() if v is not None})
 
@@ -270,9 +274,11 @@ class DataConfig(Checked):
   dataset: str = setting("digits", "Data set.", cli="custom")
   data_dir: Optional[str] = setting(
       None, "tfds data dir / folder of prepared .npz files / folder of the Fashion-MNIST IDX files "
-      "(searched alone when given).")
+      "(searched alone when given).",
+      none="$TFDS_DATA_DIR or ~/tensorflow_datasets for the tfds sets, $MOTH_TF_DATA_DIR or "
+      "~/moth_tf_data for gtsrb and lisa, the usual places for Fashion-MNIST")
   image_size: Optional[int] = setting(None, "Resize images to this square size (bilinear).",
-                                      lower=4)
+                                      lower=4, none="the data set's own size")
   # Training augmentation of every fit (moth_tf.data.augment): a recipe name and its shift in
   # pixels; None: the data set's default. The flags ask for one; these record the one resolved.
   augment: Optional[str] = setting(None, cli="custom")
@@ -290,10 +296,10 @@ class TrainConfig(Checked):
   """Base (natural) training recipe (the data set's, moth_tf.training.RECIPES, unless a flag
   says otherwise)."""
   PRESET_FLAGS: ClassVar[bool] = True
-  epochs: int = setting(30, "Training epochs (default: the data set's recipe).", lower=1)
-  batch_size: int = setting(128, "Global batch size (default: the recipe's).", lower=1)
-  optimizer: str = setting("adam", "Optimizer (default: the recipe's).", choices=("adam", "sgd"))
-  learning_rate: float = setting(1e-3, "Learning rate (default: the recipe's).", above=0.0)
+  epochs: int = setting(30, "Base training epochs.", lower=1)
+  batch_size: int = setting(128, "Base training global batch size.", lower=1)
+  optimizer: str = setting("adam", "Base training optimizer.", choices=("adam", "sgd"))
+  learning_rate: float = setting(1e-3, "Base training learning rate.", above=0.0)
   momentum: float = setting(0.9, cli=False)
   schedule: str = setting("constant", choices=("constant", "cosine"), cli=False)
 
@@ -326,7 +332,8 @@ class DistanceConfig(Checked):
       "--strategy the replicas take whole blocks, so at most this many get work. The result "
       "depends on it, never on the devices.", lower=1)
   compare_to: Optional[str] = setting(
-      None, "A baseline run directory or distance.json to report the enlargement against.")
+      None, "A baseline run directory or distance.json to report the enlargement against.",
+      none="none")
 
   def check(self):
     _check(len(self.seeds) >= 1, "at least one seed is needed")
@@ -345,23 +352,23 @@ class NeuralCleanseConfig(Checked):
   # Optimisation of one trigger per label (all labels in one engine call): steps, images per source
   # class (every class but the label), the ASR the trigger must reach (NC's 0.99), early stop.
   steps: int = setting(
-      1000, "Neural Cleanse: optimisation steps per label's trigger (default 1000).", lower=1)
+      1000, "Neural Cleanse: optimisation steps per label's trigger.", lower=1)
   samples: int = setting(
-      30, "Neural Cleanse: images of each other class per label (default 30).", lower=1)
-  asr_bound: float = setting(0.99, "Neural Cleanse: ASR a trigger must reach (0.99).", above=0.0,
+      30, "Neural Cleanse: images of each other class per label.", lower=1)
+  asr_bound: float = setting(0.99, "Neural Cleanse: ASR a trigger must reach.", above=0.0,
                              upper=1.0)
   init_cost: float = setting(1e-3, cli=False)
   early_stop_patience: int = setting(200, lower=0, cli=False)
   # A label is flagged when its trigger's L1 norm is on the small side with anomaly index > this.
   threshold: float = setting(
-      2.0, "Neural Cleanse: flag labels whose anomaly index exceeds this on the small side (2).",
+      2.0, "Neural Cleanse: flag labels whose anomaly index exceeds this on the small side.",
       above=0.0)
   # Unlearning: the reversed triggers of the flagged labels (or of every label) are stamped on this
   # share of each batch, labels kept.
   unlearn_all: bool = setting(
       False, "--method=nc: unlearn every label's reversed trigger, not only the flagged labels'.")
   stamp_share: float = setting(
-      0.2, "--method=nc: share of each batch stamped with a reversed trigger (0.2).", above=0.0,
+      0.2, "--method=nc: share of each batch stamped with a reversed trigger.", above=0.0,
       upper=1.0)
   seed: int = setting(0, cli=False)
 
@@ -417,11 +424,11 @@ class MothConfig(Checked):
   # `schedule`'s exploration and the steps over which the K-arm score fades from the prior U to the
   # reward V.
   epsilon: float = setting(
-      0.3, "MOTH: share of the K-arm schedules' choices that explore a random pair (default 0.3).",
+      0.3, "MOTH: share of the K-arm schedules' choices that explore a random pair.",
       flag="schedule_epsilon", lower=0.0, upper=1.0)
   alpha_steps: int = setting(
       1000, "MOTH: steps after the warm-up over which the K-arm score moves from the prior U to "
-      "the reward V (default 1000).", lower=1,
+      "the reward V.", lower=1,
       why="the steps over which the K-arm score moves from the prior U to the reward V")
   period: int = setting(
       3, "MOTH: training steps per period, each period on the scheduler's pairs (reference 3).",
@@ -442,8 +449,8 @@ class MothConfig(Checked):
       lower=1)
   # Steps of the generation at pair_cost that follows a failed one (None: pair_steps, as published).
   rollback_steps: Optional[int] = setting(
-      None, "MOTH: steps of the full-cost generation after a failed one (default: --pair_steps).",
-      lower=1)
+      None, "MOTH: steps of the full-cost generation after a failed one.", lower=1,
+      none="--pair_steps")
   fast_cost: float = setting(
       0.2, "Initial L1 cost of the fast generations (reference 0.2, on its summed cross-entropy).",
       lower=0.0)
@@ -467,7 +474,7 @@ class MothConfig(Checked):
   # still retried at the next step); None: every step.
   generations_per_period: Optional[int] = setting(
       1, "MOTH: generate the pair's triggers in the first N steps of each period only; the others "
-      "stamp the last ones again (default: every step).", lower=1)
+      "stamp the last ones again.", lower=1, none="every step")
   # A pair chosen before starts its period in fast mode from its stored triggers, not at
   # pair_steps.
   warm_fast_start: bool = setting(
@@ -483,7 +490,8 @@ class MothConfig(Checked):
   # period. None: min(AUTO_PAIRS_PER_PERIOD, n // 2) (`pairs_for`).
   pairs_per_period: Optional[int] = setting(
       None, "MOTH: class pairs (with no class in common) hardened together in every period; their "
-      "triggers are generated in one batched call (default 1, as published).", lower=1)
+      "triggers are generated in one batched call.", lower=1,
+      none=f"min({AUTO_PAIRS_PER_PERIOD}, n // 2) on n classes")
   # Every generation of class c's triggers uses the same seeded sample of `trigger_samples`
   # class-c training images, not a fresh one (False: a fresh one, as the reference's current-batch
   # images). A near-minimal trigger that just reaches the ASR bound on one sample often misses it
@@ -504,7 +512,7 @@ class MothConfig(Checked):
   # loss, and one fast / rollback decision for the pair: fast while both succeed); "one_sided"
   # generates each direction on its own, as running a one-direction generator twice would.
   generation: str = setting(
-      "two_sided", "MOTH: two_sided (default) generates a pair's two directions together (one "
+      "two_sided", "MOTH: two_sided generates a pair's two directions together (one "
       "loss, one fast/rollback decision); one_sided generates each direction on its own.",
       choices=GENERATIONS)
   # What picks the pairs of a period. "karm": the K-arm bandit (prior U fading into the reward V
@@ -513,16 +521,16 @@ class MothConfig(Checked):
   # (seeded); "round_robin": the pairs in a fixed order (a round-robin tournament's rounds, whose
   # pairs share no class), cycling.
   schedule: str = setting(
-      "karm", "MOTH: what picks the pairs: karm (default: the K-arm bandit, prior U then reward "
-      "V), prior_only (U alone), reward_only (V alone), random (uniform, seeded), round_robin "
+      "karm", "MOTH: what picks the pairs: karm (the K-arm bandit, prior U then reward V), "
+      "prior_only (U alone), reward_only (V alone), random (uniform, seeded), round_robin "
       "(every pair in turn, in a fixed order, cycling).", choices=SCHEDULES)
   # A generation warm-starts from the latest successful trigger at `fast_cost` for `fast_steps`
   # and rolls back to `pair_cost` for `pair_steps` after a failure (paper, section IV-D); False:
   # every generation starts from a random trigger at `pair_cost` for `pair_steps`.
   trigger_reuse: bool = setting(
       True, "MOTH: warm-start each generation from the latest trigger at --fast_cost, rolling back "
-      "to --pair_cost after a failure (default); --notrigger_reuse: every generation from a "
-      "random trigger at --pair_cost for --pair_steps.")
+      "to a full-cost generation of --rollback_steps after a failure; --notrigger_reuse: every "
+      "generation from a random trigger at the full cost for --pair_steps.")
 
   def check(self):
     if self.generations_per_period is not None and not (
@@ -544,8 +552,8 @@ class AdvTrainConfig(Checked):
   PREFIX: ClassVar[str] = "adv_"
   PRESET_FLAGS: ClassVar[bool] = True
   mix: float = setting(
-      1.0, "adv_train: share, in (0, 1], of each batch replaced by its PGD examples (default 1: "
-      "every image).", above=0.0, upper=1.0,
+      1.0, "adv_train: share, in (0, 1], of each batch replaced by its PGD examples (1: every "
+      "image).", above=0.0, upper=1.0,
       why="the share of each batch replaced by its PGD examples")
 
 
@@ -556,11 +564,11 @@ class UapConfig(Checked):
   PREFIX: ClassVar[str] = "uap_"
   PRESET_FLAGS: ClassVar[bool] = True
   epsilon: Optional[float] = setting(
-      None, "uap: L-inf radius of the shared perturbation (default: the data set's training PGD "
-      "epsilon).", above=0.0, upper=1.0)
+      None, "uap: L-inf radius of the shared perturbation.", above=0.0, upper=1.0,
+      none="the data set's training PGD epsilon")
   step_size: Optional[float] = setting(
-      None, "uap: signed-gradient ascent step of the perturbation per batch (default: the data "
-      "set's training PGD step size).", above=0.0, upper=1.0)
+      None, "uap: signed-gradient ascent step of the perturbation per batch.", above=0.0,
+      upper=1.0, none="the data set's training PGD step size")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -572,10 +580,10 @@ class PairwiseConfig(Checked):
   PRESET_FLAGS: ClassVar[bool] = True
   tol: float = setting(
       0.05, "pairwise: relative growth of a pair's two trigger sizes together below which a "
-      "period counts as 'no growth' (default 0.05).", lower=0.0, upper=1.0)
+      "period counts as 'no growth'.", lower=0.0, upper=1.0)
   patience: int = setting(
-      10, "pairwise: periods in a row without growth that end a pair (default 10).", lower=1)
-  max_periods: int = setting(100, "pairwise: most periods one pair gets (default 100).", lower=1)
+      10, "pairwise: periods in a row without growth that end a pair.", lower=1)
+  max_periods: int = setting(100, "pairwise: most periods one pair gets.", lower=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -590,21 +598,21 @@ class NadConfig(Checked):
   WHAT: ClassVar[str] = "NAD"
   clean_share: float = setting(
       0.05, "nad: share, in (0, 1], of the training images (stratified, seeded) that the teacher "
-      "and the student train on (default 0.05).", above=0.0, upper=1.0,
+      "and the student train on.", above=0.0, upper=1.0,
       why="the share of the training images NAD trains on")
   teacher_epochs: int = setting(
-      10, "nad: epochs of clean fine-tuning that make the teacher (default 10).", lower=1)
+      10, "nad: epochs of clean fine-tuning that make the teacher.", lower=1)
   epochs: int = setting(
-      20, "nad: epochs of attention distillation of the student (default 20).", lower=1)
+      20, "nad: epochs of attention distillation of the student.", lower=1)
   power: float = setting(
-      2.0, "nad: exponent p of the attention map, the channel mean of |activation|^p (default 2).",
+      2.0, "nad: exponent p of the attention map, the channel mean of |activation|^p.",
       above=0.0, why="the exponent of |activation| in the attention map")
   layers: Optional[Tuple[str, ...]] = setting(
       None, "nad: comma-separated names of the classifier's layers (4-D outputs) whose attention "
-      "maps are distilled (default: the architecture's, see docs/methods.md#nad).")
+      "maps are distilled.", none="the architecture's, see docs/methods.md#nad")
   betas: Optional[Tuple[float, ...]] = setting(
-      None, "nad: comma-separated weights of the layers' attention losses, one per layer "
-      "(default: NAD's 500, 1000, 1000, scaled to each map's size).", lower=0.0)
+      None, "nad: comma-separated weights of the layers' attention losses, one per layer.",
+      lower=0.0, none="NAD's 500, 1000, 1000, scaled to each map's size")
 
   def check(self):
     _check(self.layers is None or len(self.layers) > 0,
@@ -632,11 +640,11 @@ class HardenConfig(Checked):
   # Budget: `epochs` if given, else exactly `steps` training steps (the last epoch cut short
   # where they end; the authors used 2 epochs).
   epochs: Optional[int] = setting(
-      None, "Hardening epochs (default: as many as --harden_steps takes).", flag="harden_epochs",
-      lower=1)
+      None, "Hardening epochs (given, they set the budget instead of --harden_steps).",
+      flag="harden_epochs", lower=1, none="as many as --harden_steps takes")
   steps: int = setting(
-      2000, "Hardening budget in training steps when --harden_epochs is not given (default "
-      "2000); the run stops after exactly this many, inside an epoch if need be.",
+      2000, "Hardening budget in training steps when --harden_epochs is not given: the run takes "
+      "exactly this many steps, the last epoch cut short where they end.",
       flag="harden_steps", lower=1)
   batch_size: int = setting(128, "Hardening global batch size.", flag="harden_batch_size",
                             lower=1)
@@ -657,14 +665,14 @@ class HardenConfig(Checked):
       "mixed", "How the BatchNorm layers of a model being hardened see the perturbed images of a "
       "batch: mixed (in the batch statistics, as the reference), clean_stats (clean images in "
       "training mode, perturbed ones normalised by the moving averages), frozen (all in inference "
-      "mode), recalibrate (mixed, then the moving averages re-estimated from clean images). "
-      "Default: the preset's.", choices=BATCHNORM_MODES)
+      "mode), recalibrate (mixed, then the moving averages re-estimated from clean images).",
+      choices=BATCHNORM_MODES)
   # Streaming training data (moth_tf.data.stream): the images per class held in memory, the first
   # ones of the stream; trigger generation draws its images from them. 200 holds every digits
   # training image, so arrays and a stream of them harden alike.
   trigger_pool: int = setting(
       200, "Streaming training data (tfds:, folder:, a tf.data.Dataset): training images per class "
-      "held in memory for trigger generation, the first ones of the stream (default 200).",
+      "held in memory for trigger generation, the first ones of the stream.",
       lower=1)
   # The run's --seed.
   seed: int = setting(0, cli=False)
@@ -791,6 +799,31 @@ def hardening_preset(preset: str, dataset: str, method: str = "moth") -> HardenC
                           **METHOD_RECIPES.get((method, dataset), {})})
 
 
+# Base (natural) training recipes per data set (moth_tf.training.recipe; an unset --epochs,
+# --batch_size, --optimizer or --learning_rate keeps the data set's). Digits: 30 epochs of Adam with
+# cosine decay, a few seconds on a CPU (the accuracy they reach is in the results). CIFAR-10: the
+# authors' models saw 200 epochs of 375 SGD-Nesterov steps (reference 5.5); cosine decay from 0.1
+# replaces their unknown schedule. The traffic-sign sets train quickly with Adam.
+TRAIN_RECIPES = {
+    "digits": TrainConfig(epochs=30, batch_size=64, optimizer="adam", learning_rate=2e-3,
+                          schedule="cosine"),
+    "cifar10": TrainConfig(epochs=200, batch_size=128, optimizer="sgd", learning_rate=0.1,
+                           schedule="cosine"),
+    "svhn": TrainConfig(epochs=40, batch_size=128, optimizer="sgd", learning_rate=0.05,
+                        schedule="cosine"),
+    "gtsrb": TrainConfig(epochs=30, batch_size=128, optimizer="adam", learning_rate=1e-3),
+    "lisa": TrainConfig(epochs=60, batch_size=128, optimizer="adam", learning_rate=1e-3),
+    "fashion_mnist": TrainConfig(epochs=20, batch_size=128, optimizer="adam", learning_rate=2e-3,
+                                 schedule="cosine"),
+}
+
+# Users' own data (tfds:NAME, folder:PATH; moth_tf.data.own), whatever it is: Adam with cosine
+# decay, which trains the default small_cnn without tuning (digits' and Fashion-MNIST's recipes
+# are of this kind).
+OWN_DATA_TRAIN_RECIPE = TrainConfig(epochs=30, batch_size=128, optimizer="adam",
+                                    learning_rate=1e-3, schedule="cosine")
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig(Checked):
   """Everything one invocation of `python -m moth_tf.main` does."""
@@ -807,7 +840,7 @@ class RunConfig(Checked):
   # A user model (.keras or SavedModel dir) instead of the run's.
   model_path: Optional[str] = setting(
       None, "A user model to evaluate or harden instead of the run's own: a .keras file or a TF "
-      "SavedModel directory. It is never modified.")
+      "SavedModel directory. It is never modified.", none="the run's own model")
   unsafe_load: bool = setting(
       False, "Load .keras files that need safe_mode=False (only for files you trust).")
   # Replace a finished run directory (train, harden) instead of refusing.
@@ -825,7 +858,7 @@ class RunConfig(Checked):
   # Where a backdoor phase finds the trigger (a poisoned run directory); None: the base run's.
   trigger_path: Optional[str] = setting(
       None, "backdoor/detect: the poisoned run directory (or its trigger.json) whose backdoor "
-      "trigger to test (default: the --base_run's).")
+      "trigger to test.", none="the --base_run's")
   # How fits, distance and detection report progress: one of PROGRESS (moth_tf.progress).
   progress: str = setting(
       "auto", "Progress output of training, hardening, distance and detection: bar (Keras's live "

@@ -2,7 +2,6 @@
 
 import os
 import time
-from typing import Dict
 
 import keras
 import numpy as np
@@ -16,29 +15,10 @@ from moth_tf import models
 from moth_tf import rundir
 from moth_tf.models import io as model_io
 
-# Base training recipes per data set. Digits: 30 epochs of Adam with cosine decay, a few seconds on
-# a CPU (the accuracy they reach is in the results).
-# CIFAR-10: the authors' models saw 200 epochs of 375 SGD-Nesterov steps (reference 5.5); cosine decay
-# from 0.1 replaces their unknown schedule. The traffic-sign sets train quickly with Adam.
-RECIPES: Dict[str, config_lib.TrainConfig] = {
-    "digits": config_lib.TrainConfig(epochs=30, batch_size=64, optimizer="adam",
-                                     learning_rate=2e-3, schedule="cosine"),
-    "cifar10": config_lib.TrainConfig(epochs=200, batch_size=128, optimizer="sgd",
-                                      learning_rate=0.1, schedule="cosine"),
-    "svhn": config_lib.TrainConfig(epochs=40, batch_size=128, optimizer="sgd", learning_rate=0.05,
-                                   schedule="cosine"),
-    "gtsrb": config_lib.TrainConfig(epochs=30, batch_size=128, optimizer="adam",
-                                    learning_rate=1e-3),
-    "lisa": config_lib.TrainConfig(epochs=60, batch_size=128, optimizer="adam", learning_rate=1e-3),
-    "fashion_mnist": config_lib.TrainConfig(epochs=20, batch_size=128, optimizer="adam",
-                                            learning_rate=2e-3, schedule="cosine"),
-}
-
-# Users' own data (tfds:NAME, folder:PATH; moth_tf.data.own), whatever it is: Adam with cosine
-# decay, which trains the default small_cnn without tuning (digits' and Fashion-MNIST's recipes
-# are of this kind).
-OWN_DATA_RECIPE = config_lib.TrainConfig(epochs=30, batch_size=128, optimizer="adam",
-                                         learning_rate=1e-3, schedule="cosine")
+# The base training recipes per data set live in moth_tf.config (TRAIN_RECIPES), which imports no
+# TensorFlow, so that the command line's help can state them.
+RECIPES = config_lib.TRAIN_RECIPES
+OWN_DATA_RECIPE = config_lib.OWN_DATA_TRAIN_RECIPE
 
 
 def recipe(dataset: str) -> config_lib.TrainConfig:

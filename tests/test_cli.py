@@ -201,6 +201,9 @@ def test_failed_cifar10_download_is_one_line(tmp_path, capsys, monkeypatch):
   # Only the network is faked: tfds's builder and download manager run as on a user's machine.
   monkeypatch.setattr(downloader, "_open_url", unreachable)
   monkeypatch.delenv("MOTH_TF_NO_DOWNLOAD", raising=False)
+  # The download hosts answer the quick probe, so that tfds's download is tried (and fails).
+  from moth_tf.data import tfds_sets
+  monkeypatch.setattr(tfds_sets, "network_problem", lambda urls: None)
   data_dir = tmp_path / "tfds"
   capsys.readouterr()
   with pytest.raises(SystemExit) as exit_info:

@@ -5,15 +5,20 @@ few command lines, as the hand-written flag mapping built them before the flags 
 the configs; parsing them now must give the same configurations.
 """
 
+import ast
 import dataclasses
+import glob
 import json
 import os
+import re
 
 import pytest
 from absl import flags
 
 from cli_testing import define_flags_once
 from cli_testing import parsed_config
+from moth_tf.cli import main as main_lib
+from moth_tf import data as data_lib
 from moth_tf.cli import flags as cli_flags
 from moth_tf import config as config_lib
 
@@ -58,8 +63,8 @@ def test_derived_flags_take_the_fields_defaults_help_and_bounds():
       assert tuple(float(v) for v in flag.default) == spec.field.default, spec.name
     else:
       assert flag.default == spec.field.default, spec.name
-    # absl puts an enum's choices in front of its help.
-    assert metadata["help"] and flag.help.endswith(metadata["help"]), spec.name
+    # absl puts an enum's choices in front of its help; a default it does not show follows it.
+    assert metadata["help"] and metadata["help"] in flag.help, spec.name
     if "choices" in metadata:
       assert list(flag.parser.enum_values) == list(metadata["choices"]), spec.name
     kind, is_tuple = config_lib.field_type(spec.field)
@@ -149,3 +154,244 @@ def test_bounds_and_choices_come_from_the_fields():
     config_lib.PoisonConfig(rate=1.0)
   with pytest.raises(ValueError, match=r"^poison_colour must be in \[0, 1\], got \[2.0\]"):
     config_lib.PoisonConfig(colour=(2.0,))
+
+
+# --- Help texts tell the truth ---------------------------------------------------------------
+#
+# `--helpfull` ends every flag's help with its default: absl's own "(default: '0.9')" for a flag
+# with a fixed default, and for one whose value comes from the preset, the data set's recipe or a
+# None with a meaning, a generated "(default: RULE)" line. A RULE is clauses "SCOPE VALUE"
+# after an optional first bare VALUE (the value wherever no clause applies); a SCOPE is a data set,
+# a hardening method, "METHOD on DATA SET", "other" (the data sets not named) or
+# "--preset=reference", and the most specific one applies: the preset, then method on data set,
+# then data set, then method (the precedence of config.hardening_preset).
+
+# Own data (tfds:NAME, folder:PATH): no recipe of its own; parsing it opens nothing.
+_OTHER_DATA = "tfds:mnist"
+_PRESETS = ("default", "reference")
+# absl's own flags, and flags of the commands a message tells users to run.
+_OTHER_COMMANDS_FLAGS = {
+    "help", "helpfull", "helpshort", "helpxml", "flagfile", "undefok", "verbosity", "v",
+    "logdir",  # tensorboard --logdir
+    "reinstall",  # apt-get install --reinstall
+    "source",  # python -m moth_tf.prepare --source
+}
+
+
+def _contexts():
+  for preset in _PRESETS:
+    for dataset in data_lib.DATASETS + (_OTHER_DATA,):
+      for method in config_lib.hardening_methods():
+        yield preset, dataset, method
+
+
+_CONFIGS = {}
+
+
+def _value(spec, context):
+  """The value a flag's field takes when the flag is not given, in (preset, dataset, method)."""
+  if context not in _CONFIGS:
+    preset, dataset, method = context
+    _CONFIGS[context] = parsed_config("--phase=harden", f"--preset={preset}",
+                                      f"--dataset={dataset}", f"--method={method}")
+  config = _CONFIGS[context]
+  for name in spec.path:
+    config = getattr(config, name)
+  return getattr(config, spec.field.name)
+
+
+def _shows(text, value, field):
+  """Whether `text` (a default as a help text states it) is `value`, a value of `field`."""
+  text = text.strip().strip("'").rstrip(".")
+  if value is None:
+    return text == field.metadata.get("none")
+  if isinstance(value, bool):
+    return text == str(value).lower()
+  if isinstance(value, tuple):
+    items = [item.strip() for item in text.split(",")]
+    try:
+      return len(items) == len(value) and all(float(a) == float(b)
+                                              for a, b in zip(items, value))
+    except ValueError:
+      return items == [str(v) for v in value]
+  if isinstance(value, (int, float)):
+    try:
+      return float(text) == float(value)
+    except ValueError:
+      return False
+  return text == value
+
+
+def _scope_words():
+  return ("--preset=reference", "other") + data_lib.DATASETS + config_lib.methods()
+
+
+def _parse_rule(rule):
+  """A generated "(default: RULE)"'s clauses: {scope (str or (method, dataset)) or None: value}."""
+  rule = re.sub(r"^(from )?the data set's( recipe)?: ", "", rule)
+  words = "|".join(re.escape(w) for w in _scope_words())
+  clauses = {}
+  for part in re.split(rf"[;,] (?=(?:{words})\b)", rule):
+    match = re.fullmatch(rf"({words})(?: on ({words}))? (.+)", part)
+    if match is None:
+      clauses[None] = part
+    elif match.group(2):
+      clauses[(match.group(1), match.group(2))] = match.group(3)
+    else:
+      clauses[match.group(1)] = match.group(3)
+  return clauses
+
+
+def _rule_value(clauses, context):
+  preset, dataset, method = context
+  for scope in (preset == "reference" and "--preset=reference", (method, dataset), dataset, method,
+                "other", None):
+    if scope and scope in clauses or scope is None and None in clauses:
+      return clauses[scope]
+  return None
+
+
+_CLAIM = re.compile(r"(?:(\S+) )?\(default\b|\b[Dd]efault:? |\((-?\d+(?:\.\d+)?)\)")
+
+
+def _hand_written_claims(text, field):
+  """(claimed default, is a phrase) of each default a hand-written help text states: "default X",
+  "default: X", "CHOICE (default", "(default)" of a bool, a bare "(NUMBER)"."""
+  kind, _ = config_lib.field_type(field)
+  choices = field.metadata.get("choices") or ()
+  for match in _CLAIM.finditer(text):
+    word, number = match.group(1), match.group(2)
+    if number is not None:
+      yield number, False
+    elif match.group(0).endswith("(default"):
+      if word and word.strip("(") in choices:
+        yield word.strip("("), False
+      elif kind is bool and text[match.end():].startswith(")"):
+        yield "true", False
+      else:  # "... (default: X" states X.
+        rest = re.match(r":? ?([^;,:)]+)", text[match.end():])
+        if rest and rest.group(1).strip():
+          yield _claimed(rest.group(1))
+    else:
+      rest = re.match(r"([^\s(;,:)][^;,:)]*)", text[match.end():])
+      if rest:
+        yield _claimed(rest.group(1))
+
+
+def _claimed(text):
+  text = text.strip().rstrip(".")
+  literal = re.fullmatch(r"-?\d+(?:\.\d+)?|true|false|[a-z_0-9]+", text)
+  return text, literal is None
+
+
+def _rendered_help(flag):
+  """A flag's help as --helpfull prints it: the text, then absl's "(default: ...)" line."""
+  return flag.help + (f"\n(default: {flag.default_as_str})" if flag.default_as_str else "")
+
+
+def _main_flags():
+  define_flags_once()
+  return [flag for flag in FLAGS.get_key_flags_for_module(cli_flags)]
+
+
+def test_help_shows_every_flags_default():
+  missing = [f"--{flag.name}" for flag in _main_flags()
+             if not re.search(r"\(default: .+\)$", _rendered_help(flag))]
+  assert not missing, f"--helpfull shows no default for {', '.join(missing)}"
+
+
+def test_stated_defaults_are_the_configs():
+  define_flags_once()
+  contexts = list(_contexts())
+  wrong = []
+  for spec in cli_flags.config_flags():
+    flag, field = FLAGS[spec.name], spec.field
+    values = {c: _value(spec, c) if spec.preset else field.default for c in contexts}
+    defaults = [v for c, v in values.items() if c[0] == "default"]
+    # What the hand-written text says.
+    for text, phrase in _hand_written_claims(field.metadata.get("help", ""), field):
+      if phrase:
+        # A phrase names the rule ("the data set's recipe") or says what None means.
+        ok = (all(v is None for v in defaults) or
+              spec.preset and re.search(r"recipe|preset", text) is not None)
+      else:
+        ok = all(_shows(text, v, field) for v in defaults)
+      if not ok:
+        shown = sorted({repr(v) for v in defaults})
+        wrong.append(f"--{spec.name}: help says default {text!r}; the config's: "
+                     f"{', '.join(shown)}")
+    # What the generated line says, in every context.
+    generated = re.search(r"\n\(default: (.+)\)$", flag.help)
+    if generated:
+      clauses = _parse_rule(generated.group(1))
+      bad = [c for c, v in values.items() if not _shows(_rule_value(clauses, c) or "", v, field)]
+      if bad:
+        wrong.append(f"--{spec.name}: (default: {generated.group(1)}) is wrong for "
+                     f"{bad[0]}: the config has {values[bad[0]]!r}")
+    elif flag.default_as_str:
+      if not _shows(flag.default_as_str, field.default, field):
+        wrong.append(f"--{spec.name}: absl shows default {flag.default_as_str}")
+  assert not wrong, "\n".join(wrong)
+
+
+def test_model_default_is_each_data_sets():
+  define_flags_once()
+  generated = re.search(r"\n\(default: (.+)\)$", FLAGS["model"].help)
+  assert generated, FLAGS["model"].help
+  clauses = _parse_rule(generated.group(1))
+  for dataset in data_lib.DATASETS + (_OTHER_DATA,):
+    expected = main_lib._default_model(dataset)  # pylint: disable=protected-access
+    assert _rule_value(clauses, ("default", dataset, "moth")) == expected, dataset
+
+
+_FLAG_MENTION = re.compile(r"(?<![\w-])--(?:no)?([a-z][a-z0-9_]*)")
+
+
+def _mentioned_flags(text):
+  """The flag names a text mentions as --NAME or --noNAME (the name is given both ways)."""
+  for match in _FLAG_MENTION.finditer(text):
+    yield match.group(0)[2:], match.group(1)
+
+
+def test_help_texts_name_only_existing_flags():
+  unknown = []
+  for flag in _main_flags():
+    for written, name in _mentioned_flags(_rendered_help(flag)):
+      if written not in FLAGS and name not in FLAGS:
+        unknown.append(f"--{flag.name}'s help names --{written}")
+  assert not unknown, "\n".join(unknown)
+
+
+def _string_constants(path):
+  """(line, text) of every string constant of a module but its docstrings."""
+  with open(path, encoding="utf-8") as f:
+    tree = ast.parse(f.read())
+  docstrings = set()
+  for node in ast.walk(tree):
+    body = getattr(node, "body", None)
+    if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+        and isinstance(body[0].value, ast.Constant)):
+      docstrings.add(id(body[0].value))
+  for node in ast.walk(tree):
+    if (isinstance(node, ast.Constant) and isinstance(node.value, str)
+        and id(node) not in docstrings):
+      yield node.lineno, node.value
+
+
+def test_messages_name_only_existing_flags():
+  """The main binary's messages (the strings of moth_tf but the other commands' modules:
+  moth_tf.report's and moth_tf.prepare's) name only its flags, absl's, or the flags of another
+  command they tell users to run."""
+  define_flags_once()
+  package = os.path.join(_REPO, "moth_tf")
+  unknown = []
+  for path in sorted(glob.glob(os.path.join(package, "**", "*.py"), recursive=True)):
+    relative = os.path.relpath(path, package)
+    if relative.startswith("reporting" + os.sep) or relative == os.path.join("data", "prepare.py"):
+      continue
+    for line, text in _string_constants(path):
+      for written, name in _mentioned_flags(text):
+        if (written not in FLAGS and name not in FLAGS
+            and name not in _OTHER_COMMANDS_FLAGS):
+          unknown.append(f"{os.path.relpath(path, _REPO)}:{line}: --{written}")
+  assert not unknown, "\n".join(unknown)

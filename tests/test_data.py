@@ -7,8 +7,11 @@ LISA are built from tiny fake copies of the official raw layouts written into tm
 
 import csv
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 from PIL import Image
@@ -177,6 +180,7 @@ def fake_downloads(tmp_path, monkeypatch):
   monkeypatch.setattr(tfds_sets, "CIFAR10_VAL_SIZE", 3)
   monkeypatch.setattr(tfds_sets, "SVHN_VAL_SIZE", 3)
   monkeypatch.delenv(tfds_sets.NO_DOWNLOAD_ENV, raising=False)
+  monkeypatch.setattr(tfds_sets, "network_problem", lambda urls: None)  # The hosts answer.
   return asked
 
 
@@ -196,6 +200,8 @@ def no_network(monkeypatch):
 
   monkeypatch.setattr(downloader, "_open_url", unreachable)
   monkeypatch.delenv(tfds_sets.NO_DOWNLOAD_ENV, raising=False)
+  # The hosts answer the probe, so that the download itself is tried (and fails).
+  monkeypatch.setattr(tfds_sets, "network_problem", lambda urls: None)
   return tried
 
 
@@ -251,6 +257,118 @@ def test_tfds_sets_nodownload_says_how_to_get_it_without_trying(name, tfds_name,
     assert part in message, part
   assert "this machine" not in message
   assert not os.listdir(tmp_path)  # Looking did not create anything.
+
+
+# Offline: before tfds's downloader (which retries for minutes), a TCP connection to each download
+# host must open within seconds. Only the socket module is faked.
+
+_PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
+                    "all_proxy")
+
+
+@pytest.fixture
+def offline(monkeypatch):
+  """No name resolves (as without network), no proxy is set, downloads are allowed."""
+  def unresolvable(*args, **kwargs):
+    raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+  monkeypatch.setattr(socket, "getaddrinfo", unresolvable)
+  for name in _PROXY_VARIABLES:
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.delenv(tfds_sets.NO_DOWNLOAD_ENV, raising=False)
+
+
+def test_offline_download_fails_in_seconds_without_trying_tfds(tmp_path, offline, monkeypatch):
+  import tensorflow_datasets as tfds  # Imported before the clock starts.
+
+  def download_and_prepare(self, *args, **kwargs):
+    raise AssertionError("tfds's download was attempted")
+
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", download_and_prepare)
+  start = time.monotonic()
+  with pytest.raises(data.DatasetUnavailableError) as info:
+    data.load_dataset("cifar10", data_dir=str(tmp_path))
+  assert time.monotonic() - start < 5
+  message = str(info.value)
+  assert "\n" not in message
+  for part in ("cifar10 could not be downloaded", str(tmp_path),
+               "no network: cannot connect to www.cs.toronto.edu:443 (gaierror",
+               "copy a prepared tensorflow_datasets/ folder", "--data_dir", "--nodownload"):
+    assert part in message, part
+
+
+def test_a_download_host_that_hangs_counts_as_offline_at_the_deadline(monkeypatch):
+  release = threading.Event()
+
+  def hanging_lookup(*args, **kwargs):
+    release.wait(30)
+    raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+  monkeypatch.setattr(socket, "getaddrinfo", hanging_lookup)
+  for name in _PROXY_VARIABLES:
+    monkeypatch.delenv(name, raising=False)
+  start = time.monotonic()
+  problem = tfds_sets.network_problem(["https://data.example/a.tar.gz"], timeout=0.3)
+  release.set()
+  assert time.monotonic() - start < 2
+  assert problem == "data.example:443 did not answer within 0.3 s"
+
+
+class _FakeBuilder:
+  """The part of a tfds builder that `prepare` uses."""
+
+  def __init__(self, prepared, urls=("https://data.example/a.tar.gz",)):
+    self.prepared, self.url_infos, self.calls = prepared, dict.fromkeys(urls), 0
+
+  def is_prepared(self):
+    return self.prepared
+
+  def download_and_prepare(self):
+    self.calls += 1
+
+
+def test_with_the_network_there_tfds_downloads(monkeypatch):
+  connected = []
+
+  class Connection:
+    def close(self):
+      pass
+
+  def create_connection(address, timeout=None, **kwargs):
+    connected.append(address)
+    return Connection()
+
+  monkeypatch.setattr(socket, "create_connection", create_connection)
+  for name in _PROXY_VARIABLES:
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.delenv(tfds_sets.NO_DOWNLOAD_ENV, raising=False)
+  builder = _FakeBuilder(prepared=False, urls=("https://data.example/a", "http://other.example/b",
+                                               "https://data.example/c"))
+  tfds_sets.prepare(builder, "tfds:fake", "fake", None, True)
+  assert builder.calls == 1
+  assert sorted(connected) == [("data.example", 443), ("other.example", 80)]
+
+
+def test_the_probe_goes_to_the_proxy_the_environment_names(monkeypatch):
+  monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+  monkeypatch.delenv("NO_PROXY", raising=False)
+  monkeypatch.delenv("no_proxy", raising=False)
+  tried = []
+
+  def create_connection(address, timeout=None, **kwargs):
+    tried.append(address)
+    raise ConnectionRefusedError(111, "Connection refused")
+
+  monkeypatch.setattr(socket, "create_connection", create_connection)
+  problem = tfds_sets.network_problem(["https://data.example/a.tar.gz"])
+  assert tried == [("proxy.example", 3128)]
+  assert problem.startswith("cannot connect to proxy.example:3128 (ConnectionRefusedError")
+
+
+def test_a_prepared_data_set_needs_no_network(offline):
+  builder = _FakeBuilder(prepared=True)
+  tfds_sets.prepare(builder, "tfds:fake", "fake", None, True)  # No probe, no error.
+  assert builder.calls == 1  # tfds's own no-op for a prepared set.
 
 
 def test_no_download_environment_variable_turns_downloads_off(tmp_path, no_network, monkeypatch):

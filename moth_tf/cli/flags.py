@@ -6,10 +6,19 @@ reads the parsed flags back into the same structure. Only the flags whose value 
 than copied into a field (the data set and its defaults, the preset, the seed list, ...) are
 written out here.
 
+`--helpfull` shows every flag's default. absl prints a fixed one itself. For a flag whose value,
+left unset, comes from the preset or the data set's recipe (its absl default is None, meaning
+"unset"), or is None with a meaning, the help ends with a "(default: ...)" line made here from the
+configs, e.g. "(default: 3, moth 6, moth on fashion_mnist 9, --preset=reference 3)": a bare value
+wherever no clause applies, then clauses "SCOPE VALUE" where SCOPE is a hardening method, a data
+set, "METHOD on DATA SET", "other" (the data sets not named) or "--preset=reference"; the most
+specific one applies (the precedence of moth_tf.config.hardening_preset).
+
 Defined inside `define_flags()` (not at import time) so that importing library modules or tests never
 registers flags; only `main.py` calls it and reads FLAGS.
 """
 
+import collections
 import dataclasses
 
 from absl import flags
@@ -18,6 +27,7 @@ from moth_tf import config as config_lib
 from moth_tf import data as data_lib
 from moth_tf.data import augment as augment_lib
 from moth_tf import models
+from moth_tf.data import own as own_data
 from moth_tf.hardening import methods as hardening_methods
 
 
@@ -65,6 +75,8 @@ def _define(spec: ConfigFlag):
       key: metadata[name] for key, name in (("lower_bound", "lower"), ("upper_bound", "upper"))
       if name in metadata}
   help_text = metadata.get("help", "")
+  if default is None:
+    help_text = with_default(help_text, default_text(spec))
   if is_tuple:
     flags.DEFINE_list(spec.name, None if default is None else [str(v) for v in default],
                       help_text)
@@ -85,6 +97,100 @@ def _define(spec: ConfigFlag):
     flags.register_validator(
         spec.name, lambda v, m=metadata: v is None or config_lib.in_range(v, m),
         message=f"--{spec.name} must be {text}{why}")
+
+
+def with_default(help_text: str, default: str) -> str:
+  """A help text with its default on the next line, as absl prints a fixed default."""
+  return f"{help_text}\n(default: {default})"
+
+
+def value_text(value, field: dataclasses.Field) -> str:
+  """A field's value as the help states it; None by the field's `none` meaning."""
+  if value is None:
+    if "none" not in field.metadata:
+      raise ValueError(f"setting {field.name} can be None but does not say what None means "
+                       "(moth_tf.config.setting's `none`)")
+    return field.metadata["none"]
+  if isinstance(value, bool):
+    return str(value).lower()
+  if isinstance(value, float):
+    return f"{value:g}"
+  if isinstance(value, tuple):
+    return ", ".join(value_text(v, field) for v in value)
+  return str(value)
+
+
+def default_text(spec: ConfigFlag) -> str:
+  """What `--helpfull` states as the default of a flag whose absl default is None: the field's
+  None meaning, the data set's training recipe, or the hardening presets' rule (see the module
+  docstring)."""
+  if not spec.preset:
+    return value_text(spec.field.default, spec.field)
+  if spec.path == ("train",):
+    return _recipe_rule(spec.field)
+  return _preset_rule(spec)
+
+
+def _recipe_rule(field):
+  """"from the data set's recipe: cifar10 200, ..., other 30": the data sets whose recipe differs
+  from own data's (tfds:, folder:), then that one."""
+  other = getattr(config_lib.OWN_DATA_TRAIN_RECIPE, field.name)
+  differ = [f"{name} {value_text(getattr(recipe, field.name), field)}"
+            for name, recipe in config_lib.TRAIN_RECIPES.items()
+            if getattr(recipe, field.name) != other]
+  if not differ:
+    return value_text(other, field)
+  return "from the data set's recipe: " + ", ".join(differ + [f"other {value_text(other, field)}"])
+
+
+# A data set without a hardening recipe of its own (own data).
+_NO_RECIPE_DATA = "tfds:"
+
+
+def _presets():
+  """{(preset, dataset, method): HardenConfig} of every preset, data set and hardening method."""
+  if not _PRESETS:
+    for dataset in data_lib.DATASETS + (_NO_RECIPE_DATA,):
+      for method in config_lib.hardening_methods():
+        _PRESETS["default", dataset, method] = config_lib.hardening_preset(
+            "default", dataset, method)
+    _PRESETS["reference"] = config_lib.hardening_preset("reference", _NO_RECIPE_DATA)
+  return _PRESETS
+
+
+_PRESETS = {}
+
+
+def _preset_rule(spec):
+  """The rule of a hardening flag's default over the methods, data sets and presets."""
+  def value(key):
+    config = _presets()[key]
+    for name in spec.path[1:]:  # The path starts at RunConfig.harden.
+      config = getattr(config, name)
+    return getattr(config, spec.field.name)
+
+  methods = config_lib.hardening_methods()
+  base = {m: value(("default", _NO_RECIPE_DATA, m)) for m in methods}
+  common = collections.Counter(base.values()).most_common(1)[0][0]
+  clauses = [(m, v) for m, v in base.items() if v != common]
+  every = list(base.values())
+  for dataset in data_lib.DATASETS:
+    values = {m: value(("default", dataset, m)) for m in methods}
+    every += values.values()
+    if values == base:
+      continue
+    shared = set(values.values())
+    expected = base
+    if len(shared) == 1:
+      clauses.append((dataset, values[methods[0]]))
+      expected = dict.fromkeys(methods, values[methods[0]])
+    clauses += [(f"{m} on {dataset}", v) for m, v in values.items() if v != expected[m]]
+  reference = value("reference")
+  if any(v != reference for v in every):
+    clauses.append(("--preset=reference", reference))
+  texts = [value_text(common, spec.field)] + [f"{scope} {value_text(v, spec.field)}"
+                                               for scope, v in clauses]
+  return ("; " if any(", " in t for t in texts) else ", ").join(texts)
 
 
 def _parse_numbers(items, kind, metadata):
@@ -127,16 +233,17 @@ def define_flags():
       "small_cnn.")
   flags.register_validator("dataset", _check_dataset)
   flags.DEFINE_enum("model", None, list(models.MODELS),
-                    "Architecture (default: the data set's default: lenet for digits, resnet20 "
-                    "for cifar10 and gtsrb, nin for svhn, cnn for lisa, small_cnn for "
-                    "fashion_mnist, tfds:NAME and folder:PATH).")
+                    with_default("Architecture.", _default_models()))
   # A string checked against the live registry, so that methods registered after the flags were
   # defined are accepted too.
   flags.DEFINE_string("method", None,
-                      f"<{'|'.join(config_lib.methods())}>: Which run to act on (test, robustness, distance; default natural, the base "
-                      "model) or which hardening method to run (harden, pipeline; default moth): "
-                      + "; ".join(f"{name}: {entry.summary}" for name, entry in
-                                  hardening_methods.METHODS.items()) + ".")
+                      with_default(
+                          f"<{'|'.join(config_lib.methods())}>: Which run to act on (test, "
+                          "robustness, distance; natural is the base model) or which hardening "
+                          "method to run (harden, pipeline): "
+                          + "; ".join(f"{name}: {entry.summary}" for name, entry in
+                                      hardening_methods.METHODS.items()) + ".",
+                          "natural; --phase=harden or pipeline: moth"))
   flags.register_validator("method", _check_method)
   flags.DEFINE_enum("augment", "default", ["default"] + list(augment_lib.RECIPES),
                     "Training augmentation of every fit (base training, poisoning, hardening): "
@@ -144,14 +251,17 @@ def define_flags():
                     "2 px, the others none), none, flip, crop (zero padding + random crop), "
                     "crop_flip, shift (continuous, bilinear), shift_flip.")
   flags.DEFINE_integer("augment_pad", None,
-                       "Largest shift in pixels of the crop and shift recipes (default: the data "
-                       "set's, else an eighth of the image side).", lower_bound=1)
+                       with_default("Largest shift in pixels of the crop and shift recipes.",
+                                    "the data set's, else an eighth of the image side"),
+                       lower_bound=1)
   flags.DEFINE_integer("cpu_devices", None,
-                       "Split the CPU into this many logical devices (to run --strategy=mirrored "
-                       "without GPUs, for tests and demos).", lower_bound=1)
+                       with_default("Split the CPU into this many logical devices (to run "
+                                    "--strategy=mirrored without GPUs, for tests and demos).",
+                                    "no split"), lower_bound=1)
   flags.DEFINE_integer("seeds", 3, "Number of seeds (the reference's values first); the "
                        "distance is the element-wise minimum over seeds.", lower_bound=1)
-  flags.DEFINE_string("pair", None, "Measure only the direction s-t, e.g. --pair=3-5.")
+  flags.DEFINE_string("pair", None, with_default("Measure only the direction s-t, e.g. --pair=3-5.",
+                                                "every direction"))
   flags.register_validator(
       "pair", lambda v: v is None or _parse_pair(v) is not None,
       message="--pair must look like s-t with two different class indices, e.g. --pair=3-5")
@@ -159,10 +269,20 @@ def define_flags():
                     "Hardening preset: ours (hardens; see benchmarks/hardening_benchmark.py) or the "
                     "authors' (2 epochs, 10% of min(#s,#t) stamped) for comparison.")
   flags.DEFINE_string("base_run", None,
-                      "The base model's run: natural (default; made by --phase=train) or a "
-                      "poisoned run made by --phase=poison (default name there: poisoned). Phases "
-                      "act on {dataset}_{model}_{base_run} and write what --method makes of it to "
-                      "{dataset}_{model}_{base_run}_{method}.")
+                      with_default(
+                          "The base model's run: natural (made by --phase=train) or a poisoned "
+                          "run made by --phase=poison. Phases act on "
+                          "{dataset}_{model}_{base_run} and write what --method makes of it to "
+                          "{dataset}_{model}_{base_run}_{method}.",
+                          "natural; --phase=poison: poisoned"))
+
+
+def _default_models():
+  """"the data set's: digits lenet, ..., other small_cnn": each data set's default model."""
+  other = own_data.DEFAULT_MODEL
+  differ = [f"{name} {data_lib.dataset_info(name).default_model}" for name in data_lib.DATASETS
+            if data_lib.dataset_info(name).default_model != other]
+  return "the data set's: " + ", ".join(differ + [f"other {other}"])
 
 
 def _check_dataset(name):

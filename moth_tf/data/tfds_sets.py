@@ -16,14 +16,21 @@ Where the data directory (`data_dir`, else $TFDS_DATA_DIR, else ~/tensorflow_dat
 hold a prepared copy yet, tfds downloads and prepares it there on first use (`download=True`, the
 default). Without network access the download fails, and the loaders raise
 `DatasetUnavailableError` in one line naming the data set, the directory and the offline route: copy
-a prepared `tensorflow_datasets/` folder from a machine with internet into the data directory. With
+a prepared `tensorflow_datasets/` folder from a machine with internet into the data directory. That
+takes seconds, not the minutes of tfds's retries (10, with growing pauses, 3.5 minutes for a name
+that does not resolve): before handing over to tfds, a TCP connection to each download host (or to
+the proxy the environment names for it) must open within PROBE_TIMEOUT seconds. With
 `download=False` (the command line's --nodownload) or $MOTH_TF_NO_DOWNLOAD=1 nothing is fetched:
 a missing data set is that same kind of error within a fraction of a second, without any network
 attempt.
 """
 
 import os
-from typing import Optional
+import socket
+import threading
+import time
+import urllib.parse
+from typing import Iterable, Optional
 
 import numpy as np
 
@@ -62,6 +69,10 @@ _READ_BATCH = 8192
 # download=False.
 NO_DOWNLOAD_ENV = "MOTH_TF_NO_DOWNLOAD"
 _TRUE = ("1", "true", "yes")
+
+# Seconds within which a download host (or its proxy) must accept a TCP connection before tfds is
+# handed the download; DNS resolution included.
+PROBE_TIMEOUT = 5.0
 
 
 def load_cifar10(data_dir: Optional[str] = None, download: bool = True) -> base.DatasetSplits:
@@ -154,11 +165,89 @@ def prepare(builder, name: str, tfds_name: str, data_dir: Optional[str], downloa
   """
   if not download_allowed(download):
     return
+  if _will_download(builder):
+    problem = network_problem(_download_urls(builder))
+    if problem:
+      raise base.DatasetUnavailableError(
+          _download_failed_message(name, tfds_name, data_dir, f"no network: {problem}"))
   try:
     builder.download_and_prepare()
   except _download_errors() as err:
     raise base.DatasetUnavailableError(
-        _download_failed_message(name, tfds_name, data_dir, err)) from err
+        _download_failed_message(name, tfds_name, data_dir, _one_line(err))) from err
+
+
+def _will_download(builder):
+  """Whether download_and_prepare is about to fetch: not for a prepared data set, nor under
+  `tfds.testing.mock_data`, which makes it a no-op (tests of users' code run offline with it)."""
+  method = getattr(type(builder), "download_and_prepare", None)
+  if getattr(method, "__module__", "").startswith("tensorflow_datasets.testing"):
+    return False
+  return not builder.is_prepared()
+
+
+def _download_urls(builder):
+  """The URLs tfds will fetch for the builder: those its checksums file registers (none for a
+  builder without one, e.g. a local dataset's)."""
+  # A builder without a checksums file may raise instead of returning None: nothing to probe then,
+  # and tfds reports its own download errors.
+  try:
+    return list(builder.url_infos or ())
+  except Exception:  # pylint: disable=broad-except
+    return []
+
+
+def network_problem(urls: Iterable[str], timeout: float = PROBE_TIMEOUT) -> Optional[str]:
+  """Why the hosts of `urls` cannot be reached, in a few words, or None when each one (or the
+  proxy that requests would use for it, from the environment) accepts a TCP connection within
+  `timeout` seconds. The hosts are tried in parallel; a DNS lookup that hangs counts as a failure
+  at the deadline.
+
+  Args:
+    urls: the URLs of the download.
+    timeout: seconds for all the connections together.
+  """
+  endpoints = []
+  for url in urls:
+    endpoint = _endpoint(url)
+    if endpoint and endpoint not in endpoints:
+      endpoints.append(endpoint)
+  if not endpoints:
+    return None
+  results = {}
+
+  def connect(endpoint):
+    try:
+      socket.create_connection(endpoint, timeout=timeout).close()
+      results[endpoint] = None
+    except OSError as err:
+      results[endpoint] = _one_line(err, limit=120)
+
+  threads = [threading.Thread(target=connect, args=(e,), daemon=True) for e in endpoints]
+  deadline = time.monotonic() + timeout
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join(max(0.0, deadline - time.monotonic()))
+  for host, port in endpoints:
+    if (host, port) not in results:  # Still resolving or connecting at the deadline.
+      return f"{host}:{port} did not answer within {timeout:g} s"
+    if results[host, port]:
+      return f"cannot connect to {host}:{port} ({results[host, port]})"
+  return None
+
+
+def _endpoint(url):
+  """(host, port) that fetching `url` connects to first: its proxy's, if the environment names
+  one for it (HTTPS_PROXY, NO_PROXY, ... as requests reads them), else its own."""
+  import requests  # tfds's HTTP client, installed with it.
+
+  proxy = requests.utils.get_environ_proxies(url).get(urllib.parse.urlsplit(url).scheme)
+  parts = urllib.parse.urlsplit(proxy if proxy else url)
+  if not parts.hostname:
+    return None
+  default_port = {"https": 443, "http": 80, "ftp": 21}.get(parts.scheme, 443)
+  return parts.hostname, parts.port or default_port
 
 
 def _download_errors():
@@ -221,11 +310,11 @@ def missing_message(name: str, tfds_name: str, data_dir: Optional[str]) -> str:
           f"and prepares it there), or {_offline_route(tfds_name, looked_in)}.")
 
 
-def _download_failed_message(name, tfds_name, data_dir, err):
+def _download_failed_message(name, tfds_name, data_dir, why):
   """One line: which data set failed to download into which directory, why, and the way round."""
   directory = data_dir_shown(data_dir)
   return (f"{_display_name(name, tfds_name)} could not be downloaded into the tfds data dir "
-          f"{directory} ({_one_line(err)}). Run once with network access, or "
+          f"{directory} ({why}). Run once with network access, or "
           f"{_offline_route(tfds_name, directory)}; --nodownload (or {NO_DOWNLOAD_ENV}=1) skips "
           f"the download attempt.")
 
