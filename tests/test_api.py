@@ -470,3 +470,32 @@ def test_a_subclassed_model_hardens_in_the_users_own_fit(digits, subclassed_mode
               .batch(64), epochs=1, steps_per_epoch=12, verbose=0)
   assert wrapped.hardener.events["generations"] > 0
   assert not _same(_weights(classifier), _weights(subclassed_model))
+
+
+def test_a_stream_run_resumes_at_its_last_finished_epoch(digits, logits_model, tmp_path,
+                                                        monkeypatch, capsys):
+  from moth_tf.hardening import callbacks
+
+  class Interrupted(Exception):
+    pass
+
+  def interrupt(self, epoch, logs=None):
+    if epoch == 1:
+      raise Interrupted("killed at the start of epoch 2")
+
+  # An unbatched dataset of known size: epochs of 10 steps (1,257 images in batches of 128).
+  train = tf.data.Dataset.from_tensor_slices((digits.x_train, digits.y_train))
+  config = dict(MINI, steps=20)
+  test = (digits.x_test, digits.y_test)
+  monkeypatch.setattr(callbacks.MothCallback, "on_epoch_begin", interrupt, raising=False)
+  with pytest.raises(Interrupted):
+    moth_tf.harden(logits_model, train, test=test, config=config, workdir=str(tmp_path),
+                   verbose=0)
+  monkeypatch.undo()
+  capsys.readouterr()
+  _, results = moth_tf.harden(logits_model, train, test=test, config=config,
+                              workdir=str(tmp_path), verbose=2)
+  out = capsys.readouterr().out
+  assert "resumed at step 10" in out and "MOTH warm-up" not in out  # The driver's state too.
+  assert results.steps == 20 and results.raw["streamed"]
+  assert not os.path.exists(tmp_path / "backup_harden")
