@@ -110,7 +110,8 @@ def harden(model, train, val=None, method: str = "moth", *, test=None,
            dataset: Optional[str] = None,
            config: Union[None, Any, Mapping[str, Any]] = None, outputs: str = "auto",
            strategy=None, workdir: Optional[str] = None, augment: Optional[str] = None,
-           seed: int = 0, verbose: int = 1, unsafe_load: bool = False, in_place: bool = False):
+           seed: int = 0, verbose: int = 1, unsafe_load: bool = False, in_place: bool = False,
+           precision: Optional[str] = None, jit_compile: bool = False):
   """Hardens a copy of a classifier with MOTH (or a baseline) and returns it.
 
   The hardening is the model users fit themselves (moth_tf.hardening_model), fitted here with the
@@ -147,6 +148,12 @@ def harden(model, train, val=None, method: str = "moth", *, test=None,
     unsafe_load: load a `model` path that needs safe_mode=False (only for files you trust).
     in_place: harden `model` itself instead of a copy (for a subclassed model that cannot be
       copied; the returned model is then `model`).
+    precision: None: the model computes in its own dtype policy; "float32", "mixed_bfloat16" or
+      "mixed_float16": a copy rebuilt under that policy is hardened (moth_tf.models.io.
+      with_precision; mixed_float16 trains with loss scaling) and the returned model has the
+      input's policies again (the same weights). The global policy is left as it was.
+    jit_compile: compile the training step and the trigger engine's step loop with XLA (the
+      config's `jit_compile`).
 
   Returns:
     (hardened keras.Model, HardenResults). The hardened model outputs what the input did (logits,
@@ -166,9 +173,16 @@ def harden(model, train, val=None, method: str = "moth", *, test=None,
   if in_place and path:
     raise ValueError("in_place=True hardens a model object; a path is loaded, so pass the model "
                      "or leave in_place out")
+  _check_precision(precision)
+  own_precision = model_io.model_precision(base)
+  if in_place and precision not in (None, own_precision):
+    raise ValueError(f"in_place=True hardens the model itself, which computes in its own dtype "
+                     f"policy; precision={precision!r} needs a copy: leave one of them out")
   splits, harden_config = _harden_splits(base, train, val, test, dataset, method, config, augment,
                                          seed)
   num_classes = splits.num_classes
+  if jit_compile:
+    harden_config = dataclasses.replace(harden_config, jit_compile=True)
   plan = runner.plan(method, base, splits, harden_config)
   form = logits.output_form(base, outputs, splits.x_train)
   if in_place and form.startswith("softmax_"):
@@ -181,8 +195,10 @@ def harden(model, train, val=None, method: str = "moth", *, test=None,
   def classifier_factory():
     # Called inside the strategy's scope: the copy's variables are the strategy's.
     original = model_io.load_model(path, unsafe_load=unsafe_load) if path else base
-    return logits.logits_model(original, form, copy=path is None and not in_place,
-                         sample=splits.x_train[:1], image_shape=image_shape)
+    return model_io.with_precision(
+        logits.logits_model(original, form, copy=path is None and not in_place,
+                            sample=splits.x_train[:1], image_shape=image_shape),
+        precision, splits.x_train[:1])
 
   accuracy_before = evaluation.accuracy(base, splits.x_test, splits.y_test)
   if verbose:
@@ -202,6 +218,8 @@ def harden(model, train, val=None, method: str = "moth", *, test=None,
     hardened = classifier.layers[1]  # Under the log_probabilities layer.
   else:
     hardened = classifier
+  # The input's own policies again (the same weights), so the caller gets back what it gave.
+  hardened = model_io.with_precision(hardened, own_precision, splits.x_train[:1])
   accuracy_after = evaluation.accuracy(hardened, splits.x_test, splits.y_test)
   results = HardenResults(
       method=method, test_accuracy_before=accuracy_before, test_accuracy_after=accuracy_after,
@@ -272,17 +290,28 @@ def _harden_splits(base, train, val, test, dataset, method, config, augment, see
 # --- Measurements ---------------------------------------------------------------------------------
 
 
-def _measured_model(base, path: Optional[str], x, outputs: str, strategy):
+def _check_precision(precision):
+  from moth_tf import config as config_lib
+  if precision is not None and precision not in config_lib.PRECISIONS:
+    raise ValueError(f"precision={precision!r}: use None (the model's own) or one of "
+                     f"{', '.join(config_lib.PRECISIONS)}")
+
+
+def _measured_model(base, path: Optional[str], x, outputs: str, strategy, precision=None):
   """The logits model to optimise triggers on, built in the strategy's scope (`base` loaded from
-  `path`, or the caller's model when `path` is None)."""
+  `path`, or the caller's model when `path` is None), computing under `precision` (None: its
+  own policy; else a copy rebuilt under it)."""
   import tensorflow as tf
+  from moth_tf.models import io as model_io
+  _check_precision(precision)
   form = logits.output_form(base, outputs, x)
   default = strategy is tf.distribute.get_strategy()
   with strategy.scope():
     if path and not default:  # Loaded again in the scope, as the command line does.
       base = inputs.load(path)[0]
-    return logits.logits_model(base, form, copy=not default and path is None, sample=x[:1],
-                         image_shape=x.shape[1:])
+    return model_io.with_precision(
+        logits.logits_model(base, form, copy=not default and path is None, sample=x[:1],
+                            image_shape=x.shape[1:]), precision, x[:1])
 
 
 def _seed_values(seeds: Union[int, Sequence[int]]) -> Tuple[int, ...]:
@@ -299,7 +328,7 @@ def class_distance(model, x, y, *, num_classes: Optional[int] = None, samples: i
                    steps: int = 1000, seeds: Union[int, Sequence[int]] = 3,
                    pairs: Optional[Sequence[Tuple[int, int]]] = None, asr_bound: float = 0.9,
                    early_stop_patience: int = 200, outputs: str = "auto", strategy=None,
-                   verbose: int = 1):
+                   verbose: int = 1, precision: Optional[str] = None, jit_compile: bool = False):
   """Measures the class distance of a model: the smallest trigger that flips class s into t.
 
   The defaults are the command line's (`--phase=distance`): 100 images per direction, 1,000 steps,
@@ -321,6 +350,9 @@ def class_distance(model, x, y, *, num_classes: Optional[int] = None, samples: i
     outputs: "auto", "logits" or "probabilities" (see the module docstring).
     strategy: None, a tf.distribute.Strategy or "mirrored": its replicas share the directions.
     verbose: 0 silent, 1 a progress bar, 2 one line at the end.
+    precision: None: the model's own dtype policy; or "float32", "mixed_bfloat16",
+      "mixed_float16": a copy rebuilt under it computes (triggers and losses stay float32).
+    jit_compile: compile the engine's step loop with XLA.
 
   Returns:
     moth_tf.evaluation.distance.DistanceResult: `matrix` [n, n] (source, target; NaN on the
@@ -340,16 +372,18 @@ def class_distance(model, x, y, *, num_classes: Optional[int] = None, samples: i
   settings = config_lib.DistanceConfig(samples=samples, steps=steps, seeds=_seed_values(seeds),
                                        asr_bound=asr_bound,
                                        early_stop_patience=early_stop_patience)
-  measured = _measured_model(base, path, x, outputs, strategy)
+  measured = _measured_model(base, path, x, outputs, strategy, precision)
   return distance.measure_distance(
-      measured, x, y, n, distance.inversion_settings(settings), settings.seeds, samples=samples,
+      measured, x, y, n, distance.inversion_settings(settings, jit_compile), settings.seeds,
+      samples=samples,
       pairs=[tuple(p) for p in pairs] if pairs is not None else None, split_name="user",
       verbose=verbose, strategy=strategy)
 
 
 def detect_backdoor(model, x, y, *, num_classes: Optional[int] = None,
                     config: Union[None, Any, Mapping[str, Any]] = None, outputs: str = "auto",
-                    strategy=None, verbose: int = 1):
+                    strategy=None, verbose: int = 1, precision: Optional[str] = None,
+                    jit_compile: bool = False):
   """Neural Cleanse: reverse-engineers one trigger per label and flags the outlying small ones.
 
   Args:
@@ -361,6 +395,8 @@ def detect_backdoor(model, x, y, *, num_classes: Optional[int] = None,
     outputs: "auto", "logits" or "probabilities" (see the module docstring).
     strategy: None, a tf.distribute.Strategy or "mirrored": its replicas share the labels.
     verbose: 0 silent, 1 a progress bar, 2 one line at the end.
+    precision: None: the model's own dtype policy; else a copy rebuilt under it computes.
+    jit_compile: compile the engine's step loop with XLA.
 
   Returns:
     moth_tf.evaluation.detection.DetectionResult: `flagged` (the suspected backdoor targets),
@@ -378,8 +414,9 @@ def detect_backdoor(model, x, y, *, num_classes: Optional[int] = None,
   x = inputs.check_images(x, "x")
   n = inputs.class_count(base, num_classes, x)
   x, y = inputs.images_and_labels(x, y, "x", base, n)
-  measured = _measured_model(base, path, x, outputs, strategy)
-  return detection.neural_cleanse(measured, x, y, n, nc, verbose=verbose, strategy=strategy)
+  measured = _measured_model(base, path, x, outputs, strategy, precision)
+  return detection.neural_cleanse(measured, x, y, n, nc, verbose=verbose, strategy=strategy,
+                                  jit_compile=jit_compile)
 
 
 def _trigger(trigger, image_shape):

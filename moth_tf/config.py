@@ -31,6 +31,10 @@ from moth_tf.data import own as _own_data  # pylint: disable=g-import-not-at-top
 METHODS = ("natural",) + tuple(_methods.METHODS)
 HARDENING_METHODS = tuple(_methods.METHODS)
 STRATEGIES = ("default", "mirrored", "multi_worker")
+# Keras dtype policies of --precision: the classifier computes in float32, bfloat16 or float16 (its
+# variables stay float32; triggers and their losses always float32). mixed_float16 trains with
+# Keras's loss scaling (a LossScaleOptimizer).
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 # How BatchNorm layers see a hardening batch's perturbed images (moth_tf.hardening.model, where
 # each rule is defined; kept here too so that the config does not import TensorFlow).
 BATCHNORM_MODES = ("mixed", "clean_stats", "frozen", "recalibrate")
@@ -676,6 +680,8 @@ class HardenConfig(Checked):
       lower=1)
   # The run's --seed.
   seed: int = setting(0, cli=False)
+  # The run's --jit_compile: XLA for the training step and the trigger engine's step loop.
+  jit_compile: bool = setting(False, cli=False)
   moth: MothConfig = sub_config(MothConfig)
   adv_train: AdvTrainConfig = sub_config(AdvTrainConfig)
   uap: UapConfig = sub_config(UapConfig)
@@ -853,6 +859,15 @@ class RunConfig(Checked):
       "(MultiWorkerMirroredStrategy; the cluster from TF_CONFIG). Trigger optimisations are split "
       "across the replicas.", choices=STRATEGIES)
   seed: int = setting(0, "Random seed of training/hardening.", lower=0)
+  precision: str = setting(
+      "float32", "Keras dtype policy the classifier computes in, in every phase: float32, "
+      "mixed_bfloat16 or mixed_float16 (float32 variables; mixed_float16 trains with loss "
+      "scaling). Triggers, masks, patterns and their losses stay float32. A loaded model is "
+      "rebuilt under the policy for the work; saved models are float32 copies.",
+      choices=PRECISIONS)
+  jit_compile: bool = setting(
+      False, "Compile the training step (base training, poisoning, hardening) and the trigger "
+      "engine's step loop (class distance, MOTH's trigger generation, Neural Cleanse) with XLA.")
   # The base model's run: "natural" (--phase=train's) or a poisoned run made by --phase=poison.
   base_run: str = setting("natural", cli="custom")
   # Where a backdoor phase finds the trigger (a poisoned run directory); None: the base run's.

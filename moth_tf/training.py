@@ -96,9 +96,18 @@ def make_optimizer(recipe: config_lib.TrainConfig, steps_per_epoch: int):
   return keras.optimizers.Adam(lr)
 
 
+def warn_if_jit_refused(model, jit_compile: bool, what: str):
+  """Says so (a WARNING line) when XLA was asked for `model`'s training step and Keras turned it
+  off (a layer without XLA support, op determinism on, run_eagerly): never a silent fallback."""
+  if jit_compile and not model.jit_compile:
+    from moth_tf import progress
+    progress.warn(f"--jit_compile: Keras cannot compile the {what} step with XLA for this model "
+                  "(a layer that does not support it, or op determinism on); it runs without XLA")
+
+
 def train_natural(model_name: str, splits: data_lib.DatasetSplits,
                   recipe: config_lib.TrainConfig, run_dir: str, strategy, seed: int = 0,
-                  verbose: int = 1):
+                  verbose: int = 1, precision: str = "float32", jit_compile: bool = False):
   """Trains `model_name` from scratch on `splits` and saves it into `run_dir`.
 
   Uses `model.fit` with TensorBoard logs (`logs/train`), a per-epoch checkpoint and
@@ -115,6 +124,10 @@ def train_natural(model_name: str, splits: data_lib.DatasetSplits,
     seed: the random seed of initialisation, shuffling and augmentation.
     verbose: Keras's `verbose` of the fit: 0 silent, 1 live progress bar (for a terminal), 2 one
       line per epoch (for logs: a bar's carriage returns make each epoch one unreadable line).
+    precision: the Keras dtype policy the model is built under (moth_tf.config.PRECISIONS);
+      mixed_float16 gets Keras's LossScaleOptimizer from compile. The saved model is a float32
+      copy (moth_tf.models.io.save_model).
+    jit_compile: compile the training step with XLA.
 
   Returns:
     (model, results) where results holds test/val accuracy and wall time.
@@ -128,13 +141,14 @@ def train_natural(model_name: str, splits: data_lib.DatasetSplits,
   if num_train is None:  # A stream of unknown size: counted once, so that epochs have an end.
     num_train = stream_lib.count(splits.train_stream)
   steps_per_epoch = int(np.ceil(num_train / recipe.batch_size))
-  with strategy.scope():
+  with strategy.scope(), model_io.policy_scope(precision):
     model = models.build_model(model_name, splits.image_shape, splits.num_classes,
                                normalization=splits.info.normalization)
     model.compile(
         optimizer=make_optimizer(recipe, steps_per_epoch),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"])
+        metrics=["accuracy"], jit_compile=jit_compile)
+  warn_if_jit_refused(model, jit_compile, "training")
   if splits.streaming:
     # Never in memory: shuffled through a bounded buffer, endless, cut into epochs of
     # steps_per_epoch batches.

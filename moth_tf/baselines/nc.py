@@ -94,7 +94,7 @@ def harden(classifier_factory, splits, config: config_lib.HardenConfig, run_dir:
   if verbose:
     print(f"Neural Cleanse detection on the {split} split: {splits.num_classes} labels")
   found = detection.neural_cleanse(classifier_factory(), x, y, splits.num_classes, nc,
-                                   verbose=verbose)
+                                   verbose=verbose, jit_compile=config.jit_compile)
   # The detection is a result, printed like the other methods' result lines at any verbosity.
   print(detection.format_detection(found, splits.info.class_names))
   labels = list(range(splits.num_classes)) if nc.unlearn_all else list(found.flagged)

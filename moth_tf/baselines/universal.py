@@ -38,7 +38,8 @@ class UniversalHardener(driver.MothHardener):
         model.classifier, engine.InversionSettings(
             steps=config.moth.pair_steps, asr_bound=config.moth.pair_asr,
             init_cost=config.moth.pair_cost,
-            chunk_steps=max(config.moth.pair_steps, config.moth.fast_steps)),
+            chunk_steps=max(config.moth.pair_steps, config.moth.fast_steps),
+            jit_compile=config.jit_compile),
         getattr(model, "distribute_strategy", None))
 
   def target_of_step(self, step: int) -> int:

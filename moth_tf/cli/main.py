@@ -44,7 +44,9 @@ def config_from_flags(flag_values) -> config_lib.RunConfig:
   # measuring phase on a method's run (--phase=distance --method=moth) records that method's
   # settings too.
   harden = runner.hardening_config(flag_values.preset, dataset, flag_values.method or "moth",
-                                   values.pop("harden", {}), seed=flag_values.seed)
+                                   {**values.pop("harden", {}),
+                                    "jit_compile": flag_values.jit_compile},
+                                   seed=flag_values.seed)
   poison = config_lib.replace(config_lib.PoisonConfig(seed=flag_values.seed), values.pop("poison"))
   data = data_config(dataset, flag_values, values.pop("data"))
   return config_lib.RunConfig(

@@ -61,7 +61,8 @@ def make_run_command(config: config_lib.RunConfig, phase: str) -> str:
 
 def load_run_model(config: config_lib.RunConfig, method=None):
   """The model a phase acts on: --model_path if given, else the run directory's model (model.keras,
-  or saved_model/ for a run that hardened a SavedModel input)."""
+  or saved_model/ for a run that hardened a SavedModel input), computing under --precision (a
+  float32 model rebuilt under the policy: moth_tf.models.io.with_precision)."""
   path = config.model_path or rundir.find_model(config.run_dir(method))
   if not config.model_path and not os.path.exists(path):
     method = method or config.method
@@ -72,7 +73,8 @@ def load_run_model(config: config_lib.RunConfig, method=None):
     raise FileNotFoundError(
         f"no {what} model at {path}; make it first with "
         f"`{make_run_command(config, phase)}` or pass --model_path")
-  return model_io.load_model(path, unsafe_load=config.unsafe_load), path
+  return model_io.with_precision(model_io.load_model(path, unsafe_load=config.unsafe_load),
+                                 config.precision), path
 
 
 def check_model_fits(model, splits: data_lib.DatasetSplits, path: str):
@@ -101,7 +103,9 @@ def _train_base(config: config_lib.RunConfig, splits, run_dir: str, strategy, la
       splits.info.class_names, command_line).start()
   model, results = training.train_natural(config.model, train_splits or splits, config.train,
                                           run_dir, strategy, seed=config.seed,
-                                          verbose=fit_verbosity(config))
+                                          verbose=fit_verbosity(config),
+                                          precision=config.precision,
+                                          jit_compile=config.jit_compile)
   recorder.summary(
       dataset=config.data.dataset, model=config.model, method="natural",
       val_accuracy=results["val_accuracy"],
@@ -222,6 +226,11 @@ def distance_fingerprint(config: config_lib.RunConfig, model_file: str) -> dict:
   settings.pop("compare_to")
   fingerprint = {"model_sha256": rundir.file_sha256(model_file), "dataset": config.data.dataset,
                  "image_size": config.data.image_size, "distance": settings}
+  # Only where not the defaults, so that earlier float32 measurements keep their fingerprint.
+  if config.precision != "float32":
+    fingerprint["precision"] = config.precision
+  if config.jit_compile:
+    fingerprint["jit_compile"] = True
   return json.loads(json.dumps(fingerprint))  # Tuples become lists, as when read back.
 
 
@@ -234,6 +243,7 @@ def measure_and_record(model, splits, config: config_lib.RunConfig, out_dir: str
 
   Returns (DistanceResult, the JSON dict written).
   """
+  from moth_tf import estimate as estimate_lib
   from moth_tf.evaluation import distance
 
   dist = config.distance
@@ -253,11 +263,22 @@ def measure_and_record(model, splits, config: config_lib.RunConfig, out_dir: str
   # At the start, so that a killed measurement shows in the report as unfinished.
   recorder = tb_records.Recorder(out_dir, tag, config.to_dict(), splits.info.class_names,
                                  command_line, session=False).start()
+  estimates = []
+
+  def on_estimate(engine_step):  # Printed before the measurement, recorded beside its time.
+    estimates.append(estimate_lib.distance_estimate(
+        engine_step, n_dirs, len(seeds), dist.steps,
+        estimate_lib.distance_groups(n_dirs, dist.batch_directions)))
+    if verbose:
+      print(estimates[0].line(), flush=True)
+
   result = distance.measure_distance(
-      model, x, y, splits.num_classes, distance.inversion_settings(dist), seeds,
-      samples=dist.samples, pairs=pairs, batch_directions=dist.batch_directions, split_name=split,
-      verbose=fit_verbosity(config) if verbose else 0, strategy=strategy)
+      model, x, y, splits.num_classes, distance.inversion_settings(dist, config.jit_compile),
+      seeds, samples=dist.samples, pairs=pairs, batch_directions=dist.batch_directions,
+      split_name=split, verbose=fit_verbosity(config) if verbose else 0, strategy=strategy,
+      estimate=on_estimate)
   payload = result.to_json()
+  payload["estimate"] = estimates[0].to_json() if estimates else None
   model_file = config.model_path or rundir.find_model(config.run_dir())
   payload.update(dataset=config.data.dataset, model=config.model, model_path=model_file)
   if os.path.isfile(model_file):
@@ -296,6 +317,7 @@ def run_distance(config: config_lib.RunConfig, command_line=()):
     rundir.update_summary(out_dir, distance={"mean": result.mean, "failures": len(result.failures),
                                              "seeds": list(result.seeds),
                                              "wall_seconds": result.wall_seconds,
+                                             "estimate": payload["estimate"],
                                              "strategy": config.strategy,
                                              "replicas": strategy.num_replicas_in_sync})
   print(f"results written to {out_dir}")
@@ -309,9 +331,13 @@ def harden_output_dir(config: config_lib.RunConfig) -> str:
   return output_dir(config) + f"_{config.method}"
 
 
-def run_harden(config: config_lib.RunConfig, command_line=()):
-  """Hardens the natural run's model (or --model_path) with `--method` into a new run directory."""
+def run_harden(config: config_lib.RunConfig, command_line=(), estimate=None):
+  """Hardens the natural run's model (or --model_path) with `--method` into a new run directory.
+
+  `estimate`: the pipeline's moth_tf.estimate.Estimate of this hardening; None: timed here.
+  """
   from moth_tf import distribute
+  from moth_tf import estimate as estimate_lib
   from moth_tf import evaluation
   from moth_tf.hardening import methods
   from moth_tf.hardening import runner
@@ -339,13 +365,17 @@ def run_harden(config: config_lib.RunConfig, command_line=()):
   # warning before it trains (moth_tf.hardening.fitting) and summary.json records it.
   model_input = model_io.describe_input(base_model, base_path)
   batchnorm = plan.batchnorm
+  # A few timed steps on the base model (a throwaway copy from here on).
+  estimate = estimate or estimate_lib.harden_probe(config, splits, base_model)
   del base_model
   console.print_harden_start(config.method, base_path, out_dir, plan.describe(splits))
+  print(estimate.line(), flush=True)
   recorder = tb_records.Recorder(out_dir, "harden", config.to_dict(), splits.info.class_names,
                                  command_line).start()
   classifier, results = plan.run(
-      lambda: model_io.load_model(base_path, unsafe_load=config.unsafe_load), splits, out_dir,
-      strategy, verbose=fit_verbosity(config))
+      lambda: model_io.with_precision(model_io.load_model(base_path, unsafe_load=config.unsafe_load),
+                                      config.precision, splits.x_train[:1]),
+      splits, out_dir, strategy, verbose=fit_verbosity(config))
   acc_after = evaluation.accuracy(classifier, splits.x_test, splits.y_test)
   saved_path = model_io.save_model(classifier, out_dir)
   recorder.summary(
@@ -354,7 +384,8 @@ def run_harden(config: config_lib.RunConfig, command_line=()):
       harden={**results, "method": config.method, "test_accuracy_before": acc_before,
               "test_accuracy_after": acc_after, "strategy": config.strategy,
               "replicas": strategy.num_replicas_in_sync, "model_input": model_input,
-              "batchnorm": batchnorm},
+              "batchnorm": batchnorm, "precision": config.precision,
+              "jit_compile": config.jit_compile, "estimate": estimate.to_json()},
       augmentation=splits.augmentation.to_json(),
       flags=list(command_line), config=config.to_dict())
   recorder.metrics({
@@ -381,6 +412,9 @@ def run_pipeline(config: config_lib.RunConfig, command_line=()):
                             config.overwrite, "hardened", "backup_harden")
   natural = dataclasses.replace(config, method="natural", model_path=None)
   base_dir = natural.run_dir()
+  splits = load_splits(config)
+  estimate = _pipeline_estimate(config, natural, splits)
+  print(estimate.line(), flush=True)
   start = time.time()
   if os.path.exists(rundir.model_path(base_dir)):
     print(f"[1/4] base model found at {rundir.model_path(base_dir)}; not retraining")
@@ -391,7 +425,6 @@ def run_pipeline(config: config_lib.RunConfig, command_line=()):
     run_train(natural, command_line)
   times["train"] = time.time() - start
 
-  splits = load_splits(config)
   start = time.time()
   base_distance_file = os.path.join(base_dir, rundir.DISTANCE_FILE)
   previous = rundir.read_json(base_distance_file) if os.path.exists(base_distance_file) else {}
@@ -412,7 +445,7 @@ def run_pipeline(config: config_lib.RunConfig, command_line=()):
   start = time.time()
   print(f"[3/4] {config.method} hardening")
   hardened = dataclasses.replace(config, model_path=None)
-  harden_results = run_harden(hardened, command_line)
+  harden_results = run_harden(hardened, command_line, estimate=estimate.parts["harden"])
   times["harden"] = time.time() - start
 
   start = time.time()
@@ -430,11 +463,32 @@ def run_pipeline(config: config_lib.RunConfig, command_line=()):
       "mean_before": base_mean,
       "enlargement_mean_relative": comparison["mean_relative_change"],
       "enlargement_ratio_of_means": comparison["ratio_of_means"]},
-      stage_seconds=times)
+      stage_seconds=times, estimate=estimate.to_json())
   console.print_pipeline_summary(
       config, harden_results, comparison, (base_mean, after.mean),
       (base_failures, len(after.failures)), times, (base_dir, hardened.run_dir()))
   return {"times": times, "comparison": comparison, "harden": harden_results}
+
+
+def _pipeline_estimate(config: config_lib.RunConfig, natural: config_lib.RunConfig, splits):
+  """The pipeline's estimate from a few steps timed on a throwaway copy of the base model (or of
+  a new one of the architecture when it is still to be trained); moth_tf.estimate."""
+  from moth_tf import estimate as estimate_lib
+  from moth_tf import models
+
+  model_file = rundir.model_path(natural.run_dir())
+  train_needed = not os.path.exists(model_file)
+  if train_needed:
+    with model_io.policy_scope(config.precision):
+      model = models.build_model(config.model, splits.image_shape, splits.num_classes,
+                                 normalization=splits.info.normalization)
+    distance_before = True
+  else:
+    model, _ = load_run_model(natural)
+    previous = os.path.join(natural.run_dir(), rundir.DISTANCE_FILE)
+    distance_before = not (os.path.exists(previous) and rundir.read_json(previous).get(
+        "fingerprint") == distance_fingerprint(natural, model_file))
+  return estimate_lib.pipeline_probe(config, splits, model, train_needed, distance_before)
 
 
 def trigger_dir(config: config_lib.RunConfig) -> str:
@@ -558,6 +612,7 @@ def run_detect(config: config_lib.RunConfig, command_line=()):
   print(f"Neural Cleanse: {splits.num_classes} labels, up to {nc.samples} images of each other "
         f"class ({note}), {nc.steps} steps, ASR {nc.asr_bound:g}; model {path}")
   found = detection.neural_cleanse(model, x, y, splits.num_classes, nc, strategy=strategy,
+                                   jit_compile=config.jit_compile,
                                    verbose=fit_verbosity(config))
   console.print_detection(found, splits.info.class_names)
   payload = {"model_path": path, "split": split, "neural_cleanse": found.to_json()}

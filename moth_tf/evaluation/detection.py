@@ -102,7 +102,7 @@ def label_images(x: np.ndarray, y: np.ndarray, target: int, num_classes: int, sa
 
 
 def neural_cleanse(model, x: np.ndarray, y: np.ndarray, num_classes: int, config,
-                   verbose: int = 1, strategy=None) -> DetectionResult:
+                   verbose: int = 1, strategy=None, jit_compile: bool = False) -> DetectionResult:
   """Reverse-engineers one trigger per label (all in one engine call) and flags outlier labels.
 
   Args:
@@ -114,6 +114,7 @@ def neural_cleanse(model, x: np.ndarray, y: np.ndarray, num_classes: int, config
       when all labels are done.
     strategy: a tf.distribute strategy whose replicas share the labels (build the model under its
       scope); None: one device.
+    jit_compile: compile the engine's step loop with XLA.
   """
   import keras  # Progress bar only.
   from moth_tf.evaluation import distance
@@ -122,7 +123,8 @@ def neural_cleanse(model, x: np.ndarray, y: np.ndarray, num_classes: int, config
 
   settings = engine.InversionSettings(steps=config.steps, asr_bound=config.asr_bound,
                                       init_cost=config.init_cost,
-                                      early_stop_patience=config.early_stop_patience)
+                                      early_stop_patience=config.early_stop_patience,
+                                      jit_compile=jit_compile)
   images = [label_images(x, y, t, num_classes, config.samples, config.seed)
             for t in range(num_classes)]
   bar = (keras.utils.Progbar(num_classes, unit_name="label", verbose=int(verbose)) if verbose

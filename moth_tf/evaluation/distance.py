@@ -90,20 +90,22 @@ def all_pairs(num_classes: int) -> List[Tuple[int, int]]:
   return [(s, t) for s in range(num_classes) for t in range(num_classes) if s != t]
 
 
-def inversion_settings(dist) -> engine.InversionSettings:
-  """The engine settings of a distance configuration (moth_tf.config.DistanceConfig)."""
+def inversion_settings(dist, jit_compile: bool = False) -> engine.InversionSettings:
+  """The engine settings of a distance configuration (moth_tf.config.DistanceConfig); with
+  `jit_compile`, the engine's step loop is compiled with XLA."""
   return engine.InversionSettings(steps=dist.steps, asr_bound=dist.asr_bound,
                                   init_cost=dist.init_cost,
                                   early_stop_patience=dist.early_stop_patience,
                                   early_stop_tol=dist.early_stop_tol,
-                                  direction_blocks=dist.direction_blocks)
+                                  direction_blocks=dist.direction_blocks,
+                                  jit_compile=jit_compile)
 
 
 def measure_distance(model, x: np.ndarray, y: np.ndarray, num_classes: int,
                      settings: engine.InversionSettings, seeds: Sequence[int],
                      samples: int = 100, pairs: Optional[Sequence[Tuple[int, int]]] = None,
                      batch_directions: int = 0, split_name: str = "val",
-                     verbose: int = 1, strategy=None) -> DistanceResult:
+                     verbose: int = 1, strategy=None, estimate=None) -> DistanceResult:
   """Measures the class distance of every requested ordered pair.
 
   Args:
@@ -120,6 +122,9 @@ def measure_distance(model, x: np.ndarray, y: np.ndarray, num_classes: int,
       line when all directions are done (for logs, where a bar's carriage returns pile up).
     strategy: a tf.distribute strategy whose replicas share every group's directions (build the
       model under its scope); None: one device.
+    estimate: optional callback(seconds per engine step), called before the measurement with
+      the cost of a step of its first group, timed with the measurement's own inverter (whose
+      traced graph the measurement then reuses; moth_tf.estimate.time_inverter_step).
 
   Returns:
     DistanceResult.
@@ -140,6 +145,12 @@ def measure_distance(model, x: np.ndarray, y: np.ndarray, num_classes: int,
   bar = (keras.utils.Progbar(total, unit_name="direction", verbose=int(verbose)) if verbose
          else None)
   finished = 0
+  if estimate is not None:
+    from moth_tf import estimate as estimate_lib
+    chunk = pairs[:group]
+    estimate(estimate_lib.time_inverter_step(
+        inverter, [direction_images(x, y, s, t, seeds[0], samples) for s, t in chunk],
+        [t for _, t in chunk], [stable_seed(seeds[0], s, t) for s, t in chunk]))
   start = time.time()
   for si, seed in enumerate(seeds):
     for g in range(0, len(pairs), group):

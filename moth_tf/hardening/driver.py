@@ -208,7 +208,7 @@ class MothHardener:
             init_cost=config.moth.pair_cost,
             ce_reduction=config.moth.pair_ce_reduction,
             chunk_steps=max(config.moth.pair_steps, config.moth.fast_steps),
-            direction_blocks=blocks),
+            direction_blocks=blocks, jit_compile=config.jit_compile),
         getattr(model, "distribute_strategy", None))
     self.step = 0
     self.ready = False
@@ -263,7 +263,7 @@ class MothHardener:
     images, origin = map(list, zip(*(self.universal_images(rng, t) for t in range(self.n))))
     inverter = distributed.make_inverter(self.model.classifier, engine.InversionSettings(
         steps=cfg.moth.warmup_steps, asr_bound=cfg.moth.warmup_asr, init_cost=cfg.moth.pair_cost,
-        direction_blocks=hardening_blocks(self.model)),
+        direction_blocks=hardening_blocks(self.model), jit_compile=cfg.jit_compile),
                                          getattr(self.model, "distribute_strategy", None))
     if self.verbose:
       print(f"MOTH warm-up: {self.n} universal triggers ({cfg.moth.warmup_steps} steps, ASR "

@@ -68,8 +68,13 @@ def build_hardening_model(strategy, make_model: Callable[[], keras.Model],
     if learning_rate is None:
       learning_rate = learning_rate_schedule(config, num_train)
     model.default_optimizer = recipe_optimizer(config, learning_rate)
-    model.compile()  # The recipe's optimizer, sparse cross-entropy on logits, accuracy.
+    # The recipe's optimizer, sparse cross-entropy on logits, accuracy; a mixed_float16
+    # classifier's wrapper takes its policy, so compile wraps the optimizer in a
+    # LossScaleOptimizer.
+    model.compile(jit_compile=config.jit_compile)
     model(sample)
+  from moth_tf import training
+  training.warn_if_jit_refused(model, config.jit_compile, "hardening")
   return model
 
 

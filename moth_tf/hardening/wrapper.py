@@ -78,7 +78,8 @@ def hardening_model(classifier, method: str = "moth", samples=None, *,
                     config: Union[None, Any, Mapping[str, Any]] = None,
                     dataset: Optional[str] = None, start_step: int = 0,
                     start_epoch: Optional[int] = None, log_dir: Optional[str] = None,
-                    num_classes: Optional[int] = None, image_shape=None, verbose: int = 1):
+                    num_classes: Optional[int] = None, image_shape=None, verbose: int = 1,
+                    precision: Optional[str] = None):
   """Wraps a classifier in a Keras model that hardens it in your own `compile` and `fit`.
 
   Build it inside your strategy's scope if you use one (as you would build any model), then
@@ -107,6 +108,13 @@ def hardening_model(classifier, method: str = "moth", samples=None, *,
     num_classes: n, when the classifier has no output shape and no samples are given.
     image_shape: (H, W, C), when the classifier has no input shape and no samples are given.
     verbose: 0 silent, else the driver's progress lines (warm-up, resumes).
+    precision: None: the classifier computes in its own dtype policy. "float32",
+      "mixed_bfloat16" or "mixed_float16": where the classifier has another policy, a copy rebuilt
+      under it (moth_tf.models.io.with_precision, the same weights) is wrapped and trained instead:
+      take the hardened weights from `.classifier` (moth_tf.models.io.float32_copy gives a
+      float32 model of it). A mixed_float16 model's compile adds Keras's loss scaling. XLA is
+      `compile(jit_compile=True)` for the step, and config={"jit_compile": True} for the
+      trigger engine.
 
   Returns:
     A moth_tf.hardening.model.HardeningModel (uncompiled); `.classifier` is your classifier.
@@ -142,6 +150,11 @@ def hardening_model(classifier, method: str = "moth", samples=None, *,
     x, y = _samples(samples, n, harden_config.trigger_pool)
   elif n is None:
     n = _output_count(classifier, None)
+  if precision is not None:
+    from moth_tf import api
+    from moth_tf.models import io as model_io
+    api._check_precision(precision)  # pylint: disable=protected-access
+    classifier = model_io.with_precision(classifier, precision, x)
   shape = tuple(image_shape) if image_shape else _image_shape(classifier, x)
   if dataset is not None:
     p = data_lib.dataset_info(dataset).train_pgd

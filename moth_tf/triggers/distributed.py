@@ -92,9 +92,12 @@ class DistributedInverter:
     """One chunk of steps on every replica; returns (step, states, directions done, furthest step).
     """
 
+    # With XLA each replica runs the engine's compiled chunk; without, its graph code inline.
+    chunk = (self.inverter._run_chunk if self.settings.jit_compile  # pylint: disable=protected-access
+             else self.inverter._chunk)  # pylint: disable=protected-access
+
     def replica_fn(step, sts, ins):
-      step, new = self.inverter._chunk(step, sts, ins, asr_bound, total_steps, chunk_end,  # pylint: disable=protected-access
-                                       early_stop_patience)
+      step, new = chunk(step, sts, ins, asr_bound, total_steps, chunk_end, early_stop_patience)
       done = tf.add_n([tf.reduce_sum(tf.cast(st["done"], tf.int32)) for st in new])
       return step, new, done, tf.reshape(step, [1])
 

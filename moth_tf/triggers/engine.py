@@ -88,6 +88,8 @@ class InversionSettings:
   # own ops (see "Blocks" in the module docstring). It fixes the arithmetic of every direction
   # whatever the number of replicas, and caps how many replicas get work.
   direction_blocks: int = 8
+  # Compile the step loop (`TriggerInverter._chunk`, one chunk's tf.while_loop) with XLA.
+  jit_compile: bool = False
 
   def __post_init__(self):
     if self.ce_reduction not in ("mean", "sum"):
@@ -275,7 +277,7 @@ class TriggerInverter:
     # arithmetic optimizer and constant folding rewrite (and so round) a graph differently when it
     # knows its shapes, so a trace with relaxed shapes would change a block's bits depending on
     # which calls came before. Calls with the same shapes reuse their trace.
-    self._run_chunk = tf.function(self._chunk)
+    self._run_chunk = tf.function(self._chunk, jit_compile=settings.jit_compile or None)
 
   # ----------------------------------------------------------------------------------------------
   # Graph code.
