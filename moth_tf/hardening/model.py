@@ -172,6 +172,11 @@ class HardeningModel(keras.Model):
     """
     callbacks = list(callbacks or [])
     drivers = [c for c in self.driver_callbacks if c not in callbacks]
+    data = args[0] if args else kwargs.get("x")
+    if isinstance(data, tf.data.Dataset):
+      # Keras ignores `shuffle` for a dataset (the pipeline shuffles) and warns when it is left at
+      # its default True: say False for the caller.
+      kwargs.setdefault("shuffle", False)
     return super().fit(*args, callbacks=drivers + callbacks, **kwargs)
 
   def call(self, inputs, training=False):
