@@ -6,9 +6,10 @@ Poisons 10% of the digits training images with a 3x3 white patch in the bottom-r
 relabelled to class 0, and trains a CNN on them: it learns the backdoor (attack success rate, ASR,
 near 100%). Then `moth_tf.detect_backdoor` (Neural Cleanse) looks for a label whose reversed
 trigger is unusually small, `moth_tf.harden` hardens a copy with MOTH on the clean training images
-(the defender's), and `moth_tf.backdoor_metrics` measures clean accuracy (C-Acc), ASR and robust
-accuracy (R-Acc, stamped images still classified as their own class) before and after. How far the
-ASR falls depends on the budget; docs/results.md, "Backdoors", has measured runs.
+(the defender's), and `moth_tf.backdoor_metrics` measures clean accuracy (C-Acc), ASR and the
+backdoor's robust accuracy (R-Acc: stamped images still classified as their own class; not PGD
+robust accuracy) before and after. How far the ASR falls depends on the budget; docs/results.md,
+"Backdoors", has measured runs.
 """
 
 import argparse
