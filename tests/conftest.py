@@ -29,3 +29,23 @@ def digits_pipeline(tmp_path_factory):
   workdir = os.path.join(str(tmp_path_factory.mktemp("pipeline")), "seed0")
   stdout = _run_capturing(*DIGITS_PIPELINE_FLAGS, "--seed=0", f"--workdir={workdir}")
   return workdir, stdout
+
+
+def _trained(tmp_path_factory, epochs):
+  workdir = os.path.join(str(tmp_path_factory.mktemp(f"trained{epochs}")), "work")
+  stdout = _run_capturing("--phase=train", f"--epochs={epochs}", f"--workdir={workdir}")
+  return workdir, stdout
+
+
+@pytest.fixture(scope="session")
+def digits_trained_1_epoch(tmp_path_factory):
+  """(workdir, stdout) of `--phase=train --epochs=1` (a digits LeNet), for tests/test_bad_input.py
+  and tests/test_method_registry.py. Read only."""
+  return _trained(tmp_path_factory, 1)
+
+
+@pytest.fixture(scope="session")
+def digits_trained_2_epochs(tmp_path_factory):
+  """(workdir, stdout) of `--phase=train --epochs=2` (a digits LeNet), for tests/test_cli.py,
+  tests/test_pipeline_cli.py and tests/test_nad.py. Read only."""
+  return _trained(tmp_path_factory, 2)

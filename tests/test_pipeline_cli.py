@@ -21,6 +21,7 @@ from moth_tf import config as config_lib
 from moth_tf.cli import phases
 
 from cli_testing import DIGITS_PIPELINE_FLAGS  # pylint: disable=g-bad-import-order
+from cli_testing import copied_workdir
 from cli_testing import event_files
 from cli_testing import parsed_config
 from cli_testing import run_cli
@@ -52,10 +53,12 @@ def _read_json(path):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  """A workdir with a digits LeNet trained for 2 epochs, and the hash of its model.keras."""
-  workdir = str(tmp_path_factory.mktemp("work"))
-  _run_capturing("--phase=train", "--epochs=2", f"--workdir={workdir}")
+def trained(tmp_path_factory, digits_trained_2_epochs):
+  """A workdir with a digits LeNet trained for 2 epochs, and the hash of its model.keras.
+
+  The training is the session's `--phase=train --epochs=2` (tests/conftest.py), copied.
+  """
+  workdir = copied_workdir(digits_trained_2_epochs[0], tmp_path_factory)
   path = os.path.join(workdir, _NATURAL, "model.keras")
   return workdir, path, _sha256(path)
 
