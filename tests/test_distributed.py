@@ -117,40 +117,17 @@ _REPLICAS = textwrap.dedent("""
 # The 5 directions of _directions() make 5 blocks of one by default (on 3 replicas: 2, 2 and 1
 # blocks, and a padding block); direction_blocks=2 makes blocks of 3 and 2 directions (one replica
 # per block). The conv model is the one that made one device and 2 replicas differ before blocks.
-_REPLICA_RUNS = [(2, "conv_dense,conv_dense_2_blocks"), (3, "conv_dense")]
-
-
-@pytest.fixture(scope="module")
-def replica_runs(tmp_path_factory):
-  """The _REPLICAS script for every (replicas, cases) of _REPLICA_RUNS, each in its own process
-  (its own CPU split), started side by side (each spends much of its time in one thread: importing
-  TensorFlow, tracing); (replicas, cases) -> (the process, its stdout file, its stderr file)."""
-  started = {}
-  try:
-    for replicas, cases in _REPLICA_RUNS:
-      cwd = tmp_path_factory.mktemp(f"replicas{replicas}")
-      script = cwd / "replicas.py"
-      script.write_text(_REPLICAS)
-      stdout, stderr = cwd / "stdout", cwd / "stderr"
-      with open(stdout, "w") as out, open(stderr, "w") as err:  # Files: no pipe fills up.
-        started[(replicas, cases)] = (subprocess.Popen(
-            [sys.executable, str(script), os.path.dirname(__file__), str(replicas), cases],
-            stdout=out, stderr=err, text=True, env=_env(), cwd=str(cwd)), stdout, stderr)
-    yield started
-  finally:
-    for proc, _, _ in started.values():
-      if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-
-
-@pytest.mark.parametrize("replicas,cases", _REPLICA_RUNS)
-def test_replicas_give_the_bits_of_one_device(replica_runs, replicas, cases):
+@pytest.mark.parametrize("replicas,cases", [(2, "conv_dense,conv_dense_2_blocks"),
+                                            (3, "conv_dense")])
+def test_replicas_give_the_bits_of_one_device(tmp_path, replicas, cases):
   """One device and N CPU replicas give the same result, bit for bit."""
-  proc, stdout, stderr = replica_runs[(replicas, cases)]
-  proc.wait(timeout=300)
-  assert proc.returncode == 0, stderr.read_text()[-3000:]
-  line = [l for l in stdout.read_text().splitlines() if l.startswith("RESULT ")][0]
+  script = tmp_path / "replicas.py"
+  script.write_text(_REPLICAS)
+  proc = subprocess.run([sys.executable, str(script), os.path.dirname(__file__), str(replicas),
+                         cases],
+                        capture_output=True, text=True, timeout=300, env=_env(), cwd=str(tmp_path))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][0]
   out = json.loads(line[len("RESULT "):])
   assert out["replicas"] == replicas and ",".join(out["cases"]) == cases
   for name, case in out["cases"].items():
