@@ -6,6 +6,7 @@ and `present`) afterwards.
 
 import glob
 import os
+import shutil
 
 from absl import flags
 from absl.testing import flagsaver
@@ -14,6 +15,15 @@ from moth_tf.cli import flags as cli_flags
 from moth_tf.cli import main as main_lib
 
 FLAGS = flags.FLAGS
+
+# A tiny `--phase=pipeline` (natural + moth, distance before and after) on the digits: 2 epochs of
+# LeNet, one hardening epoch of 13 steps (1,257 digits in batches of 100), 10 of them warm-up and
+# one 3-step pair period. tests/test_pipeline_cli.py asserts on its stages and tables,
+# tests/test_report_cli.py reports it (with a second seed).
+DIGITS_PIPELINE_FLAGS = ("--phase=pipeline", "--epochs=2", "--harden_epochs=1",
+                         "--harden_batch_size=100", "--trigger_samples=8", "--warmup_steps=60",
+                         "--pair_steps=30", "--fast_steps=10", "--seeds=1", "--distance_steps=20",
+                         "--distance_samples=10")
 
 
 def define_flags_once():
@@ -53,3 +63,10 @@ def trained_workdir(tmp_path_factory, epochs: int, *more_runs):
     for run_flags in more_runs:
       run_cli(*run_flags, f"--workdir={work}")
   return work
+
+
+def copied_workdir(source, tmp_path_factory, name="work"):
+  """A fresh copy of the shared workdir `source` (to write into without touching it)."""
+  copy = os.path.join(str(tmp_path_factory.mktemp(name)), os.path.basename(source))
+  shutil.copytree(source, copy)
+  return copy

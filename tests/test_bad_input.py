@@ -19,6 +19,7 @@ from moth_tf.cli import main as main_lib
 from moth_tf import rundir
 
 import cli_testing  # pylint: disable=g-bad-import-order
+from cli_testing import copied_workdir
 from cli_testing import run_cli
 
 
@@ -48,11 +49,10 @@ def _tree(path):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  """A workdir with a finished digits LeNet run (1 epoch)."""
-  workdir = str(tmp_path_factory.mktemp("work"))
-  run_cli("--phase=train", "--epochs=1", f"--workdir={workdir}")
-  return workdir
+def trained(tmp_path_factory, digits_trained_1_epoch):
+  """A workdir with a finished digits LeNet run (1 epoch): the session's `--phase=train
+  --epochs=1` (tests/conftest.py), copied."""
+  return copied_workdir(digits_trained_1_epoch[0], tmp_path_factory)
 
 
 def _write_gtsrb_npz(directory, shape=(32, 32, 3), nan_pixels=0):

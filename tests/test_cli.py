@@ -5,8 +5,6 @@ restores every flag (value and `present`) afterwards, and `moth_tf.cli.main.main
 called directly. One test also runs the real binary in a subprocess.
 """
 
-import contextlib
-import io
 import json
 import os
 import re
@@ -21,7 +19,8 @@ import pytest
 
 from moth_tf.cli import main as main_lib
 
-from cli_testing import define_flags_once  # pylint: disable=g-bad-import-order
+from cli_testing import copied_workdir  # pylint: disable=g-bad-import-order
+from cli_testing import define_flags_once
 from cli_testing import event_files
 from cli_testing import parsed_config
 from cli_testing import run_cli
@@ -43,13 +42,14 @@ def run_cli_error(capsys, *args):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  """A workdir with a digits LeNet trained for 2 epochs by --phase=train, and train's stdout."""
-  workdir = str(tmp_path_factory.mktemp("work"))
-  out = io.StringIO()  # capsys is function-scoped, so a module fixture captures stdout itself.
-  with contextlib.redirect_stdout(out):
-    run_cli("--phase=train", "--epochs=2", f"--workdir={workdir}")
-  return workdir, out.getvalue()
+def trained(tmp_path_factory, digits_trained_2_epochs):
+  """A workdir with a digits LeNet trained for 2 epochs by --phase=train, and train's stdout.
+
+  The training is the session's `digits_trained_2_epochs` (tests/conftest.py), copied: the tests
+  below write into the workdir.
+  """
+  source, out = digits_trained_2_epochs
+  return copied_workdir(source, tmp_path_factory), out
 
 
 def test_train_writes_model_logs_and_summary(trained):

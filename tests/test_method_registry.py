@@ -11,8 +11,8 @@ import os
 import numpy as np
 import pytest
 
+from cli_testing import copied_workdir
 from cli_testing import run_cli
-from cli_testing import trained_workdir
 from moth_tf import config as config_lib
 from moth_tf import data as data_lib
 from moth_tf.hardening import fitting
@@ -47,8 +47,10 @@ def registered():
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  return trained_workdir(tmp_path_factory, 1)
+def workdir(tmp_path_factory, digits_trained_1_epoch):
+  """A digits LeNet trained for 1 epoch: the session's `--phase=train --epochs=1`
+  (tests/conftest.py), copied."""
+  return copied_workdir(digits_trained_1_epoch[0], tmp_path_factory)
 
 
 def test_a_registered_method_runs_through_the_cli(registered, workdir, capsys):

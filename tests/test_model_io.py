@@ -553,26 +553,54 @@ _MOTH_TINY = ("--harden_steps=10", "--warmup_steps=5", "--pair_steps=5", "--fast
               "--trigger_samples=4")
 
 
-@pytest.mark.parametrize("method, kind", [("finetune", "keras3_export"), ("moth", "keras3_export"),
-                                          ("finetune", "export_archive"),
-                                          ("finetune", "keras2_save")])
-def test_savedmodel_hardens_under_mirrored_strategy(method, kind, tmp_path):
-  export, endpoint = _EXPORTS[kind]
-  source = str(tmp_path / "model")
-  export(source)
-  before = _moving(_variables(source))
-  workdir = str(tmp_path / "work")
+_MIRRORED_RUNS = [("finetune", "keras3_export"), ("moth", "keras3_export"),
+                  ("finetune", "export_archive"), ("finetune", "keras2_save")]
+
+
+@pytest.fixture(scope="module")
+def mirrored_runs(tmp_path_factory):
+  """For every (method, kind) of _MIRRORED_RUNS: the model exported as `kind`, its moving
+  statistics, and `python -m moth_tf.main --phase=harden --method=METHOD --strategy=mirrored` on it,
+  started at once (side by side: each process spends much of its time importing TensorFlow and
+  tracing, in one thread). (method, kind) -> (the process, its workdir, its stderr file, the moving
+  statistics before)."""
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=os.pathsep.join(
       p for p in (repo, os.environ.get("PYTHONPATH")) if p))
-  proc = subprocess.run(
-      [sys.executable, "-m", "moth_tf.main", "--phase=harden", f"--method={method}",
-       "--dataset=digits", "--harden_batch_size=256", f"--model_path={source}",
-       f"--workdir={workdir}", "--strategy=mirrored", "--cpu_devices=2",
-       *(_MOTH_TINY if method == "moth" else ("--harden_steps=5",))],
-      capture_output=True, text=True, timeout=300, env=env, cwd=str(tmp_path))
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "Traceback" not in proc.stderr
+  started = {}
+  try:
+    for method, kind in _MIRRORED_RUNS:
+      tmp_path = tmp_path_factory.mktemp(f"mirrored_{method}_{kind}")
+      export, _ = _EXPORTS[kind]
+      source = str(tmp_path / "model")
+      export(source)
+      before = _moving(_variables(source))
+      workdir = str(tmp_path / "work")
+      stderr = tmp_path / "stderr"
+      with open(stderr, "w") as err:  # A file: no pipe fills up.
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moth_tf.main", "--phase=harden", f"--method={method}",
+             "--dataset=digits", "--harden_batch_size=256", f"--model_path={source}",
+             f"--workdir={workdir}", "--strategy=mirrored", "--cpu_devices=2",
+             *(_MOTH_TINY if method == "moth" else ("--harden_steps=5",))],
+            stdout=subprocess.DEVNULL, stderr=err, text=True, env=env, cwd=str(tmp_path))
+      started[(method, kind)] = (proc, workdir, stderr, before)
+    yield started
+  finally:
+    for proc, _, _, _ in started.values():
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("method, kind", _MIRRORED_RUNS)
+def test_savedmodel_hardens_under_mirrored_strategy(mirrored_runs, method, kind):
+  _, endpoint = _EXPORTS[kind]
+  proc, workdir, stderr_file, before = mirrored_runs[(method, kind)]
+  proc.wait(timeout=300)
+  stderr = stderr_file.read_text()
+  assert proc.returncode == 0, stderr[-3000:]
+  assert "Traceback" not in stderr
   run_dir = os.path.join(workdir, f"digits_external_model_{method}")
   harden = rundir.read_json(os.path.join(run_dir, rundir.SUMMARY_FILE))["harden"]
   assert harden["replicas"] == 2 and harden["steps"] == (10 if method == "moth" else 5)

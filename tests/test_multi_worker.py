@@ -63,18 +63,27 @@ def test_multi_worker_train_distance_harden(tmp_path):
 
   distance_flags = ["--phase=distance", "--dataset=digits", "--distance_steps=30", "--seeds=1",
                     "--distance_samples=5"]
-  _, results = _run_workers(distance_flags, workdir)
+  # The same measurement in one process, on the chief's model: started now, it runs beside the
+  # cluster's (it only reads model.keras; its output goes to its own workdir).
+  single_dir = str(tmp_path / "single")
+  single_log = tmp_path / "single.stderr"
+  with open(single_log, "w") as err:
+    single = subprocess.Popen([sys.executable, "-m", "moth_tf.main", *distance_flags,
+                               f"--model_path={os.path.join(run, 'model.keras')}",
+                               f"--workdir={single_dir}"], stdout=subprocess.DEVNULL,
+                              stderr=err, text=True, env=_env())
+  try:
+    _, results = _run_workers(distance_flags, workdir)
+    single.wait(timeout=600)
+  finally:
+    if single.poll() is None:
+      single.kill()
+      single.wait()
   _check_ok(results)
   chief = json.load(open(os.path.join(run, "distance.json")))
   assert not [d for d in os.listdir(run) if d.startswith("workertemp")]
   assert json.load(open(os.path.join(run, "summary.json")))["distance"]["replicas"] == 2
-  # The same measurement in one process, on the chief's model.
-  single_dir = str(tmp_path / "single")
-  proc = subprocess.run([sys.executable, "-m", "moth_tf.main", *distance_flags,
-                         f"--model_path={os.path.join(run, 'model.keras')}",
-                         f"--workdir={single_dir}"], capture_output=True, text=True,
-                        timeout=600, env=_env())
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert single.returncode == 0, single_log.read_text()[-3000:]
   single = json.load(open(os.path.join(single_dir, "digits_external_model", "distance.json")))
   matrix = np.array(chief["matrix"], np.float64)
   expected = np.array(single["matrix"], np.float64)

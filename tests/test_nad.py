@@ -30,10 +30,10 @@ from moth_tf.hardening import fitting
 from moth_tf.hardening import model as model_lib
 from moth_tf.models import io as model_io
 
-from cli_testing import event_files  # pylint: disable=g-bad-import-order
+from cli_testing import copied_workdir  # pylint: disable=g-bad-import-order
+from cli_testing import event_files
 from cli_testing import parsed_config
 from cli_testing import run_cli
-from cli_testing import trained_workdir
 from test_cli import run_cli_error
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -408,9 +408,10 @@ def test_student_under_mirrored_strategy_matches_one_device(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  """A workdir with a digits LeNet trained for 2 epochs by --phase=train."""
-  return trained_workdir(tmp_path_factory, 2)
+def workdir(tmp_path_factory, digits_trained_2_epochs):
+  """A workdir with a digits LeNet trained for 2 epochs by --phase=train (the session's
+  `digits_trained_2_epochs`, tests/conftest.py, copied: the tests below write into it)."""
+  return copied_workdir(digits_trained_2_epochs[0], tmp_path_factory)
 
 
 def test_cli_nad_changes_the_weights_and_writes_the_outputs(workdir, capsys):

@@ -13,13 +13,16 @@ import io
 import json
 import os
 import re
+import shutil
 
 import pytest
 
 from moth_tf import config as config_lib
 from moth_tf.cli import phases
 
-from cli_testing import event_files  # pylint: disable=g-bad-import-order
+from cli_testing import DIGITS_PIPELINE_FLAGS  # pylint: disable=g-bad-import-order
+from cli_testing import copied_workdir
+from cli_testing import event_files
 from cli_testing import parsed_config
 from cli_testing import run_cli
 import test_fashion_mnist  # The tiny IDX writers. pylint: disable=g-bad-import-order
@@ -50,10 +53,12 @@ def _read_json(path):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  """A workdir with a digits LeNet trained for 2 epochs, and the hash of its model.keras."""
-  workdir = str(tmp_path_factory.mktemp("work"))
-  _run_capturing("--phase=train", "--epochs=2", f"--workdir={workdir}")
+def trained(tmp_path_factory, digits_trained_2_epochs):
+  """A workdir with a digits LeNet trained for 2 epochs, and the hash of its model.keras.
+
+  The training is the session's `--phase=train --epochs=2` (tests/conftest.py), copied.
+  """
+  workdir = copied_workdir(digits_trained_2_epochs[0], tmp_path_factory)
   path = os.path.join(workdir, _NATURAL, "model.keras")
   return workdir, path, _sha256(path)
 
@@ -155,14 +160,12 @@ def test_diverging_hardening_is_one_line_and_saves_no_model(trained, tmp_path, c
   assert _sha256(natural_path) == natural_hash
 
 
-def test_pipeline_runs_every_stage_and_prints_the_summary(tmp_path, capsys):
-  workdir = str(tmp_path)
-  capsys.readouterr()
-  pipeline_flags = ("--phase=pipeline", "--epochs=2", "--harden_epochs=1", "--seeds=1",
-                    "--warmup_steps=60", "--pair_steps=30", "--fast_steps=10",
-                    "--distance_steps=20", "--distance_samples=10", f"--workdir={workdir}")
-  run_cli(*pipeline_flags)
-  out = capsys.readouterr().out
+def test_pipeline_runs_every_stage_and_prints_the_summary(digits_pipeline, tmp_path, capsys):
+  # The run is the session's `digits_pipeline` (tests/conftest.py: DIGITS_PIPELINE_FLAGS, seed 0,
+  # also reported by tests/test_report_cli.py); it is checked as it was written, then copied for
+  # the re-runs below.
+  shared_workdir, out = digits_pipeline
+  workdir = shared_workdir
   for stage in ("[1/4] training the base model", "[2/4]", "[3/4] moth hardening", "[4/4]"):
     assert stage in out
   table = {}
@@ -193,8 +196,13 @@ def test_pipeline_runs_every_stage_and_prints_the_summary(tmp_path, capsys):
                     table["mean class distance"])
   assert match and float(match.group(1)) == pytest.approx(before["mean"], abs=5e-4)
   assert float(match.group(2)) == pytest.approx(moth_distance["mean"], abs=5e-4)
-  # Run again: a finished hardened run is not replaced without --overwrite (refused before any
-  # stage ran, nothing changed) ...
+  # Run again (in a copy of the workdir, with the same flags): a finished hardened run is not
+  # replaced without --overwrite (refused before any stage ran, nothing changed) ...
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(shared_workdir, workdir)
+  pipeline_flags = (*DIGITS_PIPELINE_FLAGS, "--seed=0", f"--workdir={workdir}")
+  natural_dir = os.path.join(workdir, _NATURAL)
+  moth_dir = os.path.join(workdir, _MOTH)
   moth_model = os.path.join(moth_dir, "model.keras")
   moth_hash = _sha256(moth_model)
   capsys.readouterr()

@@ -17,7 +17,8 @@ import pytest
 
 from moth_tf.reporting import comparison
 
-from cli_testing import run_cli  # pylint: disable=g-bad-import-order
+from cli_testing import DIGITS_PIPELINE_FLAGS  # pylint: disable=g-bad-import-order
+from cli_testing import run_cli
 
 _TINY = ("--epochs=2", "--harden_epochs=1", "--harden_batch_size=100", "--trigger_samples=8",
          "--warmup_steps=60", "--pair_steps=30", "--fast_steps=10", "--seeds=1",
@@ -41,14 +42,25 @@ def _report(*args):
                         text=True, env=env, check=False, timeout=600)
 
 
+def test_the_shared_pipeline_run_has_these_flags():
+  assert DIGITS_PIPELINE_FLAGS == ("--phase=pipeline", *_TINY)
+
+
 @pytest.fixture(scope="module")
-def logdir(tmp_path_factory):
+def logdir(tmp_path_factory, digits_pipeline):
   """Two workdirs (seeds 0 and 1), each a pipeline run (natural + moth, distances) plus the
-  robustness of its MOTH model."""
+  robustness of its MOTH model.
+
+  Seed 0's pipeline run is the session's `digits_pipeline` (tests/conftest.py: the same flags,
+  also asserted on by tests/test_pipeline_cli.py), copied here before its robustness is measured.
+  """
   root = str(tmp_path_factory.mktemp("runs"))
   for seed in (0, 1):
     workdir = os.path.join(root, f"seed{seed}")
-    _quiet("--phase=pipeline", *_TINY, f"--seed={seed}", f"--workdir={workdir}")
+    if seed == 0:
+      shutil.copytree(digits_pipeline[0], workdir)
+    else:
+      _quiet("--phase=pipeline", *_TINY, f"--seed={seed}", f"--workdir={workdir}")
     _quiet("--phase=robustness", "--method=moth", f"--workdir={workdir}")
   return root
 
