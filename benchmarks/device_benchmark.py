@@ -150,13 +150,14 @@ def time_point(model_name, shape, precision, xla, reps, steps, seed=0,
 def pipeline_estimates(rows):
   """The default CIFAR-10 ResNet20 pipeline's estimate from each resnet20 32x32x3 row."""
   from moth_tf import config as config_lib
+  from moth_tf import recipes
   from moth_tf import estimate
   from moth_tf import training
 
   recipe = training.RECIPES["cifar10"]
   num_train = 50000 - 2000  # CIFAR-10's training split minus the validation images it keeps.
   steps_per_epoch = math.ceil(num_train / recipe.batch_size)
-  harden = config_lib.hardening_preset("default", "cifar10", "moth")
+  harden = recipes.hardening_preset("default", "cifar10", "moth")
   dist = config_lib.DistanceConfig()
   out = []
   for row in rows:

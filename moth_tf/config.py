@@ -15,16 +15,22 @@ unless the field says otherwise, the key a dict may use, and how summary.json re
 """
 
 import dataclasses
-import difflib
 import os
 import re
-import typing
-from typing import Any, ClassVar, Mapping, Optional, Tuple
+from typing import ClassVar, Optional, Tuple
 
 PHASES = ("pipeline", "train", "test", "robustness", "distance", "harden", "poison", "backdoor",
           "detect")
 from moth_tf.hardening import methods as _methods  # pylint: disable=g-import-not-at-top
 from moth_tf.data import own as _own_data  # pylint: disable=g-import-not-at-top
+# The settings machinery (moth_tf.settings); `replace` and `flat_dict` are also this module's API
+# for configs (config.replace(HardenConfig(), {"steps": 500}), summary.json's flat_dict).
+from moth_tf.settings import Checked  # pylint: disable=g-import-not-at-top
+from moth_tf.settings import check  # pylint: disable=g-import-not-at-top
+from moth_tf.settings import flat_dict  # pylint: disable=g-import-not-at-top
+from moth_tf.settings import replace  # pylint: disable=g-import-not-at-top
+from moth_tf.settings import setting  # pylint: disable=g-import-not-at-top
+from moth_tf.settings import sub_config  # pylint: disable=g-import-not-at-top
 
 # "natural" is the base model; the others are hardening methods (moth_tf.hardening.methods). These
 # two are the built-in names; `methods()` also holds the ones registered later.
@@ -66,206 +72,6 @@ def resolve_progress(progress: str, is_terminal: bool) -> str:
   if progress == "auto":
     return "bar" if is_terminal else "epoch"
   return progress
-
-
-# --- Declaring and checking settings --------------------------------------------------------------
-
-
-def setting(default, help: str = "", *, flag: Optional[str] = None, choices=None, lower=None,
-            upper=None, above=None, below=None, why: Optional[str] = None,
-            none: Optional[str] = None, cli=True):
-  """A config field with everything its flag and its checks need.
-
-  Args:
-    default: the field's default (for a preset config, the value when no preset sets it).
-    help: the flag's help text, without the default: moth_tf.cli.flags adds that, from the field
-      (and for a preset config from the presets and recipes).
-    flag: the flag's name when it is not the flat name (class PREFIX + field name).
-    choices: the allowed values (a tuple).
-    lower, upper: inclusive bounds; `above`, `below`: exclusive ones. For a tuple of numbers they
-      bound every item.
-    why: what the setting is, added to a range error (e.g. "the share of ... images").
-    none: what the value None stands for, shown as the flag's default (e.g. "every step"); needed
-      by every field whose value can be None.
-    cli: True: the flag is derived from this field; "custom": moth_tf.cli_flags defines the flag by
-      hand (its value is resolved, not copied); False: no flag (a library-only setting).
-  """
-  metadata = dict(help=help, flag=flag, choices=choices, lower=lower, upper=upper, above=above,
-                  below=below, why=why, none=none, cli=cli)
-  return dataclasses.field(default=default,
-                           metadata={k: v for k, v in metadata.items() if v is not None})
-
-
-def range_text(metadata: Mapping[str, Any]) -> Optional[str]:
-  """A field's bounds in words: "in (0, 1]", ">= 1", "> 0"; None without bounds."""
-  low = metadata.get("lower", metadata.get("above"))
-  high = metadata.get("upper", metadata.get("below"))
-  if low is not None and high is not None:
-    return (f"in {'(' if 'above' in metadata else '['}{low:g}, {high:g}"
-            f"{')' if 'below' in metadata else ']'}")
-  if low is not None:
-    return f"{'>' if 'above' in metadata else '>='} {low:g}"
-  if high is not None:
-    return f"{'<' if 'below' in metadata else '<='} {high:g}"
-  return None
-
-
-def in_range(value, metadata: Mapping[str, Any]) -> bool:
-  """Whether a number is within a field's bounds."""
-  return not (("lower" in metadata and not value >= metadata["lower"]) or
-              ("upper" in metadata and not value <= metadata["upper"]) or
-              ("above" in metadata and not value > metadata["above"]) or
-              ("below" in metadata and not value < metadata["below"]))
-
-
-def flat_name(cls, field: dataclasses.Field) -> str:
-  """A field's flat name: its class's PREFIX and its own name (nad_epochs, pairwise_tol)."""
-  return getattr(cls, "PREFIX", "") + field.name
-
-
-def flag_name(cls, field: dataclasses.Field) -> str:
-  """The command-line flag of a field: its own `flag`, else its flat name."""
-  return field.metadata.get("flag") or flat_name(cls, field)
-
-
-def _check_fields(config):
-  """Checks every field's choices and bounds (declared with `setting`); None is always allowed."""
-  for field in dataclasses.fields(config):
-    value, metadata = getattr(config, field.name), field.metadata
-    if value is None:
-      continue
-    name = flat_name(type(config), field)
-    choices = metadata.get("choices")
-    if choices is not None and value not in choices:
-      raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-    text = range_text(metadata)
-    if text is None:
-      continue
-    items = value if isinstance(value, tuple) else (value,)
-    bad = [item for item in items if not in_range(item, metadata)]
-    if bad:
-      shown = list(value) if isinstance(value, tuple) else f"{value:g}"
-      why = f" ({metadata['why']});" if "why" in metadata else ","
-      raise ValueError(f"{name} must be {text}{why} got {shown}")
-
-
-def _check(condition: bool, message: str):
-  if not condition:
-    raise ValueError(message)
-
-
-class Checked:
-  """Mixin: `__post_init__` checks the declared bounds and choices, then the class's own rules."""
-
-  PREFIX: ClassVar[str] = ""
-  # True: the flags of this config default to None, and an unset flag keeps the value of the
-  # preset (hardening) or the data set's recipe (base training).
-  PRESET_FLAGS: ClassVar[bool] = False
-
-  def __post_init__(self):
-    _check_fields(self)
-    self.check()
-
-  def check(self):
-    """Rules that involve more than one field (none by default)."""
-
-
-def sub_configs(cls):
-  """The fields of a config class that are configs themselves."""
-  return [f for f in dataclasses.fields(cls) if dataclasses.is_dataclass(f.type)]
-
-
-def _flat_keys(cls) -> dict:
-  """Flat name -> (sub-config field name or None, field name) of every setting a dict may set."""
-  keys = {}
-  for field in dataclasses.fields(cls):
-    keys[field.name] = (None, field.name)
-    if dataclasses.is_dataclass(field.type):
-      for inner in dataclasses.fields(field.type):
-        if not dataclasses.is_dataclass(inner.type):
-          keys.setdefault(flat_name(field.type, inner), (field.name, inner.name))
-  return keys
-
-
-def _as_value(value):
-  # Lists become tuples: the configs are frozen, hashable and compared field by field.
-  return tuple(value) if isinstance(value, list) else value
-
-
-def replace(base, overrides: Optional[Mapping[str, Any]] = None, what: Optional[str] = None):
-  """`base` (a frozen config) with the settings of `overrides`.
-
-  A key is a field's name, or the flat name of a sub-config's field (`{"nad_epochs": 5}` is
-  `{"nad": {"epochs": 5}}`); a sub-config's entry may be a dict of its own settings or a config.
-
-  Raises:
-    ValueError: a key that is no setting (naming it and the nearest valid one), or a value out of
-      range.
-  """
-  what = what or getattr(type(base), "WHAT", type(base).__name__)
-  if overrides is None:
-    return base
-  if not isinstance(overrides, Mapping):
-    raise ValueError(f"the {what} config must be a {type(base).__name__} or a dict of its "
-                     f"settings, got {type(overrides).__name__}")
-  keys = _flat_keys(type(base))
-  direct, nested = {}, {}
-  for key, value in overrides.items():
-    if key not in keys:
-      near = difflib.get_close_matches(str(key), list(keys), n=1, cutoff=0.6)
-      hint = f" (did you mean {near[0]!r}?)" if near else ""
-      raise ValueError(f"unknown {what} setting {key!r}{hint}; valid settings: "
-                       f"{', '.join(keys)}")
-    outer, inner = keys[key]
-    if outer is None:
-      direct[inner] = value
-    else:
-      nested.setdefault(outer, {})[inner] = value
-  values = {}
-  for name, value in direct.items():
-    current = getattr(base, name)
-    if dataclasses.is_dataclass(current) and not dataclasses.is_dataclass(value):
-      value = replace(current, value, getattr(type(current), "WHAT", name))
-    values[name] = _as_value(value)
-  for name, inner in nested.items():
-    current = values.get(name, getattr(base, name))
-    values[name] = replace(current, inner, getattr(type(current), "WHAT", name))
-  return dataclasses.replace(base, **values)
-
-
-def flat_dict(config) -> dict:
-  """The config as a dict with each sub-config marked `flatten` laid out under its flat names (how
-  run records store the hardening settings); the others stay nested."""
-  out = {}
-  for field in dataclasses.fields(config):
-    value = getattr(config, field.name)
-    if dataclasses.is_dataclass(value) and field.metadata.get("flatten"):
-      out.update({flat_name(type(value), f): _plain(getattr(value, f.name))
-                  for f in dataclasses.fields(value)})
-    else:
-      out[field.name] = _plain(value)
-  return out
-
-
-def _plain(value):
-  if dataclasses.is_dataclass(value):
-    return flat_dict(value)
-  return value
-
-
-def sub_config(cls, flatten: bool = True):
-  """A field holding a sub-config (its defaults); `flatten`: stored under its flat names."""
-  return dataclasses.field(default=cls(), metadata={"flatten": flatten})
-
-
-def field_type(field: dataclasses.Field):
-  """(base type, is a tuple of it) of a field's annotation, Optional taken off."""
-  tp = field.type
-  if typing.get_origin(tp) is typing.Union:
-    tp = next(arg for arg in typing.get_args(tp) if arg is not type(None))
-  if typing.get_origin(tp) is tuple:
-    return typing.get_args(tp)[0], True
-  return tp, False
 
 
 # --- Data, training, distance ---------------------------------------------------------------------
@@ -340,7 +146,7 @@ class DistanceConfig(Checked):
       none="none")
 
   def check(self):
-    _check(len(self.seeds) >= 1, "at least one seed is needed")
+    check(len(self.seeds) >= 1, "at least one seed is needed")
 
 
 # --- Backdoors ------------------------------------------------------------------------------------
@@ -619,11 +425,11 @@ class NadConfig(Checked):
       lower=0.0, none="NAD's 500, 1000, 1000, scaled to each map's size")
 
   def check(self):
-    _check(self.layers is None or len(self.layers) > 0,
+    check(self.layers is None or len(self.layers) > 0,
            "nad_layers must name at least one layer (None: the architecture's defaults)")
     if self.betas is not None:
-      _check(len(self.betas) > 0, "nad_betas must hold at least one weight (None: the defaults)")
-      _check(self.layers is None or len(self.betas) == len(self.layers),
+      check(len(self.betas) > 0, "nad_betas must hold at least one weight (None: the defaults)")
+      check(self.layers is None or len(self.betas) == len(self.layers),
              f"nad_betas has {len(self.betas)} weight(s) for {len(self.layers or ())} nad_layers; "
              "give one per layer")
 
@@ -731,105 +537,6 @@ def harden_config(**settings) -> HardenConfig:
   return replace(HardenConfig(), settings)
 
 
-# The authors' defaults (reference 2.5): 2 epochs, 10% of min(#s, #t) stamped per direction.
-# The trigger-generation schedule as published: a full generation to start each period, then fast
-# generations every step; one pair per period; fresh trigger images per generation. Flat names
-# (see `replace`), as the recipes below.
-PUBLISHED_GENERATION = dict(generations_per_period=None, warm_fast_start=False,
-                            fast_first_visit=False, pairs_per_period=1,
-                            fixed_trigger_images=False, period=3, fast_cost=0.2,
-                            generation_early_stop=0)
-
-REFERENCE_HARDENING = harden_config(epochs=2, learning_rate=1e-3, lr_warmup_steps=0,
-                                    lr_decay="constant", portion=0.1, replay=0.0,
-                                    trigger_samples=13, families=1,
-                                    pair_ce_reduction="sum", store_largest=True,
-                                    **PUBLISHED_GENERATION)
-
-# Per-data-set hardening recipes of `--preset=default`, like the base training recipes: the
-# settings (flat names) that differ from the defaults above (which were tuned on digits). The
-# measured trade-offs (enlargement vs accuracy) are in benchmarks/fashion_mnist_benchmark.py and
-# docs/results.md.
-HARDENING_RECIPES = {
-    # Fashion-MNIST: the digits defaults (portion 0.5, replay 0.3) cost many points of test
-    # accuracy, while clean fine-tuning with the same optimiser and schedule costs almost none; the
-    # loss grows with the share of the batch that carries triggers, because on 28x28 clothing the
-    # near-minimal triggers of the close pairs (shirt, T-shirt, pullover, coat) grow large and
-    # become real features of the other class. About three stamped images per batch of 128
-    # (portion 0.1 of the pair's two classes, no replay) keeps the loss under a point.
-    "fashion_mnist": dict(portion=0.1, replay=0.0),
-}
-
-
-# Per-method settings of `--preset=default` that differ from HardenConfig's defaults, keyed by
-# (method, None) for every data set and (method, data set) for one. Precedence: HardenConfig's
-# defaults < (method, None) < the data set's HARDENING_RECIPES entry < (method, data set) < flags.
-METHOD_RECIPES = {
-    # MOTH hardens AUTO_PAIRS_PER_PERIOD pairs in every step of 6-step periods (one generation
-    # each), without trigger replay (as published), for the published 2,000 steps: five pairs stamp
-    # most of a batch already, and replay on top cost test accuracy
-    # (benchmarks/generation_benchmark.py).
-    ("moth", None): dict(steps=2000, period=6, replay=0.0),
-    # Fashion-MNIST's generation is compute-bound (small_cnn on 28x28: an engine call costs in
-    # proportion to its directions), so several pairs per call save nothing: one pair per period,
-    # its data set's budget, and the generation made cheap instead (benchmarks/
-    # generation_benchmark.py --dataset=fashion_mnist):
-    # * fixed trigger images: with fresh ones nearly every warm fast start failed;
-    # * fast generations at cost 0.015, not 0.2: the reference's 0.2 weighs its cross-entropy
-    #   summed over the ~13 images of a direction, ours is their mean, so 0.2 here was ~13x the
-    #   published pressure and most fast starts failed and rolled back. On digits the stronger cost
-    #   hardens more, so it stays the default there;
-    # * 20 fast steps, 100 full ones, a 100-step warm-up, and periods of 9 steps (one generation
-    #   each): generation then costs less than the training steps it serves.
-    ("moth", "fashion_mnist"): dict(steps=2000, pairs_per_period=1, fixed_trigger_images=True,
-                                    fast_steps=20, fast_cost=0.015, pair_steps=100,
-                                    warmup_steps=100, period=9),
-}
-
-
-def hardening_preset(preset: str, dataset: str, method: str = "moth") -> HardenConfig:
-  """The hardening configuration of a preset for a data set and method.
-
-  Args:
-    preset: "default" (ours: HardenConfig with the method's and then the data set's recipe) or
-      "reference" (the authors' settings, the same for every data set).
-    dataset: the data set's registry name.
-    method: the hardening method (its recipe in METHOD_RECIPES, if any).
-  """
-  if preset == "reference":
-    return REFERENCE_HARDENING
-  if preset != "default":
-    raise ValueError(f"preset must be default or reference, got {preset!r}")
-  return harden_config(**{**METHOD_RECIPES.get((method, None), {}),
-                          **HARDENING_RECIPES.get(dataset, {}),
-                          **METHOD_RECIPES.get((method, dataset), {})})
-
-
-# Base (natural) training recipes per data set (moth_tf.training.recipe; an unset --epochs,
-# --batch_size, --optimizer or --learning_rate keeps the data set's). Digits: 30 epochs of Adam with
-# cosine decay, a few seconds on a CPU (the accuracy they reach is in the results). CIFAR-10: the
-# authors' models saw 200 epochs of 375 SGD-Nesterov steps (reference 5.5); cosine decay from 0.1
-# replaces their unknown schedule. The traffic-sign sets train quickly with Adam.
-TRAIN_RECIPES = {
-    "digits": TrainConfig(epochs=30, batch_size=64, optimizer="adam", learning_rate=2e-3,
-                          schedule="cosine"),
-    "cifar10": TrainConfig(epochs=200, batch_size=128, optimizer="sgd", learning_rate=0.1,
-                           schedule="cosine"),
-    "svhn": TrainConfig(epochs=40, batch_size=128, optimizer="sgd", learning_rate=0.05,
-                        schedule="cosine"),
-    "gtsrb": TrainConfig(epochs=30, batch_size=128, optimizer="adam", learning_rate=1e-3),
-    "lisa": TrainConfig(epochs=60, batch_size=128, optimizer="adam", learning_rate=1e-3),
-    "fashion_mnist": TrainConfig(epochs=20, batch_size=128, optimizer="adam", learning_rate=2e-3,
-                                 schedule="cosine"),
-}
-
-# Users' own data (tfds:NAME, folder:PATH; moth_tf.data.own), whatever it is: Adam with cosine
-# decay, which trains the default small_cnn without tuning (digits' and Fashion-MNIST's recipes
-# are of this kind).
-OWN_DATA_TRAIN_RECIPE = TrainConfig(epochs=30, batch_size=128, optimizer="adam",
-                                    learning_rate=1e-3, schedule="cosine")
-
-
 @dataclasses.dataclass(frozen=True)
 class RunConfig(Checked):
   """Everything one invocation of `python -m moth_tf.main` does."""
@@ -887,10 +594,10 @@ class RunConfig(Checked):
   poison: PoisonConfig = sub_config(PoisonConfig, flatten=False)
 
   def check(self):
-    _check(self.method in methods(), f"method must be one of {methods()}, got {self.method!r}")
-    _check(re.fullmatch(r"[a-z0-9][a-z0-9_]*", self.base_run) is not None,
+    check(self.method in methods(), f"method must be one of {methods()}, got {self.method!r}")
+    check(re.fullmatch(r"[a-z0-9][a-z0-9_]*", self.base_run) is not None,
            f"base_run must be a run name of lower-case letters, digits and _, got {self.base_run!r}")
-    _check(self.base_run not in hardening_methods(),
+    check(self.base_run not in hardening_methods(),
            f"base_run={self.base_run!r} is a hardening method's name; pick another run name")
 
   def run_dir(self, method: Optional[str] = None) -> str:

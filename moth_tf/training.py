@@ -7,6 +7,8 @@ import keras
 import numpy as np
 
 from moth_tf import config as config_lib
+
+from moth_tf import recipes
 from moth_tf import data as data_lib
 from moth_tf.data import stream as stream_lib
 from moth_tf import distribute
@@ -17,8 +19,8 @@ from moth_tf.models import io as model_io
 
 # The base training recipes per data set live in moth_tf.config (TRAIN_RECIPES), which imports no
 # TensorFlow, so that the command line's help can state them.
-RECIPES = config_lib.TRAIN_RECIPES
-OWN_DATA_RECIPE = config_lib.OWN_DATA_TRAIN_RECIPE
+RECIPES = recipes.TRAIN_RECIPES
+OWN_DATA_RECIPE = recipes.OWN_DATA_TRAIN_RECIPE
 
 
 def recipe(dataset: str) -> config_lib.TrainConfig:

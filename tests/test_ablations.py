@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from moth_tf.reporting import comparison
 from moth_tf import config as config_lib
+from moth_tf import recipes
 from moth_tf import data as data_lib
 from moth_tf.reporting import report_figures
 from moth_tf.reporting import reader
@@ -28,7 +29,7 @@ from moth_tf.models import io as model_io
 import cli_testing  # pylint: disable=g-bad-import-order
 
 # The published generation schedule: one pair per period, a generation at every step.
-_PUBLISHED = config_lib.PUBLISHED_GENERATION
+_PUBLISHED = recipes.PUBLISHED_GENERATION
 
 
 def _config(**fields):

@@ -21,6 +21,8 @@ from moth_tf.cli import main as main_lib
 from moth_tf import data as data_lib
 from moth_tf.cli import flags as cli_flags
 from moth_tf import config as config_lib
+from moth_tf import recipes
+from moth_tf import settings
 
 FLAGS = flags.FLAGS
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,7 +45,7 @@ def test_every_field_the_cli_sets_has_exactly_one_flag():
     cli = field.metadata.get("cli", True)
     if cli is False:
       continue
-    name = config_lib.flag_name(cls, field)
+    name = settings.flag_name(cls, field)
     assert name in FLAGS, f"{'.'.join(path + (field.name,))}: no flag --{name}"
     assert name not in names, f"--{name} sets both {names[name]} and {field.name}"
     names[name] = ".".join(path + (field.name,))
@@ -67,7 +69,7 @@ def test_derived_flags_take_the_fields_defaults_help_and_bounds():
     assert metadata["help"] and metadata["help"] in flag.help, spec.name
     if "choices" in metadata:
       assert list(flag.parser.enum_values) == list(metadata["choices"]), spec.name
-    kind, is_tuple = config_lib.field_type(spec.field)
+    kind, is_tuple = settings.field_type(spec.field)
     if kind in (int, float) and not is_tuple:
       # A range with an open end is checked by a validator that states it whole; absl's
       # inclusive bounds carry a closed one.
@@ -79,7 +81,7 @@ def test_derived_flags_take_the_fields_defaults_help_and_bounds():
 
 def test_preset_flags_left_unset_give_the_presets_values():
   config = parsed_config("--phase=harden", "--method=finetune")
-  assert config.harden == dataclasses.replace(config_lib.hardening_preset("default", "digits",
+  assert config.harden == dataclasses.replace(recipes.hardening_preset("default", "digits",
                                                                            "finetune"))
   defaults = parsed_config()
   assert defaults.distance == config_lib.DistanceConfig()
@@ -139,7 +141,7 @@ def test_flat_names_do_not_collide():
   for field in dataclasses.fields(config_lib.HardenConfig):
     inner = (dataclasses.fields(field.type) if dataclasses.is_dataclass(field.type) else [])
     for f in inner:
-      name = config_lib.flat_name(field.type, f)
+      name = settings.flat_name(field.type, f)
       assert name not in seen, (name, seen.get(name))
       seen[name] = field.name
   assert not set(seen) & {f.name for f in dataclasses.fields(config_lib.HardenConfig)}
@@ -164,7 +166,7 @@ def test_bounds_and_choices_come_from_the_fields():
 # after an optional first bare VALUE (the value wherever no clause applies); a SCOPE is a data set,
 # a hardening method, "METHOD on DATA SET", "other" (the data sets not named) or
 # "--preset=reference", and the most specific one applies: the preset, then method on data set,
-# then data set, then method (the precedence of config.hardening_preset).
+# then data set, then method (the precedence of recipes.hardening_preset).
 
 # Own data (tfds:NAME, folder:PATH): no recipe of its own; parsing it opens nothing.
 _OTHER_DATA = "tfds:mnist"
@@ -257,7 +259,7 @@ _CLAIM = re.compile(r"(?:(\S+) )?\(default\b|\b[Dd]efault:? |\((-?\d+(?:\.\d+)?)
 def _hand_written_claims(text, field):
   """(claimed default, is a phrase) of each default a hand-written help text states: "default X",
   "default: X", "CHOICE (default", "(default)" of a bool, a bare "(NUMBER)"."""
-  kind, _ = config_lib.field_type(field)
+  kind, _ = settings.field_type(field)
   choices = field.metadata.get("choices") or ()
   for match in _CLAIM.finditer(text):
     word, number = match.group(1), match.group(2)

@@ -20,6 +20,8 @@ import pytest
 import tensorflow as tf
 
 from moth_tf import config as config_lib
+
+from moth_tf import recipes
 from moth_tf import data as data_lib
 from moth_tf import evaluation
 from moth_tf import training
@@ -33,7 +35,7 @@ from moth_tf.models import io as model_io
 # default 100-step ramp this 20-step run trains at a small rate either way. The published generation
 # schedule (one pair per period, a generation in every step), which these tests follow step by
 # step; the default schedule (several pairs, one generation per period) has its own tests below.
-_PUBLISHED = config_lib.PUBLISHED_GENERATION
+_PUBLISHED = recipes.PUBLISHED_GENERATION
 _TINY = config_lib.harden_config(epochs=2, batch_size=128, learning_rate=1e-3, warmup_steps=20,
                                 pair_steps=20, fast_steps=5, trigger_samples=8, **_PUBLISHED)
 
@@ -432,7 +434,7 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
     out["accuracy_before"] = evaluation.accuracy(base, splits.x_test, splits.y_test)
     config = config_lib.harden_config(epochs=1, batch_size=64, learning_rate=1e-3, warmup_steps=20,
                                      pair_steps=20, fast_steps=5, trigger_samples=8,
-                                     **config_lib.PUBLISHED_GENERATION)
+                                     **recipes.PUBLISHED_GENERATION)
     classifier, results = moth.harden(lambda: model_io.load_model(model_path), splits, config,
                                       run_dir, strategy=strategy, verbose=0)
     out["accuracy_after"] = evaluation.accuracy(classifier, splits.x_test, splits.y_test)

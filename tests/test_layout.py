@@ -84,9 +84,9 @@ def test_the_top_level_holds_the_library_concepts_and_the_public_api():
                if p.suffix == ".py" or (p.is_dir() and (p / "__init__.py").exists()))
   assert top == [
       "__init__.py", "__main__.py", "_compat.py", "_deprecated.py", "api.py", "attacks",
-      "baselines", "cli", "config.py", "data", "distribute.py", "evaluation", "hardening",
-      "inputs.py", "logits.py", "models", "progress.py", "reporting", "rundir.py", "training.py",
-      "triggers"]
+      "baselines", "cli", "config.py", "data", "distribute.py", "estimate.py", "evaluation",
+      "hardening", "inputs.py", "logits.py", "models", "progress.py", "recipes.py", "reporting",
+      "rundir.py", "settings.py", "training.py", "triggers"]
 
 
 def _imported_modules(path: pathlib.Path):

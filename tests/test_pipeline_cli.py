@@ -18,6 +18,8 @@ import shutil
 import pytest
 
 from moth_tf import config as config_lib
+
+from moth_tf import recipes
 from moth_tf.cli import phases
 
 from cli_testing import DIGITS_PIPELINE_FLAGS  # pylint: disable=g-bad-import-order
@@ -242,7 +244,7 @@ def test_pipeline_runs_every_stage_and_prints_the_summary(digits_pipeline, tmp_p
 
 
 def test_default_preset_is_the_default_harden_config_with_the_methods_recipe():
-  moth_recipe = config_lib.METHOD_RECIPES[("moth", None)]
+  moth_recipe = recipes.METHOD_RECIPES[("moth", None)]
   assert parsed_config("--phase=harden").harden == config_lib.harden_config(**moth_recipe)
   assert parsed_config("--phase=harden").harden.steps == 2000
   # A method without a recipe hardens with the defaults; a flag still wins over a recipe.
@@ -252,7 +254,7 @@ def test_default_preset_is_the_default_harden_config_with_the_methods_recipe():
 
 def test_reference_preset():
   harden = parsed_config("--phase=harden", "--preset=reference", "--seed=3").harden
-  reference = config_lib.REFERENCE_HARDENING
+  reference = recipes.REFERENCE_HARDENING
   assert harden.moth.portion == 0.1 and harden.epochs == 2
   assert harden == dataclasses.replace(reference, seed=3)
 
@@ -266,7 +268,7 @@ def test_explicit_flags_override_the_preset():
   assert (harden.batch_size, harden.learning_rate) == (32, 0.01)
   assert (harden.moth.warm_ratio, harden.moth.replay, harden.moth.mode) == (0.2, 0.1, "adv")
   # Fields without a flag keep the preset's values.
-  reference = config_lib.REFERENCE_HARDENING
+  reference = recipes.REFERENCE_HARDENING
   assert harden.moth.pair_ce_reduction == reference.moth.pair_ce_reduction == "sum"
   assert harden.moth.store_largest is True
 
@@ -320,15 +322,15 @@ def test_fashion_mnist_flagfiles_cpu_and_reference_distance_settings():
           reference.distance.early_stop_patience, reference.distance.seeds) == (
               100, 1000, 0, config_lib.REFERENCE_SEEDS)
   # Both harden with the data set's recipe, and the reference protocol keeps its own runs apart.
-  assert cpu.harden == reference.harden == config_lib.hardening_preset("default", "fashion_mnist")
+  assert cpu.harden == reference.harden == recipes.hardening_preset("default", "fashion_mnist")
   assert reference.workdir != cpu.workdir
 
 
 def test_fashion_mnist_default_preset_is_its_recipe_and_flags_still_override_it():
-  recipe = config_lib.HARDENING_RECIPES["fashion_mnist"]
+  recipe = recipes.HARDENING_RECIPES["fashion_mnist"]
   harden = parsed_config("--phase=harden", "--dataset=fashion_mnist").harden
-  moth_recipe = config_lib.METHOD_RECIPES[("moth", None)]
-  fashion_moth = config_lib.METHOD_RECIPES[("moth", "fashion_mnist")]
+  moth_recipe = recipes.METHOD_RECIPES[("moth", None)]
+  fashion_moth = recipes.METHOD_RECIPES[("moth", "fashion_mnist")]
   assert harden == config_lib.harden_config(**{**moth_recipe, **recipe, **fashion_moth})
   assert harden.moth.pairs_per_period == 1 and harden.moth.fixed_trigger_images and harden.steps == 2000
   # Another method on Fashion-MNIST gets the data set's recipe only.
@@ -338,7 +340,7 @@ def test_fashion_mnist_default_preset_is_its_recipe_and_flags_still_override_it(
   # Digits keeps the defaults; the reference preset is the same for every data set.
   assert parsed_config("--phase=harden").harden == config_lib.harden_config(**moth_recipe)
   assert parsed_config("--phase=harden", "--dataset=fashion_mnist",
-                       "--preset=reference").harden == config_lib.REFERENCE_HARDENING
+                       "--preset=reference").harden == recipes.REFERENCE_HARDENING
   overridden = parsed_config("--phase=harden", "--dataset=fashion_mnist", "--portion=0.7").harden
   assert overridden == config_lib.replace(harden, {"portion": 0.7})
   assert parsed_config("--dataset=fashion_mnist").model == "small_cnn"

@@ -12,7 +12,7 @@ left unset, comes from the preset or the data set's recipe (its absl default is 
 configs, e.g. "(default: 3, moth 6, moth on fashion_mnist 9, --preset=reference 3)": a bare value
 wherever no clause applies, then clauses "SCOPE VALUE" where SCOPE is a hardening method, a data
 set, "METHOD on DATA SET", "other" (the data sets not named) or "--preset=reference"; the most
-specific one applies (the precedence of moth_tf.config.hardening_preset).
+specific one applies (the precedence of moth_tf.recipes.hardening_preset).
 
 Defined inside `define_flags()` (not at import time) so that importing library modules or tests never
 registers flags; only `main.py` calls it and reads FLAGS.
@@ -24,6 +24,10 @@ import dataclasses
 from absl import flags
 
 from moth_tf import config as config_lib
+
+from moth_tf import recipes
+
+from moth_tf import settings
 from moth_tf import data as data_lib
 from moth_tf.data import augment as augment_lib
 from moth_tf import models
@@ -57,7 +61,7 @@ def config_flags(cls=config_lib.RunConfig, path=()):
     if dataclasses.is_dataclass(field.type):
       found += config_flags(field.type, path + (field.name,))
     elif field.metadata.get("cli", True) is True:
-      found.append(ConfigFlag(config_lib.flag_name(cls, field), path, cls, field,
+      found.append(ConfigFlag(settings.flag_name(cls, field), path, cls, field,
                               cls.PRESET_FLAGS))
   return found
 
@@ -65,9 +69,9 @@ def config_flags(cls=config_lib.RunConfig, path=()):
 def _define(spec: ConfigFlag):
   """Defines the absl flag of one config field."""
   metadata, field = spec.field.metadata, spec.field
-  kind, is_tuple = config_lib.field_type(field)
+  kind, is_tuple = settings.field_type(field)
   default = None if spec.preset else field.default
-  text = config_lib.range_text(metadata)
+  text = settings.range_text(metadata)
   # absl's bounds are inclusive; a range with an open end gets one validator that states the
   # whole range in one message instead.
   open_range = "above" in metadata or "below" in metadata
@@ -95,7 +99,7 @@ def _define(spec: ConfigFlag):
   if open_range and not is_tuple:
     why = f" ({metadata['why']})" if "why" in metadata else ""
     flags.register_validator(
-        spec.name, lambda v, m=metadata: v is None or config_lib.in_range(v, m),
+        spec.name, lambda v, m=metadata: v is None or settings.in_range(v, m),
         message=f"--{spec.name} must be {text}{why}")
 
 
@@ -134,9 +138,9 @@ def default_text(spec: ConfigFlag) -> str:
 def _recipe_rule(field):
   """"from the data set's recipe: cifar10 200, ..., other 30": the data sets whose recipe differs
   from own data's (tfds:, folder:), then that one."""
-  other = getattr(config_lib.OWN_DATA_TRAIN_RECIPE, field.name)
+  other = getattr(recipes.OWN_DATA_TRAIN_RECIPE, field.name)
   differ = [f"{name} {value_text(getattr(recipe, field.name), field)}"
-            for name, recipe in config_lib.TRAIN_RECIPES.items()
+            for name, recipe in recipes.TRAIN_RECIPES.items()
             if getattr(recipe, field.name) != other]
   if not differ:
     return value_text(other, field)
@@ -152,9 +156,9 @@ def _presets():
   if not _PRESETS:
     for dataset in data_lib.DATASETS + (_NO_RECIPE_DATA,):
       for method in config_lib.hardening_methods():
-        _PRESETS["default", dataset, method] = config_lib.hardening_preset(
+        _PRESETS["default", dataset, method] = recipes.hardening_preset(
             "default", dataset, method)
-    _PRESETS["reference"] = config_lib.hardening_preset("reference", _NO_RECIPE_DATA)
+    _PRESETS["reference"] = recipes.hardening_preset("reference", _NO_RECIPE_DATA)
   return _PRESETS
 
 
@@ -199,11 +203,11 @@ def _parse_numbers(items, kind, metadata):
     values = tuple(kind(item) for item in items)
   except ValueError:
     return None
-  return values if all(config_lib.in_range(v, metadata) for v in values) else None
+  return values if all(settings.in_range(v, metadata) for v in values) else None
 
 
 def _numbers_checker(name, kind, metadata):
-  text = config_lib.range_text(metadata)
+  text = settings.range_text(metadata)
 
   def check(items):
     if items is not None and _parse_numbers(items, kind, metadata) is None:
@@ -314,7 +318,7 @@ def config_values(flag_values) -> dict:
     value = getattr(flag_values, spec.name)
     if value is None and spec.preset:
       continue
-    kind, is_tuple = config_lib.field_type(spec.field)
+    kind, is_tuple = settings.field_type(spec.field)
     if is_tuple and value is not None:
       value = (_parse_numbers(value, kind, spec.field.metadata) if kind in (int, float)
                else tuple(value))

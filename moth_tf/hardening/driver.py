@@ -17,7 +17,7 @@ that step stamps (its checkpointed state: moth_tf.hardening.driver_state):
    them on `portion` of the batch's class-s and class-t images (labels kept). At the end of the
    period the scheduler's reward V is updated from the average trigger sizes.
 3. Our default generation schedule (the published one is
-   config.PUBLISHED_GENERATION, used by `--preset=reference`) does the same work for less:
+   recipes.PUBLISHED_GENERATION, used by `--preset=reference`) does the same work for less:
    * `pairs_per_period` (default min(5, n // 2)) pairs with no class in common per period, chosen
      one after another by the scheduler; all their directions are generated in one batched engine
      call (per mode) and all are stamped in every step of the period;

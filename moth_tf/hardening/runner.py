@@ -17,6 +17,8 @@ import dataclasses
 from typing import Any, Callable, Mapping, Optional, Union
 
 from moth_tf import config as config_lib
+
+from moth_tf import recipes
 from moth_tf.hardening import methods as methods_lib
 
 
@@ -40,7 +42,7 @@ def hardening_config(preset: str, dataset: str, method: str,
   """The configuration of one hardening run.
 
   Args:
-    preset: "default" or "reference" (moth_tf.config.hardening_preset).
+    preset: "default" or "reference" (moth_tf.recipes.hardening_preset).
     dataset: the data set's registry name; any other name (e.g. "user") gets the method's recipe
       for every data set, `METHOD_RECIPES[(method, None)]`.
     method: the hardening method.
@@ -65,7 +67,7 @@ def hardening_config(preset: str, dataset: str, method: str,
   overrides = dict(overrides or {})
   if seed is not None:
     overrides.setdefault("seed", seed)
-  return config_lib.replace(config_lib.hardening_preset(preset, dataset, method), overrides)
+  return config_lib.replace(recipes.hardening_preset(preset, dataset, method), overrides)
 
 
 @dataclasses.dataclass(frozen=True)
