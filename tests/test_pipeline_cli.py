@@ -20,7 +20,7 @@ import pytest
 from moth_tf import config as config_lib
 
 from moth_tf import recipes
-from moth_tf.cli import phases
+from moth_tf.cli import distance_phase
 
 from cli_testing import DIGITS_PIPELINE_FLAGS  # pylint: disable=g-bad-import-order
 from cli_testing import copied_workdir
@@ -234,9 +234,9 @@ def test_pipeline_runs_every_stage_and_prints_the_summary(digits_pipeline, tmp_p
                          "--distance_samples=10", f"--workdir={workdir}")
   natural = dataclasses.replace(config, method="natural")
   model_file = os.path.join(natural_dir, "model.keras")
-  assert phases.distance_fingerprint(natural, model_file) == fingerprint
+  assert distance_phase.distance_fingerprint(natural, model_file) == fingerprint
   other = dataclasses.replace(natural, distance=dataclasses.replace(natural.distance, steps=21))
-  assert phases.distance_fingerprint(other, model_file) != fingerprint
+  assert distance_phase.distance_fingerprint(other, model_file) != fingerprint
 
 
 # -------------------------------------------------------------------------------------------------

@@ -114,7 +114,9 @@ def main(argv):
     if FLAGS.cpu_devices:
       from moth_tf import distribute
       distribute.split_cpu(FLAGS.cpu_devices)
-    from moth_tf.cli import phases  # Imported here so --help does not pay for importing TensorFlow.
+    # Imported here so --help does not pay for importing TensorFlow.
+    from moth_tf.cli import loading
+    from moth_tf.cli import phases
   except ImportError as e:
     # moth_tf._compat's one line for a Keras that lacks the internals moth_tf patches: the fix is
     # an install command, so no traceback.
@@ -130,7 +132,7 @@ def main(argv):
       from moth_tf import distribute
       distribute.get_strategy("multi_worker")
     phases.run(config, command_line=list(argv[:1]) + _explicit_flags())
-  except phases.USER_ERRORS as e:
+  except loading.USER_ERRORS as e:
     # Bad input is the user's to fix: one clear line, no stack trace.
     print(f"moth_tf: error: {e}", file=sys.stderr)
     sys.exit(1)
