@@ -136,7 +136,7 @@ class DistanceConfig(Checked):
   batch_directions: int = setting(
       0, "Directions optimised together in one graph (0: all pairs at once; 1: one at a time like "
       "the reference).", lower=0)
-  # Blocks per graph call (moth_tf.triggers.engine, "Blocks"): the most replicas that share a call.
+  # Blocks per graph call (moth_tf.triggers.blocks): the most replicas that share a call.
   direction_blocks: int = setting(
       8, "Blocks the directions of a graph call are cut into, each with its own model call; under "
       "--strategy the replicas take whole blocks, so at most this many get work. The result "

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from moth_tf.triggers import blocks
+from moth_tf.triggers import hashing
 from moth_tf.triggers import engine
 from moth_tf.triggers import params
 
@@ -209,7 +211,7 @@ def test_a_block_gives_the_bits_it_gives_alone(conv_model):
   settings = engine.InversionSettings(steps=60, early_stop_patience=15)
   blocked = engine.TriggerInverter(conv_model, dataclasses.replace(settings, direction_blocks=2))
   alone = engine.TriggerInverter(conv_model, dataclasses.replace(settings, direction_blocks=1))
-  assert engine.direction_blocks(5, 2) == [(0, 3), (3, 5)]
+  assert blocks.direction_blocks(5, 2) == [(0, 3), (3, 5)]
   both = blocked.invert(images, targets, seeds)
   first = alone.invert(images[:3], targets[:3], seeds[:3])
   second = alone.invert(images[3:], targets[3:], seeds[3:])
@@ -225,10 +227,10 @@ def test_a_block_gives_the_bits_it_gives_alone(conv_model):
 
 
 def test_direction_blocks_are_contiguous_and_even():
-  assert engine.direction_blocks(90, 8) == [(0, 12), (12, 24), (24, 35), (35, 46), (46, 57),
+  assert blocks.direction_blocks(90, 8) == [(0, 12), (12, 24), (24, 35), (35, 46), (46, 57),
                                             (57, 68), (68, 79), (79, 90)]
-  assert engine.direction_blocks(3, 8) == [(0, 1), (1, 2), (2, 3)]
-  assert engine.direction_blocks(5, 1) == [(0, 5)]
+  assert blocks.direction_blocks(3, 8) == [(0, 1), (1, 2), (2, 3)]
+  assert blocks.direction_blocks(5, 1) == [(0, 5)]
 
 
 def test_same_seed_is_deterministic_and_seeds_matter(conv_model):
@@ -260,24 +262,24 @@ def test_chunking_does_not_change_the_result(conv_model):
 
 def test_hashed_uniform_range_shape_and_independence():
   seeds = tf.constant([3, 1, 4, 1_000_000], tf.int32)
-  u = engine.hashed_uniform(seeds, 5, [2, 3, 1]).numpy()
+  u = hashing.hashed_uniform(seeds, 5, [2, 3, 1]).numpy()
   assert u.shape == (4, 2, 3, 1) and u.dtype == np.float32
   assert u.min() >= 0.0 and u.max() < 1.0
   # A seed's row does not depend on the other seeds in the batch, nor on its position.
-  alone = engine.hashed_uniform(tf.constant([4]), 5, [2, 3, 1]).numpy()
+  alone = hashing.hashed_uniform(tf.constant([4]), 5, [2, 3, 1]).numpy()
   np.testing.assert_array_equal(alone[0], u[2])
-  reordered = engine.hashed_uniform(tf.constant([1_000_000, 4]), 5, [2, 3, 1]).numpy()
+  reordered = hashing.hashed_uniform(tf.constant([1_000_000, 4]), 5, [2, 3, 1]).numpy()
   np.testing.assert_array_equal(reordered[1], u[2])
   np.testing.assert_array_equal(reordered[0], u[3])
   # Equal seeds give equal rows; a different stream gives different numbers.
-  np.testing.assert_array_equal(u[1], engine.hashed_uniform(tf.constant([1]), 5, [2, 3, 1])[0])
-  assert not np.array_equal(u, engine.hashed_uniform(seeds, 6, [2, 3, 1]).numpy())
+  np.testing.assert_array_equal(u[1], hashing.hashed_uniform(tf.constant([1]), 5, [2, 3, 1])[0])
+  assert not np.array_equal(u, hashing.hashed_uniform(seeds, 6, [2, 3, 1]).numpy())
   # The same (seed, stream) gives the same numbers on a second call.
-  np.testing.assert_array_equal(u, engine.hashed_uniform(seeds, 5, [2, 3, 1]).numpy())
+  np.testing.assert_array_equal(u, hashing.hashed_uniform(seeds, 5, [2, 3, 1]).numpy())
 
 
 def test_hashed_uniform_is_roughly_uniform():
-  u = engine.hashed_uniform(tf.constant([0, 1, 2, 3]), 0, [25000]).numpy().ravel()
+  u = hashing.hashed_uniform(tf.constant([0, 1, 2, 3]), 0, [25000]).numpy().ravel()
   assert u.min() >= 0.0 and u.max() < 1.0
   # 100k values: the standard error of the mean is 0.29 / sqrt(1e5) ~ 1e-3.
   assert abs(u.mean() - 0.5) < 0.005
@@ -369,8 +371,8 @@ def test_steps_1_best_is_the_initial_trigger_and_warm_start_is_respected():
   np.testing.assert_array_equal(r1.mask, r.mask)
   # Without a warm start the initial trigger is hashed_uniform(seed, stream 1 / 2).
   r0 = inverter.invert([x], [1], [9])
-  expected_mask = engine.hashed_uniform(tf.constant([9]), 1, [4, 4, 1]).numpy()[..., 0]
-  expected_pattern = engine.hashed_uniform(tf.constant([9]), 2, [4, 4, 3]).numpy()
+  expected_mask = hashing.hashed_uniform(tf.constant([9]), 1, [4, 4, 1]).numpy()[..., 0]
+  expected_pattern = hashing.hashed_uniform(tf.constant([9]), 2, [4, 4, 3]).numpy()
   np.testing.assert_allclose(r0.mask, expected_mask, atol=1e-5)
   np.testing.assert_allclose(r0.pattern, expected_pattern, atol=1e-5)
 
@@ -412,8 +414,8 @@ def test_universal_trigger_losses(patch_model):
   np.testing.assert_array_equal(r.loss_end[16:], r.loss_start[16:])
   np.testing.assert_array_equal(speed[16:], 0.0)
   # loss_start is the CE of the initial (seeded) random trigger: check one image by hand.
-  m0 = engine.hashed_uniform(tf.constant([1]), 1, [_H, _W, 1])[0]
-  p0 = engine.hashed_uniform(tf.constant([1]), 2, [_H, _W, 1])[0]
+  m0 = hashing.hashed_uniform(tf.constant([1]), 1, [_H, _W, 1])[0]
+  p0 = hashing.hashed_uniform(tf.constant([1]), 2, [_H, _W, 1])[0]
   stamped = params.stamp(universal[:1], params.decode(params.encode(m0)),
                          params.decode(params.encode(p0)), clip=False)
   ce = tf.nn.sparse_softmax_cross_entropy_with_logits([1], patch_model(stamped))

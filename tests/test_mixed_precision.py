@@ -17,6 +17,7 @@ import tensorflow as tf
 import moth_tf
 from moth_tf.attacks import pgd
 from moth_tf.hardening import model as model_lib
+from moth_tf.triggers import blocks
 from moth_tf.triggers import engine
 
 _CLASSES = 4
@@ -129,9 +130,9 @@ def test_the_engine_keeps_triggers_in_float32(policy, data):
   _assert_mixed_bfloat16(model)
   inverter = engine.TriggerInverter(model, engine.InversionSettings(steps=5, chunk_steps=5))
   images = [x[y == 0][:6], x[y == 1][:6]]
-  blocks = engine.split_directions(images, [1, 0], [3, 4], 1e-3, None, None, 8)
-  states = [inverter.initial_state(b) for b in blocks]
-  inputs = [inverter.block_inputs(b) for b in blocks]
+  parts = blocks.split_directions(images, [1, 0], [3, 4], 1e-3, None, None, 8)
+  states = [inverter.initial_state(b) for b in parts]
+  inputs = [inverter.block_inputs(b) for b in parts]
   _, states = inverter._run_chunk(tf.constant(0), states, inputs, tf.constant(0.0),  # pylint: disable=protected-access
                                   tf.constant(5), tf.constant(5), tf.constant(0))
   for state in states:

@@ -23,6 +23,7 @@ from moth_tf import estimate
 from moth_tf.hardening import fitting
 from moth_tf.hardening import model as model_lib
 from moth_tf.models import io as model_io
+from moth_tf.triggers import blocks
 from moth_tf.triggers import engine
 
 import cli_testing
@@ -66,10 +67,10 @@ def test_a_rebuilt_model_computes_in_the_policy_with_float32_weights_and_trigger
   assert (model is trained) == (precision == "float32")
   # Triggers, masks and their losses stay float32 whatever the model computes in.
   inverter = engine.TriggerInverter(model, engine.InversionSettings(steps=3, chunk_steps=3))
-  blocks = engine.split_directions([x[y == 0][:4]], [1], [3], 1e-3, None, None, 8)
+  parts = blocks.split_directions([x[y == 0][:4]], [1], [3], 1e-3, None, None, 8)
   _, states = inverter._run_chunk(  # pylint: disable=protected-access
-      tf.constant(0), [inverter.initial_state(blocks[0])],
-      [inverter.block_inputs(blocks[0])], tf.constant(0.0), tf.constant(3), tf.constant(3),
+      tf.constant(0), [inverter.initial_state(parts[0])],
+      [inverter.block_inputs(parts[0])], tf.constant(0.0), tf.constant(3), tf.constant(3),
       tf.constant(0))
   for key in ("mask_var", "pattern_var", "best_reg", "loss_start", "cost"):
     assert states[0][key].dtype == tf.float32, key

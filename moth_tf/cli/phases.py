@@ -1,6 +1,6 @@
-"""The phases of a run, each a library call on a RunConfig: train, test, robustness, harden,
-pipeline here; train (moth_tf.cli.base_training); distance (moth_tf.cli.distance_phase); poison, backdoor and detect
-(moth_tf.cli.backdoor_phases). What they load and check: moth_tf.cli.loading.
+"""The phases of a run, each a library call on a RunConfig: test, robustness, harden and pipeline
+here; train (moth_tf.cli.base_training); distance (moth_tf.cli.distance_phase); poison, backdoor
+and detect (moth_tf.cli.backdoor_phases). What they load and check: moth_tf.cli.loading.
 
 `python -m moth_tf.main` maps flags to a RunConfig and calls `run`. Every phase reads and writes the
 run directory of (dataset, model, method) under the workdir (see moth_tf.rundir).

@@ -119,7 +119,7 @@ def hardening_blocks(model) -> int:
   """Direction blocks of the hardening's engine calls: one per replica.
 
   The distance measurement cuts its directions into a fixed number of blocks (8) so that one
-  device and N replicas give the same bits (moth_tf.triggers.engine, "Blocks"). The hardening's
+  device and N replicas give the same bits (moth_tf.triggers.blocks). The hardening's
   generations are not measurements, and each block is a model call of its own, which costs most on
   small models: they use as few blocks as the replicas need.
   """
@@ -197,7 +197,7 @@ class MothHardener:
     # model was built in its scope, so each replica calls its own copy). One-sided generation
     # gives every direction an engine block of its own: its own tensors, model call and loss, so
     # that nothing of a direction's result, not even the rounding, depends on its partner's
-    # images (engine module docstring, "Blocks"). Two-sided generation puts the directions of a
+    # images (moth_tf.triggers.blocks). Two-sided generation puts the directions of a
     # call in as few blocks as the replicas need: one summed loss over a pair's two directions.
     blocks = hardening_blocks(model)
     if self.one_sided:

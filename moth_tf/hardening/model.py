@@ -361,8 +361,8 @@ class StampingModel(HardeningModel):
     self.global_step = state("global_step", (), "int32")
     self.initialized = state("initialized", (), "int32")
     # The driver's counters and the current period's progress (by field order: DriverState of
-    # moth_tf.hardening.driver_state), and the trigger sizes of the period's steps so far, so that a resumed
-    # run continues the period it was in and reports the counters of the whole run.
+    # moth_tf.hardening.driver_state), and the trigger sizes of the period's steps so far, so that
+    # a resumed run continues the period it was in and reports the counters of the whole run.
     self.driver_state = state("driver_state", (16,))
     self.period_sizes = state("period_sizes", (MAX_CHECKPOINTED_PERIOD, k))
 

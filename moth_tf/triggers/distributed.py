@@ -4,7 +4,7 @@ The K directions of one `invert` call are independent optimisations (every direc
 trigger, Adam state, cost schedule and hash-seeded randomness; see moth_tf.triggers.engine), so
 they split across replicas with no communication while they run:
 
-* the directions are cut into the engine's blocks, `engine.direction_blocks(K,
+* the directions are cut into the engine's blocks, `blocks.direction_blocks(K,
   settings.direction_blocks)`: the same contiguous blocks, each with its own tensors and model call,
   that the one-device engine runs in one graph. Replica r takes the r-th contiguous run of whole
   blocks, as even as possible, and every replica's list of blocks is padded to the same length with
@@ -32,6 +32,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from moth_tf.triggers import blocks
 from moth_tf.triggers import engine
 
 # Fields of a block state with one entry per image; the others have one per direction.
@@ -43,13 +44,13 @@ def replica_blocks(num_blocks: int, num_replicas: int):
 
   Example: 10 blocks on 4 replicas -> [(0, 3), (3, 6), (6, 8), (8, 10)].
   """
-  return engine.contiguous_blocks(num_blocks, num_replicas)
+  return blocks.contiguous_blocks(num_blocks, num_replicas)
 
 
-def _padding_block(image_shape, warm_start: bool) -> engine.DirectionBlock:
+def _padding_block(image_shape, warm_start: bool) -> blocks.DirectionBlock:
   """A block of one finished direction of one blank image: it never runs."""
   h, w, c = image_shape
-  return engine.DirectionBlock(
+  return blocks.DirectionBlock(
       x=np.zeros((1, h, w, c), np.float32), sample_dir=np.zeros(1, np.int32),
       targets=np.zeros(1, np.int32), seeds=np.zeros(1, np.int32), costs=np.zeros(1, np.float32),
       mask=np.full((1, h, w), 0.5, np.float32) if warm_start else None,
@@ -135,24 +136,24 @@ class DistributedInverter:
     """
     s = self.settings
     steps = int(steps or s.steps)
-    blocks = engine.split_directions(images, targets, seeds,
-                                     s.init_cost if init_cost is None else init_cost, init_mask,
-                                     init_pattern, s.direction_blocks)
-    k = sum(b.num_directions for b in blocks)
+    parts = blocks.split_directions(images, targets, seeds,
+                                    s.init_cost if init_cost is None else init_cost, init_mask,
+                                    init_pattern, s.direction_blocks)
+    k = sum(b.num_directions for b in parts)
     r = self.num_replicas
-    image_shape = blocks[0].x.shape[1:]
-    if len(blocks) < r and not self._warned_idle:
+    image_shape = parts[0].x.shape[1:]
+    if len(parts) < r and not self._warned_idle:
       self._warned_idle = True
       hint = (" (InversionSettings.direction_blocks would share them more widely)"
-              if k > len(blocks) else "")
+              if k > len(parts) else "")
       logging.warning("%d directions in %d blocks for %d replicas: %d replicas stay idle%s.",
-                      k, len(blocks), r, r - len(blocks), hint)
+                      k, len(parts), r, r - len(parts), hint)
 
     # Per replica: its run of whole blocks, then padding blocks up to the longest run.
-    spans = replica_blocks(len(blocks), r)
+    spans = replica_blocks(len(parts), r)
     width = max(stop - start for start, stop in spans)
     padding = _padding_block(image_shape, init_mask is not None or init_pattern is not None)
-    per_replica = [blocks[start:stop] + [padding] * (width - (stop - start))
+    per_replica = [parts[start:stop] + [padding] * (width - (stop - start))
                    for start, stop in spans]
     num_padding = sum(width - (stop - start) for start, stop in spans)
 
@@ -181,7 +182,7 @@ class DistributedInverter:
     max_samples = max(sum(len(b.x) for b in bs) for bs in per_replica)
     gathered = self._gather(states, tf.constant(max_directions, tf.int32),
                             tf.constant(max_samples, tf.int32))
-    return self._result(gathered, [blocks[start:stop] for start, stop in spans], max_directions,
+    return self._result(gathered, [parts[start:stop] for start, stop in spans], max_directions,
                         max_samples, image_shape, images)
 
   @staticmethod

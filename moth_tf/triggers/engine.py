@@ -34,33 +34,20 @@ returns its state, so the host can show progress between chunks. Changing values
 bounds, targets) are tensors, so nothing is retraced between calls of the same shapes; calls of new
 shapes are traced anew, with their shapes static (see TriggerInverter.__init__ for why).
 
-Blocks. A direction's random numbers never depend on the other directions of a call, but on CPU its
-arithmetic would: the kernels pick their algorithm from a tensor's shape, not only its values.
-Measured with TensorFlow 2.21 on x86 (oneDNN on, the default): a row of a MatMul (Dense forward,
-and dy @ W^T, the input gradient of every Dense) comes out differently for batches of 1, 2-15 and
-16 or more rows, and a one-channel Conv2D for 1 row against more; with oneDNN off, Eigen's MatMul
-changes at other sizes (13, 49 rows for K = 1024). Element-wise `exp` and `atanh` (softmax, the
-trigger encoding) round the last elements of a tensor, those after its last full SIMD packet,
-differently from the others, so even a direction's position in a state tensor matters. Grappler's
-arithmetic optimizer and constant folding rewrite a graph with static shapes differently from one
-traced with relaxed shapes. `enable_op_determinism()` changes none of this; it makes runs
-repeatable, not shape-independent.
-So the K directions of a call are cut into `min(K, settings.direction_blocks)` contiguous blocks,
-a partition that depends only on the call, and every block has its own tensors and its own model
-call: a direction meets the same shapes, batch-mates and positions whoever runs its block. One
-device runs all blocks in one `tf.while_loop` (TensorFlow runs independent blocks concurrently);
-moth_tf.triggers.distributed hands whole blocks to the replicas of a tf.distribute strategy, so one
-device and N replicas give the same bits. A block whose directions are all done skips its step.
-The price on one device is one model call per block instead of one for the whole call
-(docs/scaling.md, "Trigger directions across replicas").
+Blocks: the K directions of a call are cut into `min(K, settings.direction_blocks)` contiguous
+blocks, each with its own tensors and its own model call, so that a direction's result does not
+depend on who runs its block (moth_tf.triggers.blocks says why and how). Randomness: a
+counter-based hash of (direction seed, step, element) (moth_tf.triggers.hashing).
 """
 
 import dataclasses
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from moth_tf.triggers import blocks
+from moth_tf.triggers import hashing
 from moth_tf.triggers import params
 
 
@@ -85,7 +72,7 @@ class InversionSettings:
   early_stop_tol: float = 0.01
   chunk_steps: int = 100
   # The directions of a call are cut into at most this many contiguous blocks, each computed by its
-  # own ops (see "Blocks" in the module docstring). It fixes the arithmetic of every direction
+  # own ops (see moth_tf.triggers.blocks). It fixes the arithmetic of every direction
   # whatever the number of replicas, and caps how many replicas get work.
   direction_blocks: int = 8
   # Compile the step loop (`TriggerInverter._chunk`, one chunk's tf.while_loop) with XLA.
@@ -141,125 +128,6 @@ class InversionResult:
     out = np.zeros_like(start)
     out[ok] = (start[ok] - end[ok]) / start[ok]
     return out
-
-
-def _fmix32(h):
-  """MurmurHash3's 32-bit finaliser: a cheap, well-mixed integer hash."""
-  h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, tf.constant(16, tf.uint32)))
-  h = h * tf.constant(0x85EBCA6B, tf.uint32)
-  h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, tf.constant(13, tf.uint32)))
-  h = h * tf.constant(0xC2B2AE35, tf.uint32)
-  return tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, tf.constant(16, tf.uint32)))
-
-
-def hashed_uniform(seeds, stream, shape_per_direction: Sequence[int]):
-  """U[0,1) numbers of shape [K, *shape_per_direction] that depend only on (seed_k, stream, index).
-
-  Args:
-    seeds: [K] int32 per-direction seeds.
-    stream: scalar int32 (e.g. the step number), so every step draws fresh numbers.
-    shape_per_direction: static shape of one direction's tensor.
-  """
-  count = int(np.prod(shape_per_direction))
-  index = tf.cast(tf.range(count, dtype=tf.int32), tf.uint32)[None, :]
-  seeds = tf.cast(tf.cast(tf.reshape(seeds, [-1, 1]), tf.int32), tf.uint32)
-  stream = tf.cast(tf.cast(stream, tf.int32), tf.uint32)
-  h = _fmix32(seeds * tf.constant(0x9E3779B1, tf.uint32) + tf.constant(0x7F4A7C15, tf.uint32))
-  h = _fmix32(h + stream * tf.constant(0x632BE5AB, tf.uint32))
-  h = _fmix32(h + index * tf.constant(0x85157AF5, tf.uint32))
-  # The top 24 bits give exactly representable float32 values in [0, 1).
-  u = tf.cast(tf.bitwise.right_shift(h, tf.constant(8, tf.uint32)), tf.float32) / 16777216.0
-  return tf.reshape(u, tf.concat([[tf.shape(seeds)[0]], shape_per_direction], 0))
-
-
-# Hash streams for the initial mask/pattern; perturbations use stream 2 * step + {0, 1} + 16.
-_INIT_MASK_STREAM = 1
-_INIT_PATTERN_STREAM = 2
-
-
-def check_directions(images, targets, seeds) -> int:
-  """Checks an invert call's per-direction arguments; returns the number of directions K."""
-  k = len(images)
-  if not (k == len(targets) == len(seeds)):
-    raise ValueError("images, targets and seeds must have one entry per direction")
-  if not images or any(len(im) == 0 for im in images):
-    raise ValueError("every direction needs at least one image")
-  return k
-
-
-def contiguous_blocks(count: int, parts: int) -> List[Tuple[int, int]]:
-  """`parts` contiguous, as-even-as-possible [start, stop) ranges of range(count).
-
-  The first count % parts ranges get one element more (np.array_split's rule).
-  Example: contiguous_blocks(10, 4) -> [(0, 3), (3, 6), (6, 8), (8, 10)].
-  """
-  base, extra = divmod(count, parts)
-  starts = [r * base + min(r, extra) for r in range(parts + 1)]
-  return [(starts[r], starts[r + 1]) for r in range(parts)]
-
-
-def direction_blocks(num_directions: int, max_blocks: int) -> List[Tuple[int, int]]:
-  """The blocks of an invert call: min(K, max_blocks) contiguous direction ranges.
-
-  Depends only on the call and the settings, never on the devices, so that every direction is
-  computed with the same shapes on one device and on any number of replicas.
-  """
-  return contiguous_blocks(num_directions, min(num_directions, max_blocks))
-
-
-@dataclasses.dataclass
-class DirectionBlock:
-  """The inputs of one block of directions (NumPy), indexed from the block's first direction.
-
-  Attributes:
-    x: [N, H, W, C] the block's images, direction after direction.
-    sample_dir: [N] direction (within the block) of each image.
-    targets, seeds, costs: [B] per direction.
-    mask, pattern: optional warm start, [B, H, W] and [B, H, W, C]; None draws it from the seeds.
-    done: [B] directions that start finished (padding blocks of the distributed engine).
-  """
-  x: np.ndarray
-  sample_dir: np.ndarray
-  targets: np.ndarray
-  seeds: np.ndarray
-  costs: np.ndarray
-  mask: Optional[np.ndarray]
-  pattern: Optional[np.ndarray]
-  done: np.ndarray
-
-  @property
-  def num_directions(self) -> int:
-    return len(self.targets)
-
-
-def split_directions(images, targets, seeds, init_cost, init_mask, init_pattern,
-                     max_blocks: int) -> List[DirectionBlock]:
-  """Checks an invert call's arguments and cuts them into `direction_blocks(K, max_blocks)`."""
-  k = check_directions(images, targets, seeds)
-  images = [np.asarray(im, np.float32) for im in images]
-  h, w, c = images[0].shape[1:]
-  targets = np.asarray(targets, np.int32)
-  seeds = np.asarray(seeds, np.int32)
-  costs = np.broadcast_to(np.asarray(init_cost, np.float32), (k,))
-  masks = None if init_mask is None else np.reshape(np.asarray(init_mask, np.float32), (k, h, w))
-  patterns = None if init_pattern is None else np.reshape(np.asarray(init_pattern, np.float32),
-                                                          (k, h, w, c))
-  blocks = []
-  for start, stop in direction_blocks(k, max_blocks):
-    ims = images[start:stop]
-    blocks.append(DirectionBlock(
-        x=np.concatenate(ims),
-        sample_dir=np.concatenate([np.full(len(im), d, np.int32) for d, im in enumerate(ims)]),
-        targets=targets[start:stop], seeds=seeds[start:stop], costs=costs[start:stop].copy(),
-        mask=None if masks is None else masks[start:stop],
-        pattern=None if patterns is None else patterns[start:stop],
-        done=np.zeros(stop - start, bool)))
-  return blocks
-
-
-def concat_states(states: Sequence[dict]) -> dict:
-  """Block states (NumPy or tensors) joined along their first axis, block after block."""
-  return {key: np.concatenate([np.asarray(st[key]) for st in states]) for key in states[0]}
 
 
 class TriggerInverter:
@@ -356,8 +224,8 @@ class TriggerInverter:
     # After a new best, perturb the trigger by +-perturbation to escape local minima (reference
     # 1.4, which perturbs the post-update trigger it snapshots; the step's update is kept).
     def perturbed():
-      noise_m = hashed_uniform(seeds, 16 + 2 * step, mask_shape) * 2.0 - 1.0
-      noise_p = hashed_uniform(seeds, 17 + 2 * step, image_shape) * 2.0 - 1.0
+      noise_m = hashing.hashed_uniform(seeds, 16 + 2 * step, mask_shape) * 2.0 - 1.0
+      noise_p = hashing.hashed_uniform(seeds, 17 + 2 * step, image_shape) * 2.0 - 1.0
       mv = params.encode(params.decode(mask_var) + s.perturbation * noise_m)
       pv = params.encode(params.decode(pattern_var) + s.perturbation * noise_p)
       return tf.where(nb4, mv, mask_var), tf.where(nb4, pv, pattern_var)
@@ -432,23 +300,23 @@ class TriggerInverter:
   # Host code.
 
   @staticmethod
-  def block_inputs(block: DirectionBlock):
+  def block_inputs(block: blocks.DirectionBlock):
     """The (x, sample_dir, targets, seeds) tensors of a block, as `_chunk` takes them."""
     return (tf.constant(block.x), tf.constant(block.sample_dir), tf.constant(block.targets),
             tf.constant(block.seeds))
 
   @staticmethod
-  def initial_state(block: DirectionBlock) -> dict:
+  def initial_state(block: blocks.DirectionBlock) -> dict:
     """The optimisation state of a block before its first step (tensors)."""
     k = block.num_directions
     h, w, c = block.x.shape[1:]
     seeds_t = tf.constant(block.seeds, tf.int32)
     if block.mask is None:
-      init_mask = hashed_uniform(seeds_t, _INIT_MASK_STREAM, [h, w, 1])
+      init_mask = hashing.hashed_uniform(seeds_t, hashing.INIT_MASK_STREAM, [h, w, 1])
     else:
       init_mask = tf.reshape(tf.constant(block.mask, tf.float32), [k, h, w, 1])
     if block.pattern is None:
-      init_pattern = hashed_uniform(seeds_t, _INIT_PATTERN_STREAM, [h, w, c])
+      init_pattern = hashing.hashed_uniform(seeds_t, hashing.INIT_PATTERN_STREAM, [h, w, c])
     else:
       init_pattern = tf.reshape(tf.constant(block.pattern, tf.float32), [k, h, w, c])
     zeros_m = tf.zeros([k, h, w, 1])
@@ -473,7 +341,7 @@ class TriggerInverter:
              early_stop_patience: Optional[int] = None) -> InversionResult:
     """Optimises one trigger per direction.
 
-    The directions are cut into `settings.direction_blocks` blocks (module docstring, "Blocks"),
+    The directions are cut into `settings.direction_blocks` blocks (moth_tf.triggers.blocks),
     all run in one graph on this device.
 
     Args:
@@ -492,12 +360,12 @@ class TriggerInverter:
     """
     s = self.settings
     steps = int(steps or s.steps)
-    blocks = split_directions(images, targets, seeds,
-                              s.init_cost if init_cost is None else init_cost, init_mask,
-                              init_pattern, s.direction_blocks)
-    k = sum(b.num_directions for b in blocks)
-    states = [self.initial_state(b) for b in blocks]
-    inputs = [self.block_inputs(b) for b in blocks]
+    parts = blocks.split_directions(images, targets, seeds,
+                                    s.init_cost if init_cost is None else init_cost, init_mask,
+                                    init_pattern, s.direction_blocks)
+    k = sum(b.num_directions for b in parts)
+    states = [self.initial_state(b) for b in parts]
+    inputs = [self.block_inputs(b) for b in parts]
     scalars = (tf.constant(s.asr_bound if asr_bound is None else asr_bound, tf.float32),
                tf.constant(steps, tf.int32))
     es = tf.constant(s.early_stop_patience if early_stop_patience is None
@@ -513,7 +381,7 @@ class TriggerInverter:
       if done == k:
         break
     sample_dir = np.concatenate([np.full(len(im), d, np.int32) for d, im in enumerate(images)])
-    return self.result(concat_states(states), blocks[0].x.shape[1:], sample_dir)
+    return self.result(blocks.concat_states(states), parts[0].x.shape[1:], sample_dir)
 
   @staticmethod
   def result(state: dict, image_shape, sample_dir) -> InversionResult:
