@@ -72,11 +72,11 @@ def time_point(model_name, shape, precision, xla, reps, steps, seed=0,
   import numpy as np
   import tensorflow as tf
   from moth_tf import models
-  from moth_tf.models import io as model_io
+  from moth_tf.models import precision as precision_lib
   from moth_tf.triggers import engine
 
   keras.utils.set_random_seed(seed)
-  with model_io.policy_scope(precision):
+  with precision_lib.policy_scope(precision):
     model = models.build_model(model_name, shape, 10)
   row = {"model": model_name, "input": "x".join(map(str, shape)), "precision": precision,
          "xla": xla, "compute_dtype": model.layers[-1].compute_dtype}

@@ -167,14 +167,15 @@ def harden(model, train, val=None, method: str = "moth", *, test=None,
   from moth_tf.hardening import methods
   from moth_tf.hardening import runner
   from moth_tf.models import io as model_io
+  from moth_tf.models import precision as precision_lib
 
   methods.get_method(method)  # An unknown method is refused before anything is loaded.
   base, path = inputs.load(model, unsafe_load)
   if in_place and path:
     raise ValueError("in_place=True hardens a model object; a path is loaded, so pass the model "
                      "or leave in_place out")
-  _check_precision(precision)
-  own_precision = model_io.model_precision(base)
+  precision_lib.check_precision(precision)
+  own_precision = precision_lib.model_precision(base)
   if in_place and precision not in (None, own_precision):
     raise ValueError(f"in_place=True hardens the model itself, which computes in its own dtype "
                      f"policy; precision={precision!r} needs a copy: leave one of them out")
@@ -195,7 +196,7 @@ def harden(model, train, val=None, method: str = "moth", *, test=None,
   def classifier_factory():
     # Called inside the strategy's scope: the copy's variables are the strategy's.
     original = model_io.load_model(path, unsafe_load=unsafe_load) if path else base
-    return model_io.with_precision(
+    return precision_lib.with_precision(
         logits.logits_model(original, form, copy=path is None and not in_place,
                             sample=splits.x_train[:1], image_shape=image_shape),
         precision, splits.x_train[:1])
@@ -219,7 +220,7 @@ def harden(model, train, val=None, method: str = "moth", *, test=None,
   else:
     hardened = classifier
   # The input's own policies again (the same weights), so the caller gets back what it gave.
-  hardened = model_io.with_precision(hardened, own_precision, splits.x_train[:1])
+  hardened = precision_lib.with_precision(hardened, own_precision, splits.x_train[:1])
   accuracy_after = evaluation.accuracy(hardened, splits.x_test, splits.y_test)
   results = HardenResults(
       method=method, test_accuracy_before=accuracy_before, test_accuracy_after=accuracy_after,
@@ -290,26 +291,19 @@ def _harden_splits(base, train, val, test, dataset, method, config, augment, see
 # --- Measurements ---------------------------------------------------------------------------------
 
 
-def _check_precision(precision):
-  from moth_tf import config as config_lib
-  if precision is not None and precision not in config_lib.PRECISIONS:
-    raise ValueError(f"precision={precision!r}: use None (the model's own) or one of "
-                     f"{', '.join(config_lib.PRECISIONS)}")
-
-
 def _measured_model(base, path: Optional[str], x, outputs: str, strategy, precision=None):
   """The logits model to optimise triggers on, built in the strategy's scope (`base` loaded from
   `path`, or the caller's model when `path` is None), computing under `precision` (None: its
   own policy; else a copy rebuilt under it)."""
   import tensorflow as tf
-  from moth_tf.models import io as model_io
-  _check_precision(precision)
+  from moth_tf.models import precision as precision_lib
+  precision_lib.check_precision(precision)
   form = logits.output_form(base, outputs, x)
   default = strategy is tf.distribute.get_strategy()
   with strategy.scope():
     if path and not default:  # Loaded again in the scope, as the command line does.
       base = inputs.load(path)[0]
-    return model_io.with_precision(
+    return precision_lib.with_precision(
         logits.logits_model(base, form, copy=not default and path is None, sample=x[:1],
                             image_shape=x.shape[1:]), precision, x[:1])
 

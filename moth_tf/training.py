@@ -16,6 +16,7 @@ from moth_tf import evaluation
 from moth_tf import models
 from moth_tf import rundir
 from moth_tf.models import io as model_io
+from moth_tf.models import precision as precision_lib
 
 # The base training recipes per data set live in moth_tf.config (TRAIN_RECIPES), which imports no
 # TensorFlow, so that the command line's help can state them.
@@ -143,7 +144,7 @@ def train_natural(model_name: str, splits: data_lib.DatasetSplits,
   if num_train is None:  # A stream of unknown size: counted once, so that epochs have an end.
     num_train = stream_lib.count(splits.train_stream)
   steps_per_epoch = int(np.ceil(num_train / recipe.batch_size))
-  with strategy.scope(), model_io.policy_scope(precision):
+  with strategy.scope(), precision_lib.policy_scope(precision):
     model = models.build_model(model_name, splits.image_shape, splits.num_classes,
                                normalization=splits.info.normalization)
     model.compile(

@@ -23,6 +23,7 @@ from moth_tf import estimate
 from moth_tf.hardening import fitting
 from moth_tf.hardening import model as model_lib
 from moth_tf.models import io as model_io
+from moth_tf.models import precision as precision_lib
 from moth_tf.triggers import blocks
 from moth_tf.triggers import engine
 
@@ -56,8 +57,8 @@ def trained(data):
 def test_a_rebuilt_model_computes_in_the_policy_with_float32_weights_and_triggers(
     precision, data, trained):
   x, y = data
-  model = model_io.with_precision(trained, precision, x[:1])
-  assert model_io.model_precision(model) == precision
+  model = precision_lib.with_precision(trained, precision, x[:1])
+  assert precision_lib.model_precision(model) == precision
   assert model.layers[-1].compute_dtype == _COMPUTE[precision]
   assert model(x[:2]).dtype == _COMPUTE[precision]
   assert all(w.dtype == "float32" for w in model.trainable_weights)
@@ -75,8 +76,8 @@ def test_a_rebuilt_model_computes_in_the_policy_with_float32_weights_and_trigger
   for key in ("mask_var", "pattern_var", "best_reg", "loss_start", "cost"):
     assert states[0][key].dtype == tf.float32, key
   # Saved from a mixed run: a float32 model with the same weights.
-  back = model_io.float32_copy(model)
-  assert model_io.model_precision(back) == "float32"
+  back = precision_lib.float32_copy(model)
+  assert precision_lib.model_precision(back) == "float32"
   for a, b in zip(back.get_weights(), trained.get_weights()):
     np.testing.assert_array_equal(a, b)
 
@@ -99,18 +100,18 @@ def test_a_subclassed_model_is_rebuilt_or_refused(data):
 
   plain = Tiny()
   plain(x[:1])
-  copy = model_io.with_precision(plain, "mixed_bfloat16", x[:1])
+  copy = precision_lib.with_precision(plain, "mixed_bfloat16", x[:1])
   assert copy.dense.compute_dtype == "bfloat16"
   np.testing.assert_array_equal(copy.dense.kernel.numpy(), plain.dense.kernel.numpy())
   fixed = Tiny(dtype_of_dense="float32")  # Its layer insists on float32: refused, one line.
   fixed(x[:1])
   with pytest.raises(ValueError, match="keeps dtype policies"):
-    model_io.with_precision(fixed, "mixed_bfloat16", x[:1])
+    precision_lib.with_precision(fixed, "mixed_bfloat16", x[:1])
 
 
 def test_mixed_float16_hardening_scales_the_loss(data, trained):
   x, y = data
-  half = model_io.with_precision(trained, "mixed_float16", x[:1])
+  half = precision_lib.with_precision(trained, "mixed_float16", x[:1])
   config = config_lib.harden_config(steps=3, batch_size=16, lr_warmup_steps=0)
   model = fitting.build_hardening_model(
       tf.distribute.get_strategy(), lambda: model_lib.HardeningModel(half, 4), config, len(x),
@@ -130,7 +131,7 @@ def test_harden_with_a_precision_returns_the_inputs_policy(data, trained):
   x, y = data
   hardened, results = moth_tf.harden(trained, (x, y), method="finetune", config={"steps": 3},
                                      precision="mixed_bfloat16", verbose=0)
-  assert model_io.model_precision(hardened) == "float32"
+  assert precision_lib.model_precision(hardened) == "float32"
   assert results.steps == 3
   assert not all(np.array_equal(a, b) for a, b in zip(hardened.get_weights(),
                                                        trained.get_weights()))
@@ -194,7 +195,7 @@ def test_cli_estimates_are_printed_and_recorded(tmp_path_factory):
   assert hardened["config"]["precision"] == "mixed_float16"
   # The mixed run saved a float32 model.
   saved = model_io.load_model(os.path.join(work, "digits_lenet_finetune", "model.keras"))
-  assert model_io.model_precision(saved) == "float32"
+  assert precision_lib.model_precision(saved) == "float32"
 
 
 def rundir_summary(work, run, name="summary.json"):

@@ -12,6 +12,7 @@ from moth_tf import progress as progress_lib
 from moth_tf import rundir
 from moth_tf import training
 from moth_tf.models import io as model_io
+from moth_tf.models import precision as precision_lib
 
 
 # Errors that are the user's input to fix: main prints them as one line and exits 1.
@@ -58,7 +59,7 @@ def make_run_command(config: config_lib.RunConfig, phase: str) -> str:
 def load_run_model(config: config_lib.RunConfig, method=None):
   """The model a phase acts on: --model_path if given, else the run directory's model (model.keras,
   or saved_model/ for a run that hardened a SavedModel input), computing under --precision (a
-  float32 model rebuilt under the policy: moth_tf.models.io.with_precision)."""
+  float32 model rebuilt under the policy: moth_tf.models.precision.with_precision)."""
   path = config.model_path or rundir.find_model(config.run_dir(method))
   if not config.model_path and not os.path.exists(path):
     method = method or config.method
@@ -69,7 +70,7 @@ def load_run_model(config: config_lib.RunConfig, method=None):
     raise FileNotFoundError(
         f"no {what} model at {path}; make it first with "
         f"`{make_run_command(config, phase)}` or pass --model_path")
-  return model_io.with_precision(model_io.load_model(path, unsafe_load=config.unsafe_load),
+  return precision_lib.with_precision(model_io.load_model(path, unsafe_load=config.unsafe_load),
                                  config.precision), path
 
 

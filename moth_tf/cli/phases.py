@@ -15,6 +15,7 @@ from moth_tf.cli import console
 from moth_tf import rundir
 from moth_tf.reporting import records as tb_records
 from moth_tf.models import io as model_io
+from moth_tf.models import precision as precision_lib
 from moth_tf.cli import distance_phase
 from moth_tf.cli import loading
 from moth_tf.cli.backdoor_phases import run_backdoor, run_detect, run_poison
@@ -117,7 +118,7 @@ def run_harden(config: config_lib.RunConfig, command_line=(), estimate=None):
   recorder = tb_records.Recorder(out_dir, "harden", config.to_dict(), splits.info.class_names,
                                  command_line).start()
   classifier, results = plan.run(
-      lambda: model_io.with_precision(model_io.load_model(base_path, unsafe_load=config.unsafe_load),
+      lambda: precision_lib.with_precision(model_io.load_model(base_path, unsafe_load=config.unsafe_load),
                                       config.precision, splits.x_train[:1]),
       splits, out_dir, strategy, verbose=loading.fit_verbosity(config))
   acc_after = evaluation.accuracy(classifier, splits.x_test, splits.y_test)
@@ -223,7 +224,7 @@ def _pipeline_estimate(config: config_lib.RunConfig, natural: config_lib.RunConf
   model_file = rundir.model_path(natural.run_dir())
   train_needed = not os.path.exists(model_file)
   if train_needed:
-    with model_io.policy_scope(config.precision):
+    with precision_lib.policy_scope(config.precision):
       model = models.build_model(config.model, splits.image_shape, splits.num_classes,
                                  normalization=splits.info.normalization)
     distance_before = True

@@ -110,7 +110,7 @@ def hardening_model(classifier, method: str = "moth", samples=None, *,
     verbose: 0 silent, else the driver's progress lines (warm-up, resumes).
     precision: None: the classifier computes in its own dtype policy. "float32",
       "mixed_bfloat16" or "mixed_float16": where the classifier has another policy, a copy rebuilt
-      under it (moth_tf.models.io.with_precision, the same weights) is wrapped and trained instead:
+      under it (moth_tf.models.precision.with_precision, the same weights) is wrapped and trained instead:
       take the hardened weights from `.classifier` (moth_tf.models.io.float32_copy gives a
       float32 model of it). A mixed_float16 model's compile adds Keras's loss scaling. XLA is
       `compile(jit_compile=True)` for the step, and config={"jit_compile": True} for the
@@ -151,10 +151,9 @@ def hardening_model(classifier, method: str = "moth", samples=None, *,
   elif n is None:
     n = _output_count(classifier, None)
   if precision is not None:
-    from moth_tf import api
-    from moth_tf.models import io as model_io
-    api._check_precision(precision)  # pylint: disable=protected-access
-    classifier = model_io.with_precision(classifier, precision, x)
+    from moth_tf.models import precision as precision_lib
+    precision_lib.check_precision(precision)
+    classifier = precision_lib.with_precision(classifier, precision, x)
   shape = tuple(image_shape) if image_shape else _image_shape(classifier, x)
   if dataset is not None:
     p = data_lib.dataset_info(dataset).train_pgd
