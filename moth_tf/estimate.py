@@ -262,16 +262,16 @@ def harden_probe(run_config, splits, model, strategy=None) -> Estimate:
   trained) at the hardening batch size and, for the trigger methods and nc, an engine step of the
   method's generation (pairs x 2 x families directions of trigger_samples images; nc: n labels of
   up to nc.samples images of every other class)."""
-  from moth_tf.hardening import moth
+  from moth_tf.hardening import driver
 
   h = run_config.harden
   method = run_config.method
   n = splits.num_classes
-  # The hardening's generations use one block per replica (moth.hardening_blocks).
+  # The hardening's generations use one block per replica (driver.hardening_blocks).
   settings = dataclasses.replace(_engine_settings(run_config), direction_blocks=1)
   engine_step, images = None, 1
   if method in ("moth", "universal", "pairwise"):
-    pairs = moth.pairs_per_period(h, n) if method == "moth" else 1
+    pairs = driver.pairs_per_period(h, n) if method == "moth" else 1
     directions = 2 * pairs * h.moth.families
     images = min(h.moth.trigger_samples, max(1, int(np.bincount(splits.y_train).min())))
     engine_step = time_engine_step(model, directions, images, settings, strategy)

@@ -385,6 +385,7 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
     from moth_tf import config as config_lib
     from moth_tf import data as data_lib
     from moth_tf import evaluation
+    from moth_tf import recipes
     from moth_tf.hardening import model as model_lib
     from moth_tf.hardening import moth
     from moth_tf.models import io as model_io
