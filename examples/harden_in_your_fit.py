@@ -1,13 +1,13 @@
 """Harden inside your own Keras training: compile, fit, your callbacks, your tf.data pipeline.
 
     python examples/harden_in_your_fit.py [--epochs=20] [--harden_epochs=110] [--start_epoch=10]
-                                          [--checkpoint=/tmp/moth_checkpoint.keras]
+                                          [--out=/tmp/moth_example]
 
 Trains a small CNN on scikit-learn's digits (no download) from a `tf.data` pipeline, then keeps
 training it with MOTH switched on from `--start_epoch` on: `moth_tf.hardening_model` wraps the
 classifier, `compile` takes your optimizer, `fit` your dataset and callbacks (here a
-ModelCheckpoint of the classifier and an EarlyStopping). The classifier stays a plain Keras model:
-the checkpoint loads with `keras.saving.load_model` and nothing of moth_tf.
+ModelCheckpoint and an EarlyStopping). The classifier stays a plain Keras model: saved, it loads
+with `keras.saving.load_model` and nothing of moth_tf.
 """
 
 import argparse
@@ -35,19 +35,6 @@ def build_cnn(num_classes: int = 10) -> keras.Model:
   ])
 
 
-class SaveClassifier(keras.callbacks.Callback):
-  """Saves the wrapped classifier (not the wrapper) at every epoch end, atomically."""
-
-  def __init__(self, path: str):
-    super().__init__()
-    self.path = path
-
-  def on_epoch_end(self, epoch, logs=None):
-    partial = self.path + ".partial.keras"
-    self.model.classifier.save(partial)
-    os.replace(partial, self.path)
-
-
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--epochs", type=int, default=20, help="plain training epochs")
@@ -61,8 +48,8 @@ def main(argv=None):
                       "(default: the recipe's 500 for the warm-up, 200 and 40 for pairs)")
   parser.add_argument("--distance_steps", type=int, default=300,
                       help="trigger optimisation steps per class pair")
-  parser.add_argument("--checkpoint",
-                      default=os.path.join(tempfile.gettempdir(), "moth_checkpoint.keras"))
+  parser.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "moth_example"),
+                      help="folder of the checkpoint and the hardened model")
   args = parser.parse_args(argv)
 
   digits = datasets.load_digits()
@@ -93,12 +80,18 @@ def main(argv=None):
                                       config=config)
   hardening.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True),
                     metrics=["accuracy"])
+  os.makedirs(args.out, exist_ok=True)
+  checkpoint = os.path.join(args.out, "hardening.weights.h5")
   hardening.fit(batches, epochs=args.harden_epochs, steps_per_epoch=args.steps_per_epoch,
                 validation_data=(x_test, y_test), verbose=2,
-                callbacks=[SaveClassifier(args.checkpoint),
+                callbacks=[keras.callbacks.ModelCheckpoint(checkpoint, save_weights_only=True),
                            keras.callbacks.EarlyStopping(monitor="val_loss", patience=50)])
-
-  saved = keras.saving.load_model(args.checkpoint)  # A plain Keras model.
+  # The checkpoint holds the hardening model's variables: the classifier's weights and MOTH's state
+  # (trigger store, scheduler), which a hardening model that loads them goes on from. The
+  # classifier alone is saved as the plain Keras model it is.
+  hardened_path = os.path.join(args.out, "hardened.keras")
+  classifier.save(hardened_path)
+  saved = keras.saving.load_model(hardened_path)  # A plain Keras model.
   after = float(np.mean(np.argmax(saved.predict(x_test, verbose=0), 1) == y_test))
   distance = dict(samples=20, steps=args.distance_steps, seeds=1, verbose=0)
   d_before = moth_tf.class_distance(base, x_test, y_test, **distance)
@@ -106,7 +99,8 @@ def main(argv=None):
   print(f"test accuracy: {before:.4f} -> {after:.4f}; MOTH stamped for "
         f"{hardening.hardener.step} steps after {args.start_epoch} plain epochs")
   print(f"mean class distance: {d_before.mean:.3f} -> {d_after.mean:.3f} "
-        f"({100 * (d_after.mean / d_before.mean - 1):+.1f}%); checkpoint: {args.checkpoint}")
+        f"({100 * (d_after.mean / d_before.mean - 1):+.1f}%)")
+  print(f"checkpoint: {checkpoint}; hardened model: {hardened_path}")
 
 
 if __name__ == "__main__":

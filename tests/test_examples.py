@@ -23,7 +23,7 @@ _ARGS = {
     # {out} is the fixture's temporary folder.
     "harden_in_your_fit.py": ("--epochs=2", "--harden_epochs=3", "--start_epoch=1",
                               "--steps_per_epoch=4", "--trigger_steps=5", "--distance_steps=5",
-                              "--checkpoint={out}/hardened.keras"),
+                              "--out={out}/harden_in_your_fit"),
 }
 
 
@@ -78,8 +78,8 @@ def test_harden_in_your_fit(examples):
   assert 0 < before <= 1 and 0 < after <= 1
   assert "MOTH stamped for 8 steps after 1 plain epochs" in out  # Epochs 1 and 2, 4 steps each.
   _number(r"mean class distance: ([\d.]+) -> ([\d.]+)", out)
-  checkpoint = out.rsplit("checkpoint: ", 1)[1].strip()
-  assert os.path.exists(checkpoint) and not os.path.exists(checkpoint + ".partial.keras")
+  checkpoint, hardened = re.search(r"checkpoint: (\S+); hardened model: (\S+)", out).groups()
+  assert os.path.exists(checkpoint) and os.path.exists(hardened)
 
 
 def test_class_distance(examples):
