@@ -39,7 +39,9 @@ HARDENING_RECIPES = {
     # near-minimal triggers of the close pairs (shirt, T-shirt, pullover, coat) grow large and
     # become real features of the other class. About three stamped images per batch of 128
     # (portion 0.1 of the pair's two classes, no replay) keeps the loss under a point.
-    "fashion_mnist": dict(portion=0.1, replay=0.0),
+    # 2,150 steps: five epochs of 430 batches, the budget every recorded Fashion-MNIST figure was
+    # made with (a budget in steps used to be rounded to whole epochs: 2,000 made five).
+    "fashion_mnist": dict(portion=0.1, replay=0.0, steps=2150),
 }
 
 
@@ -63,7 +65,7 @@ METHOD_RECIPES = {
     #   hardens more, so it stays the default there;
     # * 20 fast steps, 100 full ones, a 100-step warm-up, and periods of 9 steps (one generation
     #   each): generation then costs less than the training steps it serves.
-    ("moth", "fashion_mnist"): dict(steps=2000, pairs_per_period=1, fixed_trigger_images=True,
+    ("moth", "fashion_mnist"): dict(pairs_per_period=1, fixed_trigger_images=True,
                                     fast_steps=20, fast_cost=0.015, pair_steps=100,
                                     warmup_steps=100, period=9),
 }

@@ -332,7 +332,7 @@ def test_fashion_mnist_default_preset_is_its_recipe_and_flags_still_override_it(
   moth_recipe = recipes.METHOD_RECIPES[("moth", None)]
   fashion_moth = recipes.METHOD_RECIPES[("moth", "fashion_mnist")]
   assert harden == config_lib.harden_config(**{**moth_recipe, **recipe, **fashion_moth})
-  assert harden.moth.pairs_per_period == 1 and harden.moth.fixed_trigger_images and harden.steps == 2000
+  assert harden.moth.pairs_per_period == 1 and harden.moth.fixed_trigger_images and harden.steps == 2150
   # Another method on Fashion-MNIST gets the data set's recipe only.
   assert parsed_config("--phase=harden", "--dataset=fashion_mnist", "--method=universal"
                        ).harden == config_lib.harden_config(**recipe)
