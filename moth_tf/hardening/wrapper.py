@@ -109,10 +109,10 @@ def hardening_model(classifier, method: str = "moth", samples=None, *,
     image_shape: (H, W, C), when the classifier has no input shape and no samples are given.
     verbose: 0 silent, else the driver's progress lines (warm-up, resumes).
     precision: None: the classifier computes in its own dtype policy. "float32",
-      "mixed_bfloat16" or "mixed_float16": where the classifier has another policy, a copy rebuilt
-      under it (moth_tf.models.precision.with_precision, the same weights) is wrapped and trained instead:
-      take the hardened weights from `.classifier` (moth_tf.models.io.float32_copy gives a
-      float32 model of it). A mixed_float16 model's compile adds Keras's loss scaling. XLA is
+      "mixed_bfloat16" or "mixed_float16": where the classifier has another policy, a copy
+      rebuilt under it (moth_tf.models.precision.with_precision, the same weights) is wrapped and
+      trained instead: take the hardened weights from `.classifier`
+      (moth_tf.models.precision.float32_copy gives a float32 model of it). A mixed_float16 model's compile adds Keras's loss scaling. XLA is
       `compile(jit_compile=True)` for the step, and config={"jit_compile": True} for the
       trigger engine.
 
@@ -155,13 +155,10 @@ def hardening_model(classifier, method: str = "moth", samples=None, *,
     precision_lib.check_precision(precision)
     classifier = precision_lib.with_precision(classifier, precision, x)
   shape = tuple(image_shape) if image_shape else _image_shape(classifier, x)
-  if dataset is not None:
-    p = data_lib.dataset_info(dataset).train_pgd
-    pgd_settings = (p.epsilon, p.steps, p.step_size)
-  else:
-    p = data_lib.DatasetInfo(name="user", num_classes=n, image_shape=shape,
-                             class_names=()).train_pgd
-    pgd_settings = (p.epsilon, p.steps, p.step_size)
+  info = (data_lib.dataset_info(dataset) if dataset is not None else
+          data_lib.DatasetInfo(name="user", num_classes=n, image_shape=shape, class_names=()))
+  p = info.train_pgd
+  pgd_settings = (p.epsilon, p.steps, p.step_size)
   extra = {}
   if method in NEEDS_SAMPLES:
     extra = {"writer": tf.summary.create_file_writer(log_dir) if log_dir else None,
