@@ -399,6 +399,8 @@ def test_hardening_model_refusals(digits, logits_model):
        match=r"samples: image values span \[0, 255\], outside \[0, 1\]")
   _bad(moth_tf.hardening_model, logits_model, "moth", (x, y + 1),
        match=r"samples: labels span 1\.\.10, outside the classifier's classes 0\.\.9")
+  _bad(moth_tf.hardening_model, object(), "finetune",
+       match=r"classifier must be a keras.Model or the path")
   # finetune needs no trigger images, and its steps are the user's.
   wrapped = moth_tf.hardening_model(logits_model, "finetune")
   assert wrapped.image_shape == (8, 8, 1) and wrapped.num_classes == 10

@@ -18,6 +18,7 @@ place: it is the hardened model, with its own class and nothing of moth_tf in it
 the recipe's optimizer and budget on the run's data.
 """
 
+import os
 from typing import Any, Mapping, Optional, Union
 
 import numpy as np
@@ -91,7 +92,9 @@ def hardening_model(classifier, method: str = "moth", samples=None, *,
 
   Args:
     classifier: the trained Keras classifier, outputting logits (a model ending in a softmax:
-      use moth_tf.harden, which takes it off and puts it back). It is trained in place.
+      use moth_tf.harden, which takes it off and puts it back). It is trained in place. A path of
+      a .keras file or SavedModel directory is loaded (moth_tf.models.io.load_model); the file is
+      never changed, and the hardened model is the wrapper's `.classifier`.
     method: one of WRAPPABLE: "moth" (default), "universal", "pairwise" (trigger methods),
       "finetune", "adv_train", "uap".
     samples: the trigger methods' trigger images: (images, labels) arrays, or a tf.data.Dataset of
@@ -128,6 +131,13 @@ def hardening_model(classifier, method: str = "moth", samples=None, *,
   from moth_tf.hardening import methods
   from moth_tf.hardening import runner
 
+  import keras
+  if isinstance(classifier, (str, os.PathLike)):
+    from moth_tf.models import io as model_io
+    classifier = model_io.load_model(os.fspath(classifier))  # Trained in place: `.classifier`.
+  elif not isinstance(classifier, keras.Model):
+    raise ValueError("classifier must be a keras.Model or the path of a .keras file or SavedModel "
+                     f"directory, got {type(classifier).__name__}")
   module = methods.get_method(method)
   if method not in WRAPPABLE or not hasattr(module, "wrap"):
     raise ValueError(f"method {method!r} runs several fits of its own and has no hardening model "
