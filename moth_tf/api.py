@@ -359,10 +359,7 @@ def class_distance(model, x, y, *, num_classes: Optional[int] = None, samples: i
   from moth_tf.evaluation import distance
 
   strategy = inputs.strategy(strategy)
-  base, path = inputs.load(model)
-  x = inputs.check_images(x, "x")
-  n = inputs.class_count(base, num_classes, x)
-  x, y = inputs.images_and_labels(x, y, "x", base, n)
+  base, path, x, y, n = inputs.model_and_data(model, x, y, num_classes)
   settings = config_lib.DistanceConfig(samples=samples, steps=steps, seeds=_seed_values(seeds),
                                        asr_bound=asr_bound,
                                        early_stop_patience=early_stop_patience)
@@ -404,10 +401,7 @@ def detect_backdoor(model, x, y, *, num_classes: Optional[int] = None,
 
   nc = runner.neural_cleanse_config(config)
   strategy = inputs.strategy(strategy)
-  base, path = inputs.load(model)
-  x = inputs.check_images(x, "x")
-  n = inputs.class_count(base, num_classes, x)
-  x, y = inputs.images_and_labels(x, y, "x", base, n)
+  base, path, x, y, n = inputs.model_and_data(model, x, y, num_classes)
   measured = _measured_model(base, path, x, outputs, strategy, precision)
   return detection.neural_cleanse(measured, x, y, n, nc, verbose=verbose, strategy=strategy,
                                   jit_compile=jit_compile)
@@ -462,8 +456,5 @@ def backdoor_metrics(model, x, y, trigger, num_classes: Optional[int] = None) ->
   """
   from moth_tf.evaluation import backdoor as backdoor_eval
 
-  base, _ = inputs.load(model)
-  x = inputs.check_images(x, "x")
-  n = inputs.class_count(base, num_classes, x)
-  x, y = inputs.images_and_labels(x, y, "x", base, n)
+  base, _, x, y, n = inputs.model_and_data(model, x, y, num_classes)
   return backdoor_eval.backdoor_metrics(base, x, y, _trigger(trigger, x.shape[1:]), n)

@@ -157,3 +157,16 @@ def strategy(strategy):
     raise ValueError("strategy must be None, a tf.distribute.Strategy or one of default, "
                      f"mirrored, multi_worker; got {type(strategy).__name__}")
   return strategy
+
+
+def model_and_data(model, x, y, num_classes: Optional[int] = None, unsafe_load: bool = False):
+  """The checked (model, its path or None, images, labels, number of classes) of a measuring call
+  (class_distance, detect_backdoor, backdoor_metrics): `model` loaded if it is a path, `x` float32
+  NHWC in [0, 1] of the model's input shape, `y` its integer labels, n checked against the
+  model's outputs."""
+  base, path = load(model, unsafe_load)
+  x = check_images(x, "x")
+  n = class_count(base, num_classes, x)
+  x, y = images_and_labels(x, y, "x", base, n)
+  return base, path, x, y, n
+
